@@ -1,0 +1,1 @@
+"""lifelong: lifelong user-behaviour sequence CTR models on Ray + TorchRec."""
