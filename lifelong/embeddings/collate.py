@@ -1,0 +1,152 @@
+"""Arrow sample batch -> `Batch` (a KeyedJaggedTensor plus dense side tensors).
+
+Works on the Arrow list offsets and flat values with numpy: no Python loop over rows. The short
+history is the last `short_len` events of the stored history; the long history is either all of
+it or, with a prefilter (SIM-hard's category search), only the k events it selects, so the KJT
+the trainer looks up holds only those ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+from torchrec import KeyedJaggedTensor
+
+from lifelong.embeddings.spec import FEATURES, GROUPS, TABLE_COLUMNS, FeatureSpec, feature_name
+
+
+
+class Prefilter(Protocol):
+    """A collate-time GSU selecting at most k history events per row from raw ids."""
+
+    k: int
+
+    def __call__(self, target_cat: np.ndarray, hist_cat: np.ndarray, offsets: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(target_cat (B,), hist_cat (N,), offsets (B+1,)) -> (flat positions, new offsets)."""
+
+
+class FeatureRangeError(ValueError):
+    """An id is outside its table; the message names the feature."""
+
+
+@dataclass
+class Batch:
+    """One training batch. Dense tensors are padded (B, T) aligned with the KJT's jagged rows."""
+
+    sparse: KeyedJaggedTensor
+    target_ts: torch.Tensor  # (B,)
+    short_ts: torch.Tensor  # (B, S) 0 where padded
+    long_ts: torch.Tensor  # (B, K) 0 where padded
+    short_len: int
+    long_len: int
+    labels: torch.Tensor  # (B,) float
+    user_ids: torch.Tensor  # (B,)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        move = lambda t: t.to(device=device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(self.sparse.to(device=device, non_blocking=non_blocking), move(self.target_ts),
+                     move(self.short_ts), move(self.long_ts), self.short_len, self.long_len,
+                     move(self.labels), move(self.user_ids))
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        self.sparse.record_stream(stream)
+        for t in (self.target_ts, self.short_ts, self.long_ts, self.labels, self.user_ids):
+            t.record_stream(stream)
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.sparse.pin_memory(), self.target_ts.pin_memory(), self.short_ts.pin_memory(),
+                     self.long_ts.pin_memory(), self.short_len, self.long_len,
+                     self.labels.pin_memory(), self.user_ids.pin_memory())
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _list(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (B+1,) relative to values, and the flat values of a list column."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy()
+    return offsets - offsets[0], values[offsets[0]:offsets[-1]]
+
+
+def tail(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of the last n elements of each row, and their offsets."""
+    ends = offsets[1:]
+    starts = np.maximum(offsets[:-1], ends - n)
+    lengths = ends - starts
+    new = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=new[1:])
+    idx = np.arange(new[-1]) - np.repeat(new[:-1] - starts, lengths)
+    return idx, new
+
+
+def pad(values: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+    """Jagged (values, offsets) -> (B, width) left-aligned, zero padded."""
+    lengths = np.diff(offsets)
+    out = np.zeros((len(lengths), width), values.dtype)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)
+    out[rows, cols] = values
+    return out
+
+
+class Collator(ArrowBatchCollateFn):
+    """Turns Arrow sample batches into `Batch`es for one feature spec and model input shape.
+
+    A Ray Data collate function: passed to `iter_torch_batches(collate_fn=...)` it runs in the
+    iterator's prefetch threads, beside the training step.
+    """
+
+    def __init__(self, spec: FeatureSpec, short_len: int, long_len: int, use_long: bool,
+                 prefilter: Optional[Prefilter] = None) -> None:
+        self.spec, self.short_len, self.long_len = spec, short_len, long_len
+        self.use_long, self.prefilter = use_long, prefilter
+        self.long_width = 0 if not use_long else min(long_len, prefilter.k) if prefilter else long_len
+
+    def __call__(self, table: pa.Table) -> Batch:
+        offsets, _ = _list(table.column("hist_item"))
+        hist = {t: _list(table.column(f"hist_{t}"))[1] for t in TABLE_COLUMNS}
+        hist_ts = _list(table.column("hist_ts"))[1]
+        target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
+        s_idx, s_off = tail(offsets, self.short_len)
+        if not self.use_long:
+            l_idx, l_off = np.zeros(0, np.int64), np.zeros(len(offsets), np.int64)
+        elif self.prefilter is not None:
+            l_idx, l_off = self.prefilter(target["cat"], hist["cat"], offsets)
+        else:
+            l_idx, l_off = tail(offsets, self.long_len)
+        rows = {"target": (None, np.arange(len(offsets), dtype=np.int64)), "short": (s_idx, s_off), "long": (l_idx, l_off)}
+        values, lengths = [], []
+        for t in TABLE_COLUMNS:  # KJT order = FEATURES: table-major, then group
+            for g in GROUPS:
+                idx, off = rows[g]
+                v = target[t] if idx is None else hist[t][idx]
+                self._check_range(feature_name(g, t), v, self.spec.num_embeddings(t))
+                values.append(v)
+                lengths.append(np.ones(len(v), np.int64) if idx is None else np.diff(off))
+        sparse = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(FEATURES), values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
+            lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)))
+        return Batch(
+            sparse=sparse,
+            target_ts=torch.from_numpy(table.column("timestamp").to_numpy().astype(np.int64)),
+            short_ts=torch.from_numpy(pad(hist_ts[s_idx], s_off, self.short_len)),
+            long_ts=torch.from_numpy(pad(hist_ts[l_idx], l_off, self.long_width)),
+            short_len=self.short_len, long_len=self.long_width,
+            labels=torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
+            user_ids=torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64)),
+        )
+
+    @staticmethod
+    def _check_range(feature: str, ids: np.ndarray, num_embeddings: int) -> None:
+        if len(ids) and (ids.min() < 0 or ids.max() >= num_embeddings):
+            bad = ids[(ids < 0) | (ids >= num_embeddings)][0]
+            raise FeatureRangeError(
+                f"feature '{feature}': id {int(bad)} outside table of {num_embeddings} rows [0, {num_embeddings})")

@@ -1,0 +1,90 @@
+"""The run file: one YAML (safe-loaded) for data, samples, model, embeddings, training, cluster.
+
+Every section is a dataclass; unknown keys anywhere are errors naming the section.
+Defaults describe the main job: SIM-hard on MovieLens latest-small from ../shared/data.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from lifelong.cluster.connect import ClusterConfig
+from lifelong.data.samples import SampleConfig
+from lifelong.data.synthetic import SyntheticConfig
+from lifelong.models.registry import make_config
+from lifelong.trainers.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+FORMATS = ("movielens", "taobao", "parquet", "synthetic")
+
+
+def shared_data() -> Path:
+    """`$LIFELONG_DATA`, else the `shared/data` beside the repository."""
+    return Path(os.environ.get("LIFELONG_DATA", REPO.parent / "shared" / "data"))
+
+
+DEFAULT_PATHS = {"movielens": "movielens/ml-latest-small.zip", "taobao": "taobao/UserBehavior_head.csv"}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    format: str = "movielens"
+    path: Optional[str] = None  # default: the shared copy for movielens/taobao
+    synthetic: dict = field(default_factory=dict)  # SyntheticConfig fields, format=synthetic only
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format '{self.format}' not in {FORMATS}")
+        if self.format == "parquet" and not self.path:
+            raise ValueError("data.path is required for format 'parquet'")
+        if self.synthetic and self.format != "synthetic":
+            raise ValueError("data.synthetic is only for format 'synthetic'")
+        make_config(SyntheticConfig, self.synthetic, "data.synthetic")
+
+    def resolved_path(self) -> Optional[Path]:
+        if self.path:
+            return Path(self.path)
+        return shared_data() / DEFAULT_PATHS[self.format] if self.format in DEFAULT_PATHS else None
+
+
+@dataclass(frozen=True)
+class RunFile:
+    name: str = "main"
+    model: str = "sim_hard"
+    model_config: dict = field(default_factory=lambda: {"k": 50})
+    embedding_dim: int = 16
+    data: DataSource = field(default_factory=DataSource)
+    samples: SampleConfig = field(default_factory=lambda: SampleConfig(max_len=256, short_len=20))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sharding: dict = field(default_factory=dict)  # table -> allowed sharding types
+    output_dir: str = "runs"
+
+
+SECTIONS = {"data": DataSource, "samples": SampleConfig, "train": TrainConfig, "cluster": ClusterConfig}
+
+
+def run_file(values: dict[str, Any] | None, where: str = "run config") -> RunFile:
+    values = dict(values or {})
+    for key, cls in SECTIONS.items():
+        if key in values:
+            values[key] = make_config(cls, values[key], f"{where}: section '{key}'")
+    return make_config(RunFile, values, where)
+
+
+def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None = None) -> RunFile:
+    """Safe-load YAML (or {} without a file) and apply top-level overrides such as model/name."""
+    values: dict[str, Any] = {}
+    if path:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = v
+    return run_file(values, str(path or "defaults"))

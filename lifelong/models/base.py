@@ -1,0 +1,77 @@
+"""Shared frame of every CTR model: embedding lookup of the batch's sequences and the head.
+
+A model gets its EmbeddingCollection passed in (plain in unit tests, sharded under DMP).
+`inputs(config)` tells the collator what the model reads: whether it needs the lifelong
+history and which collate-time GSU (if any) cuts it down before lookup.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import JaggedTensor
+
+from lifelong.embeddings.collate import Batch, Prefilter
+from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    use_long: bool
+    prefilter: Optional[Prefilter] = None
+
+
+@dataclass
+class Embedded:
+    """Looked-up batch: target (B, E); sequences (B, T, E) with masks (B, T); E = behaviour dim."""
+
+    target: torch.Tensor
+    short: torch.Tensor
+    short_mask: torch.Tensor
+    long: torch.Tensor
+    long_mask: torch.Tensor
+    long_cat: torch.Tensor  # (B, K) raw category ids of the long sequence (0 where padded)
+
+
+def _dense(jt: JaggedTensor, width: int) -> torch.Tensor:
+    """Jagged (N, D) -> (B, width, D), zero padded."""
+    return jt.to_padded_dense(desired_length=width) if width else jt.values().new_zeros(
+        (jt.lengths().numel(), 0, jt.values().shape[-1]))
+
+
+def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+
+
+class CTRModel(nn.Module):
+    """Base: subclasses implement `interest(batch, emb) -> (B, F)` and declare `interest_dim`."""
+
+    def __init__(self, embeddings: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.spec = spec
+
+    @classmethod
+    def inputs(cls, config) -> InputSpec:
+        return InputSpec(use_long=False)
+
+    def lookup(self, batch: Batch) -> Embedded:
+        out = self.embeddings(batch.sparse)  # feature -> JaggedTensor (N, D)
+        cat = lambda g, w: torch.cat([_dense(out[feature_name(g, t)], w) for t in TABLE_COLUMNS], -1)  # noqa: E731
+        target = cat("target", 1).squeeze(1)  # (B, E)
+        sp = batch.sparse
+        short_len = sp["short_item"].lengths()
+        long_jt = sp["long_cat"]
+        long_len = long_jt.lengths()
+        long_cat = long_jt.to_padded_dense(desired_length=batch.long_len) if batch.long_len else \
+            torch.zeros(len(long_len), 0, dtype=torch.long, device=long_len.device)
+        return Embedded(target, cat("short", batch.short_len), _mask(short_len, batch.short_len),
+                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.head(self.interest(batch, self.lookup(batch))).squeeze(-1)  # (B,)
+
+    def loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)

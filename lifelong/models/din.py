@@ -1,0 +1,36 @@
+"""DIN: Deep Interest Network (Zhou et al., KDD 2018), on the short history.
+
+The activation unit scores each of the last S behaviours against the target with an MLP over
+[e, q, e - q, e * q] and sums them with those weights (no softmax: the interest keeps its
+strength). Head: MLP over [target, interest]. Default activation: PReLU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.models.base import CTRModel, Embedded
+from lifelong.models.layers import ActivationUnit, mlp
+from lifelong.models.registry import register
+
+
+@dataclass(frozen=True)
+class DINConfig:
+    attention_hidden: tuple[int, ...] = (64, 32)
+    head_hidden: tuple[int, ...] = (128, 64)
+
+
+@register("din", DINConfig)
+class DIN(CTRModel):
+    def __init__(self, config: DINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__(embeddings, spec)
+        E = spec.behaviour_dim
+        self.unit = ActivationUnit(E, config.attention_hidden)
+        self.head = mlp(2 * E, config.head_hidden, 1)
+
+    def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        return torch.cat([emb.target, self.unit(emb.target, emb.short, emb.short_mask)], -1)  # (B, 2E)

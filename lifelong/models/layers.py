@@ -1,0 +1,84 @@
+"""Shared layers: MLP, DIN's activation unit, multi-head target attention, time-gap buckets."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+MASK_FILL = -1e9  # exp underflows to exactly 0, so padded slots get exactly zero weight
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None) -> nn.Sequential:
+    """Linear + PReLU stack; a final linear layer to out_dim if given."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.PReLU()]
+        in_dim = h
+    if out_dim is not None:
+        layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim with padded slots at exactly 0 (all-padded rows give all 0)."""
+    return torch.softmax(logits.masked_fill(~mask, MASK_FILL), dim=-1) * mask
+
+
+class ActivationUnit(nn.Module):
+    """DIN: w_j = MLP([e_j, q, e_j - q, e_j * q]), no softmax; interest = sum_j w_j e_j."""
+
+    def __init__(self, dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(4 * dim, hidden, 1)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = query.unsqueeze(1).expand_as(keys)  # (B, T, D)
+        w = self.net(torch.cat([keys, q, keys - q, keys * q], dim=-1)).squeeze(-1)  # (B, T)
+        w = w * mask
+        return torch.einsum("bt,btd->bd", w, keys)  # (B, D)
+
+
+class TargetAttention(nn.Module):
+    """Multi-head target attention: the target is the only query; returns (B, out_dim)."""
+
+    def __init__(self, query_dim: int, key_dim: int, model_dim: int, heads: int) -> None:
+        super().__init__()
+        if model_dim % heads:
+            raise ValueError(f"model_dim {model_dim} not divisible by heads {heads}")
+        self.heads, self.head_dim = heads, model_dim // heads
+        self.q = nn.Linear(query_dim, model_dim)
+        self.k = nn.Linear(key_dim, model_dim)
+        self.v = nn.Linear(key_dim, model_dim)
+        self.o = nn.Linear(model_dim, model_dim)
+
+    def logits(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Per-head attention logits (B, H, T)."""
+        B, T, _ = keys.shape
+        q = self.q(query).view(B, self.heads, self.head_dim)  # (B, H, dh)
+        k = self.k(keys).view(B, T, self.heads, self.head_dim)  # (B, T, H, dh)
+        return torch.einsum("bhd,bthd->bht", q, k) / math.sqrt(self.head_dim)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, _ = keys.shape
+        w = masked_softmax(self.logits(query, keys), mask.unsqueeze(1))  # (B, H, T)
+        v = self.v(keys).view(B, T, self.heads, self.head_dim)  # (B, T, H, dh)
+        out = torch.einsum("bht,bthd->bhd", w, v).reshape(B, self.heads * self.head_dim)  # (B, H*dh)
+        return self.o(out)
+
+
+class TimeGapEmbedding(nn.Module):
+    """Embedding of log2-bucketed gaps in minutes between the request and each behaviour."""
+
+    def __init__(self, dim: int, buckets: int = 24) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.emb = nn.Embedding(buckets, dim)
+
+    def bucket(self, request_ts: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        gap_min = (request_ts.unsqueeze(1) - ts).clamp(min=0).float() / 60.0  # (B, T)
+        return torch.log2(gap_min + 1).floor().long().clamp(max=self.buckets - 1)
+
+    def forward(self, request_ts: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        return self.emb(self.bucket(request_ts, ts))  # (B, T, dim)

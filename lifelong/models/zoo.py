@@ -1,0 +1,2 @@
+"""Imports every model module so each registers itself."""
+from lifelong.models import din, sim_hard  # noqa: F401

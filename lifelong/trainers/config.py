@@ -1,0 +1,66 @@
+"""Trainer-side configuration: optimisers and runtime, never architecture."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lifelong.data.samples import SampleConfig
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.models.registry import make_config, model_config
+
+SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    epochs: int = 1
+    max_steps: int = 0  # per epoch; 0 = the whole shard
+    dense_lr: float = 1e-3
+    sparse_optimizer: str = "rowwise_adagrad"
+    sparse_lr: float = 0.05
+    seed: int = 0
+    log_every: int = 50
+    prefetch_batches: int = 2
+    shuffle: str = "global"  # global (Ray Data random_shuffle), local (buffer per worker), none
+    local_shuffle_buffer: int = 16384
+
+    def __post_init__(self) -> None:
+        if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
+            raise ValueError(f"train.sparse_optimizer '{self.sparse_optimizer}' not in {SPARSE_OPTIMIZERS}")
+        if self.shuffle not in ("global", "local", "none"):
+            raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("train.batch_size and train.epochs must be >= 1")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a training worker needs, as plain data (sent to Ray workers as a dict)."""
+
+    model: str
+    model_config: dict[str, Any]
+    features: FeatureSpec
+    samples: SampleConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sharding: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        model_config(self.model, self.model_config)  # validates name and keys early
+
+    def arch(self):
+        return model_config(self.model, self.model_config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobSpec":
+        return cls(
+            model=d["model"], model_config=dict(d.get("model_config") or {}),
+            features=make_config(FeatureSpec, d["features"], "features"),
+            samples=make_config(SampleConfig, d["samples"], "samples"),
+            train=make_config(TrainConfig, d.get("train"), "train"),
+            sharding={k: list(v) for k, v in (d.get("sharding") or {}).items()},
+        )

@@ -1,0 +1,113 @@
+"""Per-worker train and eval loops (plain functions; `worker.py` runs them under Ray Train).
+
+Every step of a sharded model is a collective (embedding all-to-alls), so every rank must run the
+same number of steps: `in_lockstep` stops all ranks as soon as one is out of batches and counts
+what the others skipped. Evaluation never drops rows: a rank that runs out repeats its last
+batch (outputs discarded) until all are done.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from lifelong.embeddings.collate import Batch
+from lifelong.trainers.metrics import evaluate_arrays
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss or prediction is NaN/inf; raised before anything is written."""
+
+
+def _any_rank(flag: bool, device: torch.device, op=dist.ReduceOp.MAX) -> bool:
+    t = torch.tensor([int(flag)], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op)
+    return bool(t.item())
+
+
+def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> Iterator:
+    """Yield batches while every rank has one; append this rank's unused batch count to skipped."""
+    it = iter(batches)
+    while True:
+        nxt = next(it, None)
+        if _any_rank(nxt is None, device):
+            skipped.append(int(nxt is not None) + sum(1 for _ in it))
+            return
+        yield nxt
+
+
+def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
+                max_steps: int = 0, log_every: int = 50, show: bool = True) -> dict:
+    """One pass; returns steps, samples, mean loss, samples/s, skipped batches."""
+    model.train()
+    skipped: list[int] = []
+    steps = samples = 0
+    loss_sum, t0 = 0.0, time.perf_counter()
+    bar = tqdm(desc="train", unit="batch", disable=not show, mininterval=5)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    for batch in in_lockstep(batches, device, skipped):
+        batch = batch.to(device, non_blocking=True)
+        logits = model(batch)
+        loss = model.module.loss(batch, logits) if hasattr(model, "module") else model.loss(batch, logits)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"rank {rank}: non-finite loss {loss.item()} at step {steps}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        samples += batch.size
+        loss_sum += loss.item()
+        bar.update(1)
+        if log_every and steps % log_every == 0:
+            bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
+        if max_steps and steps >= max_steps:
+            skipped.append(-1)  # stopped by max_steps, not by data
+            break
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    return {"steps": steps, "samples": samples, "loss": loss_sum / max(steps, 1),
+            "samples_per_s": samples / elapsed if elapsed else math.nan,
+            "skipped_batches": max(skipped[0], 0) if skipped else 0}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, users) of this rank's batches, running in step with the other ranks."""
+    model.eval()
+    out_s, out_l, out_u = [], [], []
+    it = iter(batches)
+    last: Optional[Batch] = None
+    while True:
+        nxt = next(it, None)
+        if not _any_rank(nxt is not None, device):
+            break
+        batch = nxt if nxt is not None else last  # keep the collectives in step; discard below
+        if batch is None:
+            raise RuntimeError("a rank has no evaluation data at all; use fewer workers")
+        logits = model(batch.to(device))
+        if nxt is not None:
+            out_s.append(logits.float().cpu().numpy())
+            out_l.append(batch.labels.numpy())
+            out_u.append(batch.user_ids.numpy())
+            last = nxt
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+    return cat(out_s, np.float64), cat(out_l, np.float64), cat(out_u, np.int64)
+
+
+def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> dict:
+    """AUC, GAUC and logloss over all ranks' rows (gathered, then computed on every rank)."""
+    s, l, u = predict(model, batches, device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (s, l, u))
+        s, l, u = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    if not np.isfinite(s).all():
+        raise NonFiniteLoss(f"{int((~np.isfinite(s)).sum())} non-finite predictions in evaluation")
+    return evaluate_arrays(s, l, u)

@@ -1,0 +1,49 @@
+"""Build a model under DistributedModelParallel: planner plan, fused sparse optimiser, dense one."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torchrec.optim as trec_optim
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from lifelong.embeddings.plan import make_plan
+from lifelong.models import build_model
+from lifelong.models.base import CTRModel
+from lifelong.trainers.config import JobSpec
+
+SPARSE = {
+    "sgd": (torch.optim.SGD, {}),
+    "rowwise_adagrad": (trec_optim.RowWiseAdagrad, {"eps": 1e-8}),
+    "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
+    "adam": (torch.optim.Adam, {}),
+}
+
+
+def plain_model(job: JobSpec, device: torch.device | str = "cpu") -> CTRModel:
+    """The unsharded model (unit tests, reference runs); seeded by the caller."""
+    return build_model(job.model, job.arch(), job.features.collection(device), job.features)
+
+
+def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
+                  plan: Optional[ShardingPlan] = None
+                  ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
+    """DMP over the model's EmbeddingCollection, with the plan from TorchRec's planner
+    (per-table constraints from `job.sharding`), a fused in-backward sparse optimiser and Adam
+    for the dense parameters."""
+    model = build_model(job.model, job.arch(), job.features.collection("meta"), job.features)
+    cls, extra = SPARSE[job.train.sparse_optimizer]
+    apply_optimizer_in_backward(cls, model.embeddings.parameters(), {"lr": job.train.sparse_lr, **extra})
+    if plan is None:
+        plan = make_plan(model, dist.get_world_size(pg), device.type, job.train.batch_size,
+                         job.sharding, pg)
+    dmp = DistributedModelParallel(module=model, device=device, plan=plan,
+                                   env=ShardingEnv.from_process_group(pg))
+    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
+                                  lambda params: torch.optim.Adam(params, lr=job.train.dense_lr))
+    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan

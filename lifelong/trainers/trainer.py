@@ -1,0 +1,35 @@
+"""TorchTrainer setup: Ray Data sample splits in, a Ray Train Result out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray.data
+from ray.train import DataConfig, FailureConfig, RunConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from lifelong.cluster.connect import ClusterConfig, scaling_config
+from lifelong.trainers.config import JobSpec
+from lifelong.trainers.worker import train_loop_per_worker
+
+
+def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data.Dataset]:
+    samples_dir = Path(samples_dir)
+    train = ray.data.read_parquet(str(samples_dir / "train"))
+    if job.train.shuffle == "global":
+        train = train.random_shuffle(seed=job.train.seed)
+    return {"train": train, "valid": ray.data.read_parquet(str(samples_dir / "valid"))}
+
+
+def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
+                 storage_path: str | Path, max_failures: int = 0) -> TorchTrainer:
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.to_dict()},
+        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
+                                 timeout_s=cluster.collective_timeout_s),
+        scaling_config=scaling_config(cluster),
+        datasets=sample_datasets(samples_dir, job),
+        dataset_config=DataConfig(datasets_to_split=["train", "valid"]),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )

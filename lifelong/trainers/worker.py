@@ -1,0 +1,60 @@
+"""The Ray Train worker function: shards -> DMP model -> train/eval epochs -> report + checkpoint."""
+from __future__ import annotations
+
+import tempfile
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from lifelong.embeddings.collate import Collator
+from lifelong.embeddings.plan import describe
+from lifelong.models import entry
+from lifelong.trainers import checkpoint
+from lifelong.trainers.config import JobSpec
+from lifelong.trainers.loop import evaluate, train_epoch
+from lifelong.trainers.model_setup import sharded_model
+
+
+def make_collator(job: JobSpec) -> Collator:
+    inputs = entry(job.model).module.inputs(job.arch())
+    return Collator(job.features, job.samples.short_len, job.samples.max_len, inputs.use_long, inputs.prefilter)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    job = JobSpec.from_dict(config["job"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(job.train.seed)
+    model, optimizer, plan = sharded_model(job, device, dist.group.WORLD)
+    plan_text = describe(plan)
+    if rank == 0:
+        print(f"[lifelong] model={job.model} world={ctx.get_world_size()} device={device}\n"
+              f"[lifelong] sharding plan:\n{plan_text}", flush=True)
+    collate = make_collator(job)
+    t = job.train
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    metrics: dict = {}
+    for epoch in range(t.epochs):
+        shuffle = {"local_shuffle_buffer_size": t.local_shuffle_buffer, "local_shuffle_seed": t.seed + epoch} \
+            if t.shuffle == "local" else {}
+        batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, drop_last=True,
+                                                 prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
+        stats = train_epoch(model, optimizer, batches, device, t.max_steps, t.log_every, show=rank == 0)
+        valid = evaluate(model, valid_shard.iter_torch_batches(
+            batch_size=t.eval_batch_size, collate_fn=collate, prefetch_batches=t.prefetch_batches,
+            device="cpu"), device)
+        metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
+                   **{f"valid_{k}": v for k, v in valid.items()}}
+        if rank == 0:
+            print(f"[lifelong] epoch {epoch}: " + " ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
+        if epoch < t.epochs - 1:
+            ray.train.report(metrics)
+    checkpoint.assert_finite(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.save(model, tmp, config["job"], plan_text, metrics)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
