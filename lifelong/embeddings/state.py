@@ -44,14 +44,9 @@ def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor]:
             for shard in t.local_shards():
                 full[_slices(shard)] = shard.tensor.cpu()
             if dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(full)  # shards are disjoint, so the sum is the table
-                if _replicated(t):
-                    full /= dist.get_world_size()
+                dist.all_reduce(full)  # shards are disjoint (zeros elsewhere): the sum is the table
             out[name] = full
         else:
             out[name] = t.detach().cpu().clone()
     return out
 
-
-def _replicated(t: ShardedTensor) -> bool:
-    return all(tuple(s.shard_sizes) == tuple(t.shape) for s in t.metadata().shards_metadata)

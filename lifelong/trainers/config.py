@@ -9,6 +9,7 @@ from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.registry import make_config, model_config
 
 SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad", "adam")
+DENSE_OPTIMIZERS = ("adam", "sgd", "adagrad")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     epochs: int = 1
     max_steps: int = 0  # per epoch; 0 = the whole shard
+    dense_optimizer: str = "adam"
     dense_lr: float = 1e-3
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
@@ -29,6 +31,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
             raise ValueError(f"train.sparse_optimizer '{self.sparse_optimizer}' not in {SPARSE_OPTIMIZERS}")
+        if self.dense_optimizer not in DENSE_OPTIMIZERS:
+            raise ValueError(f"train.dense_optimizer '{self.dense_optimizer}' not in {DENSE_OPTIMIZERS}")
         if self.shuffle not in ("global", "local", "none"):
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
         if self.batch_size < 1 or self.epochs < 1:

@@ -23,6 +23,7 @@ SPARSE = {
     "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
     "adam": (torch.optim.Adam, {}),
 }
+DENSE = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
 
 
 def plain_model(job: JobSpec, device: torch.device | str = "cpu") -> CTRModel:
@@ -34,8 +35,8 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
                   plan: Optional[ShardingPlan] = None
                   ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     """DMP over the model's EmbeddingCollection, with the plan from TorchRec's planner
-    (per-table constraints from `job.sharding`), a fused in-backward sparse optimiser and Adam
-    for the dense parameters."""
+    (per-table constraints from `job.sharding`), a fused in-backward sparse optimiser and
+    `train.dense_optimizer` for the dense parameters."""
     model = build_model(job.model, job.arch(), job.features.collection("meta"), job.features)
     cls, extra = SPARSE[job.train.sparse_optimizer]
     apply_optimizer_in_backward(cls, model.embeddings.parameters(), {"lr": job.train.sparse_lr, **extra})
@@ -45,5 +46,5 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     dmp = DistributedModelParallel(module=model, device=device, plan=plan,
                                    env=ShardingEnv.from_process_group(pg))
     dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                  lambda params: torch.optim.Adam(params, lr=job.train.dense_lr))
+                                  lambda params: DENSE[job.train.dense_optimizer](params, lr=job.train.dense_lr))
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan

@@ -1,0 +1,34 @@
+"""Shared test fixtures: tiny jobs and sample tables built by the real sample builder."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from lifelong.data.samples import SampleConfig, split_cutoffs, user_samples
+from lifelong.data.synthetic import SyntheticConfig, generate
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.trainers.config import JobSpec, TrainConfig
+
+
+def build_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
+    """All samples of a log, built in-process with the same per-user function Ray Data runs."""
+    cutoffs = split_cutoffs(log, cfg)
+    users = log.column("user_id").to_numpy()
+    parts = [user_samples(log.filter(pa.array(users == u)), cfg, cutoffs) for u in np.unique(users)]
+    return pa.concat_tables(parts)
+
+
+def tiny_samples(n_users: int = 12, seq_len: int = 300, seed: int = 0, max_len: int = 64, short_len: int = 8):
+    syn = SyntheticConfig(n_users=n_users, seq_len=seq_len, n_impressions=20, n_categories=30,
+                          items_per_category=5, guard=40, bursts_per_interest=2, burst=3, seed=seed)
+    log, meta = generate(syn)
+    samples = build_local(log, SampleConfig(max_len=max_len, short_len=short_len,
+                                            sample_behaviors=(1,), history_behaviors=(0,)))
+    return samples, meta
+
+
+def tiny_job(model: str, meta, model_config=None, max_len=64, short_len=8, **train) -> JobSpec:
+    return JobSpec(model=model, model_config=model_config or {},
+                   features=FeatureSpec(meta.n_items, meta.n_categories, 8),
+                   samples=SampleConfig(max_len=max_len, short_len=short_len),
+                   train=TrainConfig(**train))

@@ -1,0 +1,96 @@
+"""Sharded (2 gloo ranks, DMP) vs unsharded: same outputs before and after one training step."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lifelong.models import entry
+from lifelong.trainers.model_setup import plain_model, sharded_model
+from lifelong.embeddings.collate import Collator
+from lifelong.embeddings.state import gather_full_state, load_full_state
+from tests.helpers import tiny_job, tiny_samples
+
+WORLD = 2
+LR_DENSE, LR_SPARSE = 0.05, 200.0  # embedding grads are tiny: a large LR makes their step visible
+
+
+def _collate(job):
+    inp = entry(job.model).module.inputs(job.arch())
+    return Collator(job.features, job.samples.short_len, job.samples.max_len, inp.use_long, inp.prefilter)
+
+
+def _reference(job, batch_table, halves):
+    """Unsharded model, one SGD step with DMP's gradient semantics (see test docstring)."""
+    torch.manual_seed(0)
+    model = plain_model(job)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    collate = _collate(job)
+    before = model(collate(batch_table)).detach()
+    emb = [p for n, p in model.named_parameters() if n.startswith("embeddings.")]
+    dense = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    # Each rank's loss is the mean over its half. DDP averages dense grads over ranks, and so does
+    # TorchRec's sharded embedding backward: both equal grads of the mean of the two half-losses.
+    loss = sum(model.loss(b, model(b)) for b in (collate(h) for h in halves))
+    loss.backward()
+    with torch.no_grad():
+        for p in dense:
+            p -= LR_DENSE * p.grad / WORLD
+        for p in emb:
+            p -= LR_SPARSE * p.grad / WORLD
+    after = model(collate(batch_table)).detach()
+    return init, before, after, model.state_dict()
+
+
+def _worker(rank, init_file, job, table, halves, init, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.manual_seed(0)
+    model, opt, _ = sharded_model(job, torch.device("cpu"), dist.group.WORLD)
+    load_full_state(model, init)
+    collate = _collate(job)
+    mine = collate(halves[rank])
+    before = model(mine).detach()
+    loss = model.module.loss(mine, model(mine))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = model(mine).detach()
+    full = gather_full_state(model)
+    if rank == 0:
+        torch.save({"before": before, "after": after, "state": full}, out + ".0")
+    else:
+        torch.save({"before": before, "after": after}, out + ".1")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("model,sharding", [
+    ("sim_hard", {"item": ["row_wise"], "cat": ["table_wise"]}),
+    ("din", {"item": ["column_wise"], "cat": ["row_wise"]}),
+])
+def test_sharded_equals_unsharded_after_one_step(model, sharding):
+    samples, meta = tiny_samples()
+    job = tiny_job(model, meta, {"k": 6} if model == "sim_hard" else {},
+                   sparse_optimizer="sgd", sparse_lr=LR_SPARSE, dense_optimizer="sgd", dense_lr=LR_DENSE)
+    job = type(job)(**{**job.__dict__, "sharding": sharding})
+    batch = samples.slice(0, 32)
+    halves = [batch.slice(0, 16), batch.slice(16, 16)]
+    init, ref_before, ref_after, ref_state = _reference(job, batch, halves)
+    emb_step = (ref_state["embeddings.embeddings.item.weight"] - init["embeddings.embeddings.item.weight"]).abs().max()
+    assert emb_step > 1e-2, f"embedding step {emb_step} too small for the test to see"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out")
+        mp.start_processes(_worker, args=(os.path.join(tmp, "pg"), job, batch, halves, init, out),
+                           nprocs=WORLD, start_method="spawn")
+        r0, r1 = torch.load(out + ".0", weights_only=True), torch.load(out + ".1", weights_only=True)
+    got_before = torch.cat([r0["before"], r1["before"]])
+    got_after = torch.cat([r0["after"], r1["after"]])
+    assert torch.allclose(got_before, ref_before, atol=1e-5), (got_before - ref_before).abs().max()
+    assert not torch.allclose(ref_before, ref_after, atol=1e-3), "the step must change the outputs"
+    assert torch.allclose(got_after, ref_after, atol=1e-4), (got_after - ref_after).abs().max()
+    for name, ref in ref_state.items():
+        assert torch.allclose(r0["state"][name], ref, atol=1e-5), (name, (r0["state"][name] - ref).abs().max())
