@@ -33,6 +33,8 @@ def _read_csv(data: bytes | str | Path, source: str, names: list[str] | None,
     stream = io.BytesIO(data) if isinstance(data, bytes) else str(data)
     try:
         table = pacsv.read_csv(stream, read_options=read, convert_options=conv)
+    except pa.ArrowKeyError as e:  # a wanted column is absent
+        raise LogSchemaError(f"{source}: missing column: {e}") from e
     except pa.ArrowInvalid as e:  # names the column and the bad value
         raise LogSchemaError(f"{source}: {e}") from e
     if table.num_rows == 0:

@@ -1,0 +1,59 @@
+"""Single-process, unsharded training: the same model, collate and loops without Ray or DMP.
+
+For unit tests, quick experiments and as the reference the sharded path is checked against.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from lifelong.embeddings.collate import Batch
+from lifelong.trainers.config import JobSpec
+from lifelong.trainers.loop import evaluate, train_epoch
+from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
+from lifelong.trainers.worker import make_collator
+
+
+class _Both:
+    """Steps a sparse and a dense optimiser together (the unsharded stand-in for the fused one)."""
+
+    def __init__(self, *opts: torch.optim.Optimizer) -> None:
+        self.opts = opts
+
+    def zero_grad(self) -> None:
+        for o in self.opts:
+            o.zero_grad()
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
+
+
+def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None) -> Iterator[Batch]:
+    collate = make_collator(job)
+    order = np.arange(table.num_rows) if seed is None else np.random.default_rng(seed).permutation(table.num_rows)
+    for i in range(0, table.num_rows, batch_size):
+        yield collate(table.take(pa.array(order[i:i + batch_size])))
+
+
+def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.Module, list[dict]]:
+    """Train `job.train.epochs` epochs; returns the model and per-epoch metrics."""
+    torch.manual_seed(job.train.seed)
+    model = plain_model(job)
+    emb = [p for n, p in model.named_parameters() if n.startswith("embeddings.")]
+    dense = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    cls, extra = SPARSE[job.train.sparse_optimizer]
+    cls = torch.optim.Adagrad if job.train.sparse_optimizer == "rowwise_adagrad" else cls
+    opt = _Both(cls(emb, lr=job.train.sparse_lr, **extra), DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr))
+    history = []
+    device = torch.device("cpu")
+    for epoch in range(job.train.epochs):
+        stats = train_epoch(model, opt, batches(train, job, job.train.batch_size, job.train.seed + epoch), device,
+                            job.train.max_steps, 0, show=False)
+        metrics = evaluate(model, batches(valid, job, job.train.eval_batch_size, None), device)
+        history.append({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
+                        **{f"valid_{k}": v for k, v in metrics.items()}})
+    return model, history

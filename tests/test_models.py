@@ -1,0 +1,79 @@
+"""Model properties: masking, registry validation, SIM-hard's collate-time GSU vs its reference."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lifelong.models import entry, model_config
+from lifelong.models.layers import ActivationUnit, TargetAttention
+from lifelong.trainers.model_setup import plain_model
+from lifelong.trainers.worker import make_collator
+from tests.helpers import tiny_job, tiny_samples
+
+
+def _widen(batch, extra_short: int, extra_long: int):
+    """Same batch with more padding slots (the KJT is unchanged; dense tensors get zero columns)."""
+    pad = lambda t, n: torch.cat([t, torch.zeros(t.shape[0], n, dtype=t.dtype)], 1)  # noqa: E731
+    return dataclasses.replace(batch, short_ts=pad(batch.short_ts, extra_short), long_ts=pad(batch.long_ts, extra_long),
+                               short_len=batch.short_len + extra_short,
+                               long_len=batch.long_len + extra_long if batch.long_len else 0)
+
+
+@pytest.mark.parametrize("name,cfg", [("din", {}), ("sim_hard", {"k": 6}), ("sim_hard", {"k": 6, "gsu_in_collate": False})])
+def test_padding_changes_nothing(name, cfg):
+    samples, meta = tiny_samples()
+    job = tiny_job(name, meta, cfg)
+    torch.manual_seed(0)
+    model = plain_model(job).eval()
+    batch = make_collator(job)(samples.slice(0, 48))
+    if name == "sim_hard" and not cfg.get("gsu_in_collate", True):
+        assert batch.long_len == job.samples.max_len  # reference path: the full history arrives
+    with torch.no_grad():
+        a = model(batch)
+        b = model(_widen(batch, 9, 4))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_layers_ignore_padded_values():
+    torch.manual_seed(0)
+    B, T, E = 5, 7, 12
+    q, keys = torch.randn(B, E), torch.randn(B, T, E)
+    mask = torch.rand(B, T) > 0.4
+    mask[0] = False  # an empty history gives a zero interest, not NaN
+    garbage = torch.where(mask.unsqueeze(-1), keys, torch.randn(B, T, E) * 100)
+    for layer in (ActivationUnit(E, (8,)), TargetAttention(E, E, 8, 2)):
+        clean = layer(q, keys * mask.unsqueeze(-1), mask)
+        noisy = layer(q, garbage, mask)
+        assert torch.allclose(clean, noisy, atol=1e-5) and torch.isfinite(noisy).all()
+    assert torch.allclose(ActivationUnit(E, (8,))(q, keys, mask)[0], torch.zeros(E))
+
+
+def test_sim_hard_collate_gsu_equals_in_model_gsu_forward_and_backward():
+    samples, meta = tiny_samples()
+    table = samples.slice(0, 64)
+    fast, ref = tiny_job("sim_hard", meta, {"k": 5}), tiny_job("sim_hard", meta, {"k": 5, "gsu_in_collate": False})
+    torch.manual_seed(0)
+    m_fast = plain_model(fast)
+    m_ref = plain_model(ref)
+    m_ref.load_state_dict(m_fast.state_dict())
+    b_fast, b_ref = make_collator(fast)(table), make_collator(ref)(table)
+    assert b_fast.long_len == 5 and b_ref.long_len == 64  # only k ids reach the lookup on the fast path
+    assert b_fast.sparse["long_item"].values().numel() < b_ref.sparse["long_item"].values().numel()
+    out_fast, out_ref = m_fast(b_fast), m_ref(b_ref)
+    assert torch.allclose(out_fast, out_ref, atol=1e-6)
+    out_fast.sum().backward()
+    out_ref.sum().backward()
+    for (n, p), (_, r) in zip(m_fast.named_parameters(), m_ref.named_parameters()):
+        assert torch.allclose(p.grad, r.grad, atol=1e-6), n
+
+
+def test_registry_validates_configs():
+    assert model_config("sim_hard", {"k": 7, "head_hidden": [16]}).head_hidden == (16,)
+    with pytest.raises(ValueError, match=r"model 'sim_hard' config: unknown key\(s\) \['topk'\]"):
+        model_config("sim_hard", {"topk": 7})
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        entry("nope")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model_config("din").head_hidden = (1,)
