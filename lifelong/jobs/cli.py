@@ -4,16 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from pathlib import Path
 
 from lifelong.cluster.connect import connect
-from lifelong.embeddings.spec import FeatureSpec
 from lifelong.jobs.config import load_run_file
 from lifelong.jobs.prepare import prepare
+from lifelong.jobs.train import train
 from lifelong.models import names
-from lifelong.trainers.config import JobSpec
-from lifelong.trainers.trainer import make_trainer
 
 
 def _run_file(args):
@@ -36,25 +32,7 @@ def cmd_prepare(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    t0 = time.perf_counter()
-    run = _run_file(args)
-    mode = connect(run.cluster)
-    samples_dir, meta, report = prepare(run)
-    label = " (SYNTHETIC data)" if meta.synthetic else ""
-    print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} dropped={report['dropped']}")
-    job = JobSpec(model=run.model, model_config=dict(run.model_config),
-                  features=FeatureSpec(meta.n_items, meta.n_categories, run.embedding_dim),
-                  samples=run.samples, train=run.train, sharding=dict(run.sharding))
-    trainer = make_trainer(job, samples_dir, run.cluster, run.name, run.output_dir)
-    result = trainer.fit()
-    summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic,
-               "wall_s": round(time.perf_counter() - t0, 1),
-               "checkpoint": result.checkpoint.path if result.checkpoint else None, **result.metrics}
-    out = Path(run.output_dir) / run.name / "summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    print("[lifelong] result:\n" + "\n".join(f"  {k:28s} {v}" for k, v in summary.items()))
-    return summary
+    return train(_run_file(args))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,8 @@
+# The two entry points of the README. Both set up .venv first (idempotent).
+.PHONY: setup run test
+setup:
+	bash scripts/setup.sh
+run: setup
+	.venv/bin/lifelong train --model sim_hard
+test: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider

@@ -1,0 +1,41 @@
+"""The train job: connect to Ray, prepare samples (cached), fit on Ray Train, write a summary."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from lifelong.cluster.connect import connect
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.jobs.config import RunFile
+from lifelong.jobs.prepare import prepare
+from lifelong.trainers.checkpoint import PLAN_FILE
+from lifelong.trainers.config import JobSpec
+from lifelong.trainers.trainer import make_trainer
+
+
+def job_spec(run: RunFile, meta) -> JobSpec:
+    return JobSpec(model=run.model, model_config=dict(run.model_config),
+                   features=FeatureSpec(meta.n_items, meta.n_categories, run.embedding_dim),
+                   samples=run.samples, train=run.train, sharding=dict(run.sharding))
+
+
+def train(run: RunFile) -> dict:
+    """Train `run.model`; returns (and writes to <output>/<name>/summary.json) the final metrics."""
+    t0 = time.perf_counter()
+    mode = connect(run.cluster)
+    samples_dir, meta, report = prepare(run)
+    label = " (SYNTHETIC data)" if meta.synthetic else ""
+    print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} "
+          f"dropped={report['dropped']}", flush=True)
+    result = make_trainer(job_spec(run, meta), samples_dir, run.cluster, run.name, run.output_dir).fit()
+    ckpt = result.checkpoint.path if result.checkpoint else None
+    summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic,
+               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": ckpt, **result.metrics}
+    out = Path(run.output_dir) / run.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if ckpt:  # the chosen plan is saved with the run's outputs, not only inside the checkpoint
+        (out / PLAN_FILE).write_text((Path(ckpt) / PLAN_FILE).read_text())
+    print("[lifelong] result:\n" + "\n".join(f"  {k:28s} {v}" for k, v in summary.items()), flush=True)
+    return summary

@@ -1,0 +1,26 @@
+"""Shipped run files load and validate; bad keys are named."""
+from pathlib import Path
+
+import pytest
+
+from lifelong.jobs.config import load_run_file, run_file
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    run = load_run_file(path)
+    assert run.samples.short_len <= run.samples.max_len
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ValueError, match=r"section 'train'.*\['lr'\]"):
+        run_file({"train": {"lr": 0.1}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['modle'\]"):
+        run_file({"modle": "din"})
+    with pytest.raises(ValueError, match=r"data.format 'csv'"):
+        run_file({"data": {"format": "csv"}})
+    with pytest.raises(ValueError, match=r"unknown sharding type"):
+        from lifelong.embeddings.plan import constraints_from_config
+        constraints_from_config({"item": ["diagonal"]})
