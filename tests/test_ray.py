@@ -46,6 +46,8 @@ def test_two_worker_run_on_movielens(ray_local, tmp_path):
     assert summary["valid_auc"] > 0.55 and summary["valid_gauc"] > 0.52, summary
     assert summary["valid_gauc_users"] > 20 and summary["train_skipped_batches"] == 0
     assert summary["valid_samples"] == 10_006  # evaluation drops no row
+    # Training sees every row but each worker's last partial batch (drop_last keeps steps equal).
+    assert 79_634 - 2 * 256 < summary["train_samples"] <= 79_634
     ckpt = Path(summary["checkpoint"])
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "job.json"} <= {p.name for p in ckpt.iterdir()}
     plan = (tmp_path / "e2e" / "plan.txt").read_text()

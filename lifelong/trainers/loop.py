@@ -44,7 +44,8 @@ def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> 
 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
                 max_steps: int = 0, log_every: int = 50, show: bool = True) -> dict:
-    """One pass; returns steps, samples, mean loss, samples/s, skipped batches."""
+    """One pass; returns steps, mean loss (this rank), skipped batches (this rank), and samples
+    and samples/s summed over all ranks (the job's throughput)."""
     model.train()
     skipped: list[int] = []
     steps = samples = 0
@@ -71,6 +72,10 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
             break
     bar.close()
     elapsed = time.perf_counter() - t0
+    if dist.is_initialized():
+        total = torch.tensor([samples], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        samples = int(total.item())
     return {"steps": steps, "samples": samples, "loss": loss_sum / max(steps, 1),
             "samples_per_s": samples / elapsed if elapsed else math.nan,
             "skipped_batches": max(skipped[0], 0) if skipped else 0}

@@ -1,6 +1,7 @@
 """The Ray Train worker function: shards -> DMP model -> train/eval epochs -> report + checkpoint."""
 from __future__ import annotations
 
+import logging
 import tempfile
 
 import ray.train
@@ -17,6 +18,13 @@ from lifelong.trainers.loop import evaluate, train_epoch
 from lifelong.trainers.model_setup import sharded_model
 
 
+class _NoTBEArgumentDump(logging.Filter):
+    """fbgemm logs every TBE constructor argument at INFO through the root logger; drop those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("[TBE=")
+
+
 def make_collator(job: JobSpec) -> Collator:
     inputs = entry(job.model).module.inputs(job.arch())
     return Collator(job.features, job.samples.short_len, job.samples.max_len, inputs.use_long, inputs.prefilter)
@@ -24,6 +32,7 @@ def make_collator(job: JobSpec) -> Collator:
 
 def train_loop_per_worker(config: dict) -> None:
     job = JobSpec.from_dict(config["job"])
+    logging.getLogger().addFilter(_NoTBEArgumentDump())
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
