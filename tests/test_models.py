@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ def _widen(batch, extra_short: int, extra_long: int):
                                long_len=batch.long_len + extra_long if batch.long_len else 0)
 
 
-@pytest.mark.parametrize("name,cfg", [("din", {}), ("sim_hard", {"k": 6}), ("sim_hard", {"k": 6, "gsu_in_collate": False})])
+@pytest.mark.parametrize("name,cfg", [("din", {}), ("din_full", {}), ("sim_hard", {"k": 6}), ("sim_hard", {"k": 6, "gsu_in_collate": False})])
 def test_padding_changes_nothing(name, cfg):
     samples, meta = tiny_samples()
     job = tiny_job(name, meta, cfg)
@@ -77,3 +78,23 @@ def test_registry_validates_configs():
         entry("nope")
     with pytest.raises(dataclasses.FrozenInstanceError):
         model_config("din").head_hidden = (1,)
+
+
+def test_din_full_reads_the_whole_history_and_din_only_the_tail():
+    samples, meta = tiny_samples()
+    table = samples.slice(0, 32)
+    for name, width in (("din", 8), ("din_full", 64)):
+        job = tiny_job(name, meta)
+        torch.manual_seed(0)
+        model = plain_model(job).eval()
+        batch = make_collator(job)(table)
+        with torch.no_grad():
+            base = model(batch)
+            # Change the oldest history event of every row: only din_full may react.
+            old = table.column("hist_item").combine_chunks()
+            items = old.values.to_numpy().copy()
+            items[old.offsets.to_numpy()[:-1]] = 1
+            changed = table.set_column(table.schema.get_field_index("hist_item"), "hist_item",
+                                       pa.ListArray.from_arrays(old.offsets, pa.array(items)))
+            moved = (model(make_collator(job)(changed)) - base).abs().max().item()
+        assert (moved > 1e-6) == (name == "din_full"), (name, moved)

@@ -1,4 +1,5 @@
-"""DIN: Deep Interest Network (Zhou et al., KDD 2018), on the short history.
+"""DIN: Deep Interest Network (Zhou et al., KDD 2018): `din` on the short history, `din_full` on
+the whole lifelong history (the brute-force reference two-stage models approximate).
 
 The activation unit scores each of the last S behaviours against the target with an MLP over
 [e, q, e - q, e * q] and sums them with those weights (no softmax: the interest keeps its
@@ -13,7 +14,7 @@ from torch import nn
 
 from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
-from lifelong.models.base import CTRModel, Embedded
+from lifelong.models.base import CTRModel, Embedded, InputSpec
 from lifelong.models.layers import ActivationUnit, mlp
 from lifelong.models.registry import register
 
@@ -34,3 +35,15 @@ class DIN(CTRModel):
 
     def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return torch.cat([emb.target, self.unit(emb.target, emb.short, emb.short_mask)], -1)  # (B, 2E)
+
+
+@register("din_full", DINConfig)
+class DINFull(DIN):
+    """DIN's unit over all L lifelong behaviours: every behaviour gets a full-width lookup."""
+
+    @classmethod
+    def inputs(cls, config: DINConfig) -> InputSpec:
+        return InputSpec(use_long=True)
+
+    def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        return torch.cat([emb.target, self.unit(emb.target, emb.long, emb.long_mask)], -1)  # (B, 2E)
