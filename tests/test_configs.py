@@ -24,3 +24,12 @@ def test_unknown_keys_are_named():
     with pytest.raises(ValueError, match=r"unknown sharding type"):
         from lifelong.embeddings.plan import constraints_from_config
         constraints_from_config({"item": ["diagonal"]})
+
+
+def test_model_override_drops_the_other_models_config(tmp_path):
+    assert load_run_file(None, {"model": "din"}).model_config == {}  # default is sim_hard with k
+    f = tmp_path / "r.yaml"
+    f.write_text("model: sim_hard\nmodel_config: {k: 9}\n")
+    assert load_run_file(f, {"model": "din"}).model_config == {}
+    assert load_run_file(f, {"model": "sim_hard"}).model_config == {"k": 9}
+    assert load_run_file(f).model_config == {"k": 9}

@@ -84,7 +84,12 @@ def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None =
             values = yaml.safe_load(f) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: top level must be a mapping")
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            values[k] = v
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    file_model = values.get("model", RunFile.model)
+    if overrides.get("model", file_model) != file_model:
+        # The file's (or default) model_config was written for another model: use the new defaults.
+        old = values.pop("model_config", None if "model" in values else RunFile().model_config)
+        values["model_config"] = {}
+        print(f"[lifelong] --model {overrides['model']} replaces {file_model}; model_config {old} not used")
+    values.update(overrides)
     return run_file(values, str(path or "defaults"))
