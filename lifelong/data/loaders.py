@@ -74,9 +74,10 @@ def load_movielens(path: str | Path, click_threshold: float = 4.0) -> Loaded:
     genre = pc.list_element(pc.split_pattern(movies.column("genres"), "|"), 0).to_numpy(zero_copy_only=False)
     movie_ids = movies.column("movieId").to_numpy()
     raw_items = ratings.column("movieId").to_numpy()
-    pos = np.searchsorted(movie_ids, raw_items, sorter=np.argsort(movie_ids))
     order = np.argsort(movie_ids)
-    found = (pos < len(movie_ids)) & (movie_ids[order][np.minimum(pos, len(movie_ids) - 1)] == raw_items)
+    sorted_ids = movie_ids[order]
+    pos = np.minimum(np.searchsorted(sorted_ids, raw_items), len(sorted_ids) - 1)
+    found = sorted_ids[pos] == raw_items
     if not found.all():
         bad = np.unique(raw_items[~found])[:5]
         raise LogSchemaError(f"{ratings_src}: column 'movieId' has ids not in {movies_src}: {bad.tolist()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from lifelong.cluster.connect import connect
 from lifelong.jobs.config import load_run_file
@@ -17,7 +18,6 @@ def _run_file(args):
                  "output_dir": getattr(args, "output_dir", None)}
     run = load_run_file(args.config, overrides)
     if getattr(args, "address", None) or getattr(args, "workers", None):
-        from dataclasses import replace
         run = replace(run, cluster=replace(run.cluster, address=args.address or run.cluster.address,
                                            num_workers=args.workers or run.cluster.num_workers))
     return run
