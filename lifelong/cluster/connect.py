@@ -37,7 +37,7 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
         ray.init(address=cfg.address, runtime_env=env, log_to_driver=True)
         return "address"
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env)
+        ray.init()  # inside `ray job submit`: keep the job's runtime env (working_dir, env vars)
         return "job"
     # Workers each hold cpus_per_worker; Ray Data's read/collate tasks need CPUs beside them,
     # so the embedded Ray advertises at least num_workers + 2 logical CPUs.
