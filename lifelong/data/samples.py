@@ -56,7 +56,7 @@ def _mask(table: pa.Table, codes: tuple[int, ...]) -> np.ndarray:
     return np.isin(table.column("behavior").to_numpy(), codes)
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated aranges [s, e) and the offsets of each range: no Python loop over rows."""
     lengths = ends - starts
     offsets = np.zeros(len(lengths) + 1, np.int64)
@@ -79,7 +79,7 @@ def user_samples(events: pa.Table, cfg: SampleConfig, cutoffs: tuple[int, int]) 
     keep = n_before >= max(cfg.min_history, 0)
     cand, n_before = cand[keep], n_before[keep]
     start = np.maximum(n_before - cfg.max_len, 0)
-    idx, offsets = _ranges(start, n_before)
+    idx, offsets = concat_ranges(start, n_before)
     rows = hist[idx]  # positions (in sorted events) of each sample's history, concatenated
     out = {c: events.column(c).take(pa.array(cand)) for c in ("user_id", "item_id", "category_id", "timestamp", "label")}
     for name, src in HIST_COLUMNS.items():

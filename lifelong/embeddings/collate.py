@@ -16,8 +16,8 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 from torchrec import KeyedJaggedTensor
 
+from lifelong.data.samples import concat_ranges
 from lifelong.embeddings.spec import FEATURES, GROUPS, TABLE_COLUMNS, FeatureSpec, feature_name
-
 
 
 class Prefilter(Protocol):
@@ -78,13 +78,7 @@ def _list(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def tail(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions of the last n elements of each row, and their offsets."""
-    ends = offsets[1:]
-    starts = np.maximum(offsets[:-1], ends - n)
-    lengths = ends - starts
-    new = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=new[1:])
-    idx = np.arange(new[-1]) - np.repeat(new[:-1] - starts, lengths)
-    return idx, new
+    return concat_ranges(np.maximum(offsets[:-1], offsets[1:] - n), offsets[1:])
 
 
 def pad(values: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
@@ -111,8 +105,9 @@ class Collator(ArrowBatchCollateFn):
         self.long_width = 0 if not use_long else min(long_len, prefilter.k) if prefilter else long_len
 
     def __call__(self, table: pa.Table) -> Batch:
-        offsets, _ = _list(table.column("hist_item"))
-        hist = {t: _list(table.column(f"hist_{t}"))[1] for t in TABLE_COLUMNS}
+        lists = {t: _list(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
+        offsets = lists["item"][0]  # every hist_* column shares these offsets
+        hist = {t: values for t, (_, values) in lists.items()}
         hist_ts = _list(table.column("hist_ts"))[1]
         target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
         s_idx, s_off = tail(offsets, self.short_len)

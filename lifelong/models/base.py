@@ -46,7 +46,7 @@ def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class CTRModel(nn.Module):
-    """Base: subclasses implement `interest(batch, emb) -> (B, F)` and declare `interest_dim`."""
+    """Base: subclasses build `self.head` and implement `interest(batch, emb) -> (B, F)`."""
 
     def __init__(self, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__()
