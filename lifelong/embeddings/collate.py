@@ -17,7 +17,7 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from torchrec import KeyedJaggedTensor
 
 from lifelong.data.samples import concat_ranges
-from lifelong.embeddings.spec import FEATURES, GROUPS, TABLE_COLUMNS, FeatureSpec, feature_name
+from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, FeatureSpec, SideTable, feature_name, features
 
 
 class Prefilter(Protocol):
@@ -99,9 +99,10 @@ class Collator(ArrowBatchCollateFn):
     """
 
     def __init__(self, spec: FeatureSpec, short_len: int, long_len: int, use_long: bool,
-                 prefilter: Optional[Prefilter] = None) -> None:
+                 prefilter: Optional[Prefilter] = None, side: tuple[SideTable, ...] = ()) -> None:
         self.spec, self.short_len, self.long_len = spec, short_len, long_len
-        self.use_long, self.prefilter = use_long, prefilter
+        self.use_long, self.prefilter, self.side = use_long, prefilter, side
+        self.keys = list(features(side))
         self.long_width = 0 if not use_long else min(long_len, prefilter.k) if prefilter else long_len
 
     def __call__(self, table: pa.Table) -> Batch:
@@ -119,15 +120,18 @@ class Collator(ArrowBatchCollateFn):
             l_idx, l_off = tail(offsets, self.long_len)
         rows = {"target": (None, np.arange(len(offsets), dtype=np.int64)), "short": (s_idx, s_off), "long": (l_idx, l_off)}
         values, lengths = [], []
-        for t in TABLE_COLUMNS:  # KJT order = FEATURES: table-major, then group
-            for g in GROUPS:
+        # KJT order = features(side): main tables then side tables, each table-major then group.
+        tables = [(t, t, GROUPS) for t in TABLE_COLUMNS] + [(s.name, s.source, s.groups) for s in self.side]
+        for name, source, groups in tables:
+            for g in groups:
                 idx, off = rows[g]
-                v = target[t] if idx is None else hist[t][idx]
-                self._check_range(feature_name(g, t), v, self.spec.num_embeddings(t))
+                v = target[source] if idx is None else hist[source][idx]
+                if name == source:  # side tables read the same ids, already checked
+                    self._check_range(feature_name(g, name), v, self.spec.num_embeddings(source))
                 values.append(v)
                 lengths.append(np.ones(len(v), np.int64) if idx is None else np.diff(off))
         sparse = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(FEATURES), values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
+            keys=self.keys, values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
             lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)))
         return Batch(
             sparse=sparse,

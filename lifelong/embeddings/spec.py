@@ -1,5 +1,10 @@
 """Feature spec -> TorchRec tables. The item and category tables are each shared by the target,
-short-history and lifelong-history features, so one id has one embedding everywhere."""
+short-history and lifelong-history features, so one id has one embedding everywhere.
+
+A model may ask for side tables (`SideTable`): a second, separately trained table over the same
+ids as a main table (SIM-soft's low-dimensional search embeddings). They are TorchRec tables
+too, sharded by the same planner, with their own features (`target_soft_item`, ...).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +21,32 @@ def feature_name(group: str, table: str) -> str:
     return f"{group}_{table}"
 
 
-FEATURES = tuple(feature_name(g, t) for t in TABLE_COLUMNS for g in GROUPS)
+@dataclass(frozen=True)
+class SideTable:
+    """A model-owned table `name` over the ids of main table `source`, looked up for `groups`."""
+
+    name: str
+    source: str
+    dim: int
+    groups: tuple[str, ...] = ("target", "long")
+
+    def __post_init__(self) -> None:
+        if self.source not in TABLE_COLUMNS:
+            raise ValueError(f"side table '{self.name}': source '{self.source}' not in {list(TABLE_COLUMNS)}")
+        if self.name in TABLE_COLUMNS:
+            raise ValueError(f"side table '{self.name}' clashes with a main table")
+        bad = [g for g in self.groups if g not in GROUPS]
+        if bad:
+            raise ValueError(f"side table '{self.name}': unknown group(s) {bad}; choose from {GROUPS}")
+
+
+def features(side: tuple[SideTable, ...] = ()) -> tuple[str, ...]:
+    """KJT key order: main tables (every group), then side tables (their groups); table-major."""
+    main = tuple(feature_name(g, t) for t in TABLE_COLUMNS for g in GROUPS)
+    return main + tuple(feature_name(g, s.name) for s in side for g in s.groups)
+
+
+FEATURES = features()
 
 
 @dataclass(frozen=True)
@@ -30,16 +60,15 @@ class FeatureSpec:
     def num_embeddings(self, table: str) -> int:
         return {"item": self.n_items, "cat": self.n_categories}[table] + 1
 
-    def tables(self) -> list[EmbeddingConfig]:
-        return [
-            EmbeddingConfig(name=t, embedding_dim=self.dim, num_embeddings=self.num_embeddings(t),
-                            feature_names=[feature_name(g, t) for g in GROUPS])
-            for t in TABLE_COLUMNS
-        ]
+    def tables(self, side: tuple[SideTable, ...] = ()) -> list[EmbeddingConfig]:
+        main = [EmbeddingConfig(name=t, embedding_dim=self.dim, num_embeddings=self.num_embeddings(t),
+                                feature_names=[feature_name(g, t) for g in GROUPS]) for t in TABLE_COLUMNS]
+        return main + [EmbeddingConfig(name=s.name, embedding_dim=s.dim, num_embeddings=self.num_embeddings(s.source),
+                                       feature_names=[feature_name(g, s.name) for g in s.groups]) for s in side]
 
-    def collection(self, device: torch.device | str = "cpu") -> EmbeddingCollection:
+    def collection(self, device: torch.device | str = "cpu", side: tuple[SideTable, ...] = ()) -> EmbeddingCollection:
         """The sequence embedding collection (unsharded; DMP shards it)."""
-        return EmbeddingCollection(tables=self.tables(), device=torch.device(device))
+        return EmbeddingCollection(tables=self.tables(side), device=torch.device(device))
 
     @property
     def behaviour_dim(self) -> int:

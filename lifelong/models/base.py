@@ -2,11 +2,13 @@
 
 A model gets its EmbeddingCollection passed in (plain in unit tests, sharded under DMP).
 `inputs(config)` tells the collator what the model reads: whether it needs the lifelong
-history and which collate-time GSU (if any) cuts it down before lookup.
+history, which collate-time GSU (if any) cuts it down before lookup, and which side tables the
+model owns. Models with an auxiliary loss (DIEN, SIM-soft) stash it in forward with `add_aux`;
+`loss` adds it to the CTR loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -14,13 +16,14 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings.collate import Batch, Prefilter
-from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name
+from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, SideTable, feature_name
 
 
 @dataclass(frozen=True)
 class InputSpec:
     use_long: bool
     prefilter: Optional[Prefilter] = None
+    side_tables: tuple[SideTable, ...] = ()
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Embedded:
     long: torch.Tensor
     long_mask: torch.Tensor
     long_cat: torch.Tensor  # (B, K) raw category ids of the long sequence (0 where padded)
+    side: dict[str, dict[str, torch.Tensor]]  # side table -> group -> (B, D) target or (B, T, D)
+    cache: dict[str, object] = field(default_factory=dict)  # a model's derived tensors of this batch
 
 
 def _dense(jt: JaggedTensor, width: int) -> torch.Tensor:
@@ -48,8 +53,9 @@ def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 class CTRModel(nn.Module):
     """Base: subclasses build `self.head` and implement `interest(batch, emb) -> (B, F)`."""
 
-    def __init__(self, embeddings: nn.Module, spec: FeatureSpec) -> None:
+    def __init__(self, config, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__()
+        self.config = config
         self.embeddings = embeddings
         self.spec = spec
 
@@ -67,11 +73,24 @@ class CTRModel(nn.Module):
         long_len = long_jt.lengths()
         long_cat = long_jt.to_padded_dense(desired_length=batch.long_len) if batch.long_len else \
             torch.zeros(len(long_len), 0, dtype=torch.long, device=long_len.device)
+        widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
+        side = {s.name: {g: _dense(out[feature_name(g, s.name)], widths[g]) for g in s.groups}
+                for s in self.inputs(self.config).side_tables}
+        for groups in side.values():
+            if "target" in groups:
+                groups["target"] = groups["target"].squeeze(1)  # (B, D)
         return Embedded(target, cat("short", batch.short_len), _mask(short_len, batch.short_len),
-                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat)
+                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat, side)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.head(self.interest(batch, self.lookup(batch))).squeeze(-1)  # (B,)
 
+    def add_aux(self, loss: torch.Tensor) -> None:
+        """Record an auxiliary loss of this forward pass (training only); `loss` consumes it."""
+        if self.training:
+            self._aux_loss = loss
+
     def loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        ctr = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        aux = self.__dict__.pop("_aux_loss", None)
+        return ctr if aux is None else ctr + aux

@@ -28,7 +28,7 @@ class DINConfig:
 @register("din", DINConfig)
 class DIN(CTRModel):
     def __init__(self, config: DINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(embeddings, spec)
+        super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.unit = ActivationUnit(E, config.attention_hidden)
         self.head = mlp(2 * E, config.head_hidden, 1)

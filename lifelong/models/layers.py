@@ -82,3 +82,45 @@ class TimeGapEmbedding(nn.Module):
 
     def forward(self, request_ts: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         return self.emb(self.bucket(request_ts, ts))  # (B, T, dim)
+
+
+class GapAttention(nn.Module):
+    """SIM's ESU (also SIM-soft's and ETA's): each behaviour concatenated with the embedding of its
+    log-bucketed time gap to the request, then multi-head target attention."""
+
+    def __init__(self, dim: int, gap_dim: int, gap_buckets: int, model_dim: int, heads: int) -> None:
+        super().__init__()
+        self.gap = TimeGapEmbedding(gap_dim, gap_buckets)
+        self.attention = TargetAttention(dim, dim + gap_dim, model_dim, heads)
+        self.out_dim = model_dim
+
+    def keys(self, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        return torch.cat([seq, self.gap(request_ts, ts)], -1)  # (B, T, D + gap_dim)
+
+    def logits(self, query: torch.Tensor, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor
+               ) -> torch.Tensor:
+        return self.attention.logits(query, self.keys(request_ts, seq, ts))  # (B, H, T)
+
+    def forward(self, query: torch.Tensor, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        return self.attention(query, self.keys(request_ts, seq, ts), mask)  # (B, model_dim)
+
+
+class CrossFeatures(nn.Module):
+    """User-item cross features of lifelong behaviours (TWIN's K_c, also CAIN's): embeddings of the
+    log-bucketed time gap to the request and of the log-bucketed distance from the newest
+    behaviour. Behaviours at positions idx (B, T) of histories with mask (B, L) -> (B, T, 2 * dim)."""
+
+    n_features = 2
+
+    def __init__(self, dim: int, buckets: int = 24) -> None:
+        super().__init__()
+        self.gap = TimeGapEmbedding(dim, buckets)
+        self.position = nn.Embedding(buckets, dim)
+        self.buckets = buckets
+
+    def forward(self, request_ts: torch.Tensor, ts: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor
+                ) -> torch.Tensor:
+        from_newest = (mask.sum(1, keepdim=True) - 1 - idx).clamp(min=0)  # (B, T)
+        pos = torch.log2(from_newest.float() + 1).floor().long().clamp(max=self.buckets - 1)
+        return torch.cat([self.gap(request_ts, ts), self.position(pos)], -1)  # (B, T, 2 * dim)

@@ -1,4 +1,5 @@
-"""SIM with hard search (Pi et al., CIKM 2020).
+"""SIM with hard search (Pi et al., "Search-based User Interest Modeling with Lifelong Sequential
+Behavior Data for Click-Through Rate Prediction", CIKM 2020).
 
 GSU: behaviours of the target's category, the k most recent (`gsu/hard.py`). It needs only
 category ids, so by default it runs at collate time and the lifelong KJT holds just k ids; if a
@@ -16,11 +17,10 @@ from torch import nn
 
 from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
-from lifelong.models.base import CTRModel, Embedded, InputSpec
-from lifelong.models.gsu.base import gather_rows, valid_slots
+from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.hard import HardSearchGSU, HardSearchPrefilter
-from lifelong.models.layers import ActivationUnit, TargetAttention, TimeGapEmbedding, mlp
 from lifelong.models.registry import register
+from lifelong.models.two_stage import GapSearch
 
 
 @dataclass(frozen=True)
@@ -37,32 +37,14 @@ class SIMHardConfig:
 
 
 @register("sim_hard", SIMHardConfig)
-class SIMHard(CTRModel):
+class SIMHard(GapSearch):
     def __init__(self, config: SIMHardConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(embeddings, spec)
-        E = spec.behaviour_dim
-        self.config = config
+        super().__init__(config, embeddings, spec)
         self.gsu = HardSearchGSU(config.k)
-        self.gap = TimeGapEmbedding(config.gap_dim, config.gap_buckets)
-        self.esu = TargetAttention(E, E + config.gap_dim, config.attention_dim, config.heads)
-        self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
-        self.head = mlp(E + config.attention_dim + (E if config.use_short else 0), config.head_hidden, 1)
 
     @classmethod
     def inputs(cls, config: SIMHardConfig) -> InputSpec:
         return InputSpec(use_long=True, prefilter=HardSearchPrefilter(config.k) if config.gsu_in_collate else None)
 
-    def select(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The k selected behaviours (B, k, E), their timestamps (B, k) and mask (B, k)."""
-        if emb.long.shape[1] <= self.config.k and self.config.gsu_in_collate:
-            return emb.long, batch.long_ts, emb.long_mask
-        idx, scores = self.gsu(batch.sparse["target_cat"].values(), emb.long_cat, emb.long_mask)
-        return gather_rows(emb.long, idx), batch.long_ts.gather(1, idx), valid_slots(scores)
-
-    def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        seq, ts, mask = self.select(batch, emb)
-        z = torch.cat([seq, self.gap(batch.target_ts, ts)], -1)  # (B, k, E + gap_dim)
-        parts = [emb.target, self.esu(emb.target, z, mask)]
-        if self.unit is not None:
-            parts.append(self.unit(emb.target, emb.short, emb.short_mask))
-        return torch.cat(parts, -1)
+    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch.sparse["target_cat"].values(), emb.long_cat  # (B,), (B, L)

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torchrec.optim as trec_optim
+from torchrec import EmbeddingCollection
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -13,7 +14,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from lifelong.embeddings.plan import make_plan
-from lifelong.models import build_model
+from lifelong.models import build_model, entry
 from lifelong.models.base import CTRModel
 from lifelong.trainers.config import JobSpec
 
@@ -26,9 +27,14 @@ SPARSE = {
 DENSE = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
 
 
+def collection(job: JobSpec, device: torch.device | str) -> EmbeddingCollection:
+    """The job's EmbeddingCollection: main tables plus the model's side tables."""
+    return job.features.collection(device, entry(job.model).module.inputs(job.arch()).side_tables)
+
+
 def plain_model(job: JobSpec, device: torch.device | str = "cpu") -> CTRModel:
     """The unsharded model (unit tests, reference runs); seeded by the caller."""
-    return build_model(job.model, job.arch(), job.features.collection(device), job.features)
+    return build_model(job.model, job.arch(), collection(job, device), job.features)
 
 
 def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
@@ -37,7 +43,7 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     """DMP over the model's EmbeddingCollection, with the plan from TorchRec's planner
     (per-table constraints from `job.sharding`), a fused in-backward sparse optimiser and
     `train.dense_optimizer` for the dense parameters."""
-    model = build_model(job.model, job.arch(), job.features.collection("meta"), job.features)
+    model = build_model(job.model, job.arch(), collection(job, "meta"), job.features)
     cls, extra = SPARSE[job.train.sparse_optimizer]
     apply_optimizer_in_backward(cls, model.embeddings.parameters(), {"lr": job.train.sparse_lr, **extra})
     if plan is None:

@@ -25,9 +25,11 @@ class _NoTBEArgumentDump(logging.Filter):
         return not str(record.msg).startswith("[TBE=")
 
 
-def make_collator(job: JobSpec) -> Collator:
+def make_collator(job: JobSpec, full_history: bool = False) -> Collator:
+    """The collator for the job's model; `full_history` skips any collate-time GSU (diagnostics)."""
     inputs = entry(job.model).module.inputs(job.arch())
-    return Collator(job.features, job.samples.short_len, job.samples.max_len, inputs.use_long, inputs.prefilter)
+    return Collator(job.features, job.samples.short_len, job.samples.max_len, inputs.use_long,
+                    None if full_history else inputs.prefilter, inputs.side_tables)
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -1,0 +1,122 @@
+"""CAIN: Context-Aware Interest Network (Kuaishou, 2025): TCN context, MSIA, PEG.
+
+TCN (`tcn.py`): layer 1, kernel 2·context+1 and stride 1, turns each lifelong behaviour into a
+context representation cr_t of its neighbours. MSIA: further TCN layers with stride > 1
+(`msia_kernels`, `msia_strides`) give shorter sequences with wider context. Layer 1 feeds the
+main two-stage attention (our default: TWIN-style CP-GSU/ESU on [cr_t, cross features]); each
+later layer n feeds its own single-head projected target attention -> IR_n; all IR_n are
+concatenated. PEG: every TCN layer's filter is generated per user from profile features
+`I` by a two-layer MLP. Our logs carry no demographics, so `I` holds the paper's second group,
+behaviour statistics: log history lengths and the mean short and lifelong behaviour embeddings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.models.base import Embedded, InputSpec
+from lifelong.models.gsu.relevance import RelevanceGSU
+from lifelong.models.gsu.twin import TwinAttention
+from lifelong.models.layers import ActivationUnit, CrossFeatures, TargetAttention, mlp
+from lifelong.models.registry import register
+from lifelong.models.tcn import TCNLayer
+from lifelong.models.two_stage import TwoStage
+
+
+@dataclass(frozen=True)
+class CAINConfig:
+    k: int = 100
+    context: int = 2  # cl: layer 1 reads 2 cl + 1 behaviours
+    tcn_dim: int = 32
+    msia_kernels: tuple[int, ...] = (3, 3)
+    msia_strides: tuple[int, ...] = (2, 2)
+    use_peg: bool = True
+    peg_hidden: int = 32
+    heads: int = 4
+    head_dim: int = 8
+    cross_dim: int = 8
+    cross_buckets: int = 24
+    use_short: bool = True
+    attention_hidden: tuple[int, ...] = (64, 32)
+    head_hidden: tuple[int, ...] = (128, 64)
+
+    def __post_init__(self) -> None:
+        if len(self.msia_kernels) != len(self.msia_strides):
+            raise ValueError("cain: msia_kernels and msia_strides must have the same length")
+        if any(s < 2 for s in self.msia_strides):
+            raise ValueError("cain: MSIA layers after the first need stride > 1")
+
+    @property
+    def kernels(self) -> tuple[int, ...]:
+        return (2 * self.context + 1,) + self.msia_kernels
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return (1,) + self.msia_strides
+
+
+@register("cain", CAINConfig)
+class CAIN(TwoStage):
+    def __init__(self, config: CAINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__(config, embeddings, spec)
+        E, D = spec.behaviour_dim, config.tcn_dim
+        profile = 2 + 2 * E if config.use_peg else None
+        self.tcn = nn.ModuleList(TCNLayer(E if n == 0 else D, D, k, s, profile, config.peg_hidden)
+                                 for n, (k, s) in enumerate(zip(config.kernels, config.strides)))
+        self.cross = CrossFeatures(config.cross_dim, config.cross_buckets)
+        self.attention = TwinAttention(E, D, CrossFeatures.n_features, config.cross_dim, config.heads, config.head_dim)
+        self.gsu = RelevanceGSU(self.attention, config.k)
+        self.layer_attention = nn.ModuleList(TargetAttention(E, D, D, 1) for _ in config.msia_kernels)
+        self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
+        width = E + self.attention.out_dim + D * len(config.msia_kernels) + (E if config.use_short else 0)
+        self.head = mlp(width, config.head_hidden, 1)
+
+    @classmethod
+    def inputs(cls, config: CAINConfig) -> InputSpec:
+        return InputSpec(use_long=True)
+
+    @staticmethod
+    def profile(emb: Embedded) -> torch.Tensor:
+        """Behaviour statistics per user: (B, 2 + 2E)."""
+        mean = lambda x, m: (x * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)  # noqa: E731
+        n = torch.stack([emb.short_mask.sum(1), emb.long_mask.sum(1)], -1).float()  # (B, 2)
+        return torch.cat([torch.log1p(n), mean(emb.short, emb.short_mask), mean(emb.long, emb.long_mask)], -1)
+
+    def pyramid(self, emb: Embedded) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every TCN layer's (output (B, L_n, D), mask (B, L_n)); computed once per batch."""
+        if "tcn" not in emb.cache:
+            profile = self.profile(emb) if self.config.use_peg else None
+            x, mask, out = emb.long, emb.long_mask, []
+            for layer in self.tcn:
+                x, mask = layer(x, mask, profile)
+                out.append((x, mask))
+            emb.cache["tcn"] = out
+        return emb.cache["tcn"]
+
+    def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
+        """[cr_t, cross features] at idx (B, T): (B, T, D + J c)."""
+        cr = self.pyramid(emb)[0][0]
+        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), emb.long_mask, idx)
+        return torch.cat([self.gather(cr, idx), k_c], -1)
+
+    def all_keys(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        B, L = emb.long_mask.shape
+        return self.keys(batch, emb, torch.arange(L, device=emb.long_mask.device).expand(B, L))
+
+    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+        return emb.target, self.all_keys(batch, emb)
+
+    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)
+
+    def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        parts = [emb.target, self.attention.read(emb.target, self.keys(batch, emb, idx), valid)]
+        for attend, (cr, mask) in zip(self.layer_attention, self.pyramid(emb)[1:]):
+            parts.append(attend(emb.target, cr, mask))  # IR_n, n >= 2
+        if self.unit is not None:
+            parts.append(self.unit(emb.target, emb.short, emb.short_mask))
+        return torch.cat(parts, -1)

@@ -1,0 +1,68 @@
+"""LIC's Clock-GSU/ESU relevance (Zhou et al., "Long-term Interest Clock: Fine-grained Time
+Perception in Streaming Recommendation System", 2025).
+
+Relative time of day: `g(t)` minutes since midnight (UTC shifted by `tz_offset_min`),
+`Δ(a, b) = min(|g(a) - g(b)|, 1440 - |g(a) - g(b)|)` (circular: Δ(23:00, 01:00) = 120).
+Per head i: `α_i = (W_b^i b)·(W_q^i q)/sqrt(d) + s_i(Δ)`, s a two-layer MLP on the normalised
+`[Δ, √Δ, Δ², log(Δ+1)]`. The GSU ranks by the head mean of α; the ESU reads per head
+`softmax(α_i)^T Z W_v^i` with `Z = [b, Δ features]`, and `h` (two-layer MLP) fuses the heads.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from lifelong.models.layers import masked_softmax, mlp
+
+DAY_MIN = 1440
+N_GAP_FEATURES = 4
+
+
+def minute_of_day(ts: torch.Tensor, tz_offset_min: int = 0) -> torch.Tensor:
+    """Unix seconds -> minutes since local midnight in [0, 1440)."""
+    return torch.remainder(torch.div(ts, 60, rounding_mode="floor") + tz_offset_min, DAY_MIN)
+
+
+def circular_gap(a_min: torch.Tensor, b_min: torch.Tensor) -> torch.Tensor:
+    """Δ in minutes on the 24-hour clock, in [0, 720]."""
+    d = (a_min - b_min).abs()
+    return torch.minimum(d, DAY_MIN - d)
+
+
+def gap_features(delta: torch.Tensor) -> torch.Tensor:
+    """Δ (...,) -> [Δ, √Δ, Δ², log(Δ+1)] each scaled to [0, 1]: (..., 4)."""
+    x = delta.float() / (DAY_MIN // 2)
+    return torch.stack([x, x.sqrt(), x * x, torch.log1p(delta.float()) / math.log1p(DAY_MIN // 2)], -1)
+
+
+class ClockAttention(nn.Module):
+    """candidates: (B, L, E + 4) = [b, Δ features]; query (B, E)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, gap_hidden: int, out_hidden: Sequence[int],
+                 out_dim: int) -> None:
+        super().__init__()
+        self.dim, self.heads, self.head_dim = dim, heads, head_dim
+        self.w_b = nn.Linear(dim, heads * head_dim, bias=False)
+        self.w_q = nn.Linear(dim, heads * head_dim, bias=False)
+        self.s = mlp(N_GAP_FEATURES, (gap_hidden,), heads)  # s_i(Δ), one output per head
+        self.w_v = nn.Linear(dim + N_GAP_FEATURES, heads * head_dim, bias=False)
+        self.h = mlp(heads * head_dim, out_hidden, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """α: (B, H, L)."""
+        b, gaps = candidates.split([self.dim, N_GAP_FEATURES], -1)
+        kb = self.w_b(b).view(*b.shape[:-1], self.heads, self.head_dim)  # (B, L, H, d)
+        q = self.w_q(query).view(-1, self.heads, self.head_dim)  # (B, H, d)
+        dot = torch.einsum("blhd,bhd->bhl", kb, q) / math.sqrt(self.head_dim)
+        return dot + self.s(gaps).transpose(1, 2)  # (B, H, L)
+
+    def read(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Clock-ESU over selected keys (B, k, E + 4) -> (B, out_dim)."""
+        B, T, _ = keys.shape
+        w = masked_softmax(self(query, keys), mask.unsqueeze(1))  # (B, H, k)
+        v = self.w_v(keys).view(B, T, self.heads, self.head_dim)  # (B, k, H, d)
+        return self.h(torch.einsum("bht,bthd->bhd", w, v).reshape(B, self.heads * self.head_dim))

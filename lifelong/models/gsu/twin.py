@@ -1,0 +1,59 @@
+"""TWIN's consistency-preserving attention (Chang et al., "TWIN: TWo-stage Interest Network for
+Lifelong User Behavior Modeling in CTR Prediction at Kuaishou", KDD 2023).
+
+Behaviour features split into item-inherent `K_h` (same for every user; `K_h W_h` is cacheable)
+and user-item cross features `K_c` (J features of width c). Each cross feature compresses to one
+scalar (a diagonal-block projection `K_{c,j} w_j`), so per head
+`α = (K_h W_h)(q W_q)^T / sqrt(d_k) + (K_c W_c) β`. The same module is the CP-GSU's relevance
+(via `RelevanceGSU`, head-mean of α) and the ESU: `softmax(α over the k)^T K W_v`, heads
+concatenated, times `W_o`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lifelong.models.layers import masked_softmax
+
+
+class TwinAttention(nn.Module):
+    """candidates: (B, L, item_dim + J * cross_dim) = [K_h, K_c]; query (B, query_dim)."""
+
+    def __init__(self, query_dim: int, item_dim: int, n_cross: int, cross_dim: int, heads: int, head_dim: int
+                 ) -> None:
+        super().__init__()
+        self.item_dim, self.n_cross, self.cross_dim = item_dim, n_cross, cross_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.w_h = nn.Linear(item_dim, heads * head_dim, bias=False)
+        self.w_q = nn.Linear(query_dim, heads * head_dim, bias=False)
+        self.w_c = nn.Parameter(torch.randn(n_cross, cross_dim) / math.sqrt(cross_dim))  # one w_j per feature
+        self.beta = nn.Parameter(torch.zeros(heads, n_cross))
+        self.w_v = nn.Linear(item_dim + n_cross * cross_dim, heads * head_dim, bias=False)
+        self.w_o = nn.Linear(heads * head_dim, heads * head_dim)
+        self.out_dim = heads * head_dim
+
+    def item_keys(self, k_h: torch.Tensor) -> torch.Tensor:
+        """K_h W_h, the per-item cacheable part: (B, L, E) -> (B, L, H, dk)."""
+        return self.w_h(k_h).view(*k_h.shape[:-1], self.heads, self.head_dim)
+
+    def cross_bias(self, k_c: torch.Tensor) -> torch.Tensor:
+        """(K_c W_c) β: (B, L, J * c) -> (B, H, L)."""
+        per_feature = k_c.view(*k_c.shape[:-1], self.n_cross, self.cross_dim)  # (B, L, J, c)
+        scalars = torch.einsum("bljc,jc->blj", per_feature, self.w_c)  # (B, L, J)
+        return torch.einsum("blj,hj->bhl", scalars, self.beta)
+
+    def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Relevance logits α: (B, H, L)."""
+        k_h, k_c = candidates.split([self.item_dim, self.n_cross * self.cross_dim], -1)
+        q = self.w_q(query).view(-1, self.heads, self.head_dim)  # (B, H, dk)
+        dot = torch.einsum("blhd,bhd->bhl", self.item_keys(k_h), q) / math.sqrt(self.head_dim)
+        return dot + self.cross_bias(k_c)
+
+    def read(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ESU over the selected keys (B, k, E + J c) with mask (B, k) -> (B, H * dk)."""
+        B, T, _ = keys.shape
+        w = masked_softmax(self(query, keys), mask.unsqueeze(1))  # (B, H, k)
+        v = self.w_v(keys).view(B, T, self.heads, self.head_dim)  # (B, k, H, dk)
+        return self.w_o(torch.einsum("bht,bthd->bhd", w, v).reshape(B, self.out_dim))  # (B, H * dk)

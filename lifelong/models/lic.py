@@ -1,0 +1,72 @@
+"""LIC: Long-term Interest Clock (Zhou et al., 2025): fine-grained time-of-day perception.
+
+Clock-GSU: relevance `α = (W_b b)·(W_q q)/sqrt(d) + s(Δ)` with Δ the circular time-of-day gap
+between each behaviour and the request (`gsu/clock.py`); top-k by the head mean of α. Clock-ESU:
+the same four Δ features fused into each selected behaviour, 4 heads each with its own W_b,
+W_q, W_v (and its own output of s), fused by a two-layer MLP h. A DIN unit on the short history
+runs beside it (`use_short`). Time of day is taken in UTC shifted by `tz_offset_min`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.models.base import Embedded, InputSpec
+from lifelong.models.gsu.clock import ClockAttention, circular_gap, gap_features, minute_of_day
+from lifelong.models.gsu.relevance import RelevanceGSU
+from lifelong.models.layers import ActivationUnit, mlp
+from lifelong.models.registry import register
+from lifelong.models.two_stage import TwoStage
+
+
+@dataclass(frozen=True)
+class LICConfig:
+    k: int = 100
+    heads: int = 4
+    head_dim: int = 8
+    gap_hidden: int = 16
+    out_hidden: tuple[int, ...] = (64,)
+    out_dim: int = 32
+    tz_offset_min: int = 0
+    use_short: bool = True
+    attention_hidden: tuple[int, ...] = (64, 32)
+    head_hidden: tuple[int, ...] = (128, 64)
+
+
+@register("lic", LICConfig)
+class LIC(TwoStage):
+    def __init__(self, config: LICConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__(config, embeddings, spec)
+        E = spec.behaviour_dim
+        self.clock = ClockAttention(E, config.heads, config.head_dim, config.gap_hidden, config.out_hidden,
+                                    config.out_dim)
+        self.gsu = RelevanceGSU(self.clock, config.k)
+        self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
+        self.head = mlp(E + config.out_dim + (E if config.use_short else 0), config.head_hidden, 1)
+
+    @classmethod
+    def inputs(cls, config: LICConfig) -> InputSpec:
+        return InputSpec(use_long=True)
+
+    def keys(self, batch: Batch, seq: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """[b, Δ features]: (B, T, E + 4)."""
+        now = minute_of_day(batch.target_ts, self.config.tz_offset_min).unsqueeze(1)  # (B, 1)
+        delta = circular_gap(minute_of_day(ts, self.config.tz_offset_min), now)  # (B, T)
+        return torch.cat([seq, gap_features(delta)], -1)
+
+    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+        return emb.target, self.keys(batch, emb.long, batch.long_ts)
+
+    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        return self.clock(*self.gsu_inputs(batch, emb)).mean(1)  # (B, L)
+
+    def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        z = self.keys(batch, self.gather(emb.long, idx), self.gather(batch.long_ts, idx))  # (B, k, E + 4)
+        parts = [emb.target, self.clock.read(emb.target, z, valid)]
+        if self.unit is not None:
+            parts.append(self.unit(emb.target, emb.short, emb.short_mask))
+        return torch.cat(parts, -1)

@@ -1,0 +1,73 @@
+"""TWIN: TWo-stage Interest Network (Chang et al., KDD 2023).
+
+Behaviour features: item-inherent `K_h` (item and category embeddings) and cross features `K_c`
+(time gap to the request and distance from the newest behaviour, J = 2 of width `cross_dim`,
+`layers.CrossFeatures`; our logs carry no play time). CP-GSU: the top-k of the ESU's own
+relevance α (head mean), computed with the very parameters the ESU trains, so the two stages
+agree (`gsu/twin.py`). ESU: 4-head softmax attention over the k, `W_o` on the concatenation.
+A DIN unit on the short history runs beside it (`use_short`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.models.base import Embedded, InputSpec
+from lifelong.models.gsu.relevance import RelevanceGSU
+from lifelong.models.gsu.twin import TwinAttention
+from lifelong.models.layers import ActivationUnit, CrossFeatures, mlp
+from lifelong.models.registry import register
+from lifelong.models.two_stage import TwoStage
+
+
+@dataclass(frozen=True)
+class TWINConfig:
+    k: int = 100
+    heads: int = 4
+    head_dim: int = 8
+    cross_dim: int = 8
+    cross_buckets: int = 24
+    use_short: bool = True
+    attention_hidden: tuple[int, ...] = (64, 32)
+    head_hidden: tuple[int, ...] = (128, 64)
+
+
+@register("twin", TWINConfig)
+class TWIN(TwoStage):
+    def __init__(self, config: TWINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__(config, embeddings, spec)
+        E = spec.behaviour_dim
+        self.cross = CrossFeatures(config.cross_dim, config.cross_buckets)
+        self.attention = TwinAttention(E, E, CrossFeatures.n_features, config.cross_dim, config.heads, config.head_dim)
+        self.gsu = RelevanceGSU(self.attention, config.k)
+        self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
+        self.head = mlp(E + self.attention.out_dim + (E if config.use_short else 0), config.head_hidden, 1)
+
+    @classmethod
+    def inputs(cls, config: TWINConfig) -> InputSpec:
+        return InputSpec(use_long=True)
+
+    def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
+        """[K_h, K_c] of the behaviours at idx (B, T): (B, T, E + J c)."""
+        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), emb.long_mask, idx)
+        return torch.cat([self.gather(emb.long, idx), k_c], -1)
+
+    def all_keys(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        B, L = emb.long_mask.shape
+        return self.keys(batch, emb, torch.arange(L, device=emb.long_mask.device).expand(B, L))
+
+    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+        return emb.target, self.all_keys(batch, emb)
+
+    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)
+
+    def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        parts = [emb.target, self.attention.read(emb.target, self.keys(batch, emb, idx), valid)]
+        if self.unit is not None:
+            parts.append(self.unit(emb.target, emb.short, emb.short_mask))
+        return torch.cat(parts, -1)
