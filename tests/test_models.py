@@ -14,29 +14,6 @@ from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
 
 
-def _widen(batch, extra_short: int, extra_long: int):
-    """Same batch with more padding slots (the KJT is unchanged; dense tensors get zero columns)."""
-    pad = lambda t, n: torch.cat([t, torch.zeros(t.shape[0], n, dtype=t.dtype)], 1)  # noqa: E731
-    return dataclasses.replace(batch, short_ts=pad(batch.short_ts, extra_short), long_ts=pad(batch.long_ts, extra_long),
-                               short_len=batch.short_len + extra_short,
-                               long_len=batch.long_len + extra_long if batch.long_len else 0)
-
-
-@pytest.mark.parametrize("name,cfg", [("din", {}), ("din_full", {}), ("sim_hard", {"k": 6}), ("sim_hard", {"k": 6, "gsu_in_collate": False})])
-def test_padding_changes_nothing(name, cfg):
-    samples, meta = tiny_samples()
-    job = tiny_job(name, meta, cfg)
-    torch.manual_seed(0)
-    model = plain_model(job).eval()
-    batch = make_collator(job)(samples.slice(0, 48))
-    if name == "sim_hard" and not cfg.get("gsu_in_collate", True):
-        assert batch.long_len == job.samples.max_len  # reference path: the full history arrives
-    with torch.no_grad():
-        a = model(batch)
-        b = model(_widen(batch, 9, 4))
-    assert torch.allclose(a, b, atol=1e-6)
-
-
 def test_layers_ignore_padded_values():
     torch.manual_seed(0)
     B, T, E = 5, 7, 12

@@ -3,7 +3,8 @@ short-history and lifelong-history features, so one id has one embedding everywh
 
 A model may ask for side tables (`SideTable`): a second, separately trained table over the same
 ids as a main table (SIM-soft's low-dimensional search embeddings). They are TorchRec tables
-too, sharded by the same planner, with their own features (`target_soft_item`, ...).
+too, in a second EmbeddingCollection (an EC needs one width for all its tables), sharded by the
+same planner, with their own features (`target_search_item`, ...) after the main ones in the KJT.
 """
 from __future__ import annotations
 
@@ -60,15 +61,26 @@ class FeatureSpec:
     def num_embeddings(self, table: str) -> int:
         return {"item": self.n_items, "cat": self.n_categories}[table] + 1
 
-    def tables(self, side: tuple[SideTable, ...] = ()) -> list[EmbeddingConfig]:
-        main = [EmbeddingConfig(name=t, embedding_dim=self.dim, num_embeddings=self.num_embeddings(t),
+    def tables(self) -> list[EmbeddingConfig]:
+        return [EmbeddingConfig(name=t, embedding_dim=self.dim, num_embeddings=self.num_embeddings(t),
                                 feature_names=[feature_name(g, t) for g in GROUPS]) for t in TABLE_COLUMNS]
-        return main + [EmbeddingConfig(name=s.name, embedding_dim=s.dim, num_embeddings=self.num_embeddings(s.source),
-                                       feature_names=[feature_name(g, s.name) for g in s.groups]) for s in side]
 
-    def collection(self, device: torch.device | str = "cpu", side: tuple[SideTable, ...] = ()) -> EmbeddingCollection:
+    def collection(self, device: torch.device | str = "cpu") -> EmbeddingCollection:
         """The sequence embedding collection (unsharded; DMP shards it)."""
-        return EmbeddingCollection(tables=self.tables(side), device=torch.device(device))
+        return EmbeddingCollection(tables=self.tables(), device=torch.device(device))
+
+    def side_collection(self, side: tuple[SideTable, ...], device: torch.device | str = "cpu"
+                        ) -> EmbeddingCollection | None:
+        """The side tables' collection (None without side tables); they must share one width."""
+        if not side:
+            return None
+        dims = {s.dim for s in side}
+        if len(dims) > 1:
+            raise ValueError(f"side tables {[s.name for s in side]} must share one embedding width, got {sorted(dims)}")
+        return EmbeddingCollection(tables=[
+            EmbeddingConfig(name=s.name, embedding_dim=s.dim, num_embeddings=self.num_embeddings(s.source),
+                            feature_names=[feature_name(g, s.name) for g in s.groups]) for s in side],
+            device=torch.device(device))
 
     @property
     def behaviour_dim(self) -> int:

@@ -57,6 +57,7 @@ class CTRModel(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = embeddings
+        self.side_embeddings: Optional[nn.Module] = None  # set by `build_model` for side tables
         self.spec = spec
 
     @classmethod
@@ -64,7 +65,12 @@ class CTRModel(nn.Module):
         return InputSpec(use_long=False)
 
     def lookup(self, batch: Batch) -> Embedded:
-        out = self.embeddings(batch.sparse)  # feature -> JaggedTensor (N, D)
+        side_tables = self.inputs(self.config).side_tables
+        sparse, side_sparse = batch.sparse, None
+        if side_tables:  # side features follow the main ones in the KJT
+            n_side = sum(len(s.groups) for s in side_tables)
+            sparse, side_sparse = batch.sparse.split([len(sparse.keys()) - n_side, n_side])
+        out = self.embeddings(sparse)  # feature -> JaggedTensor (N, D)
         cat = lambda g, w: torch.cat([_dense(out[feature_name(g, t)], w) for t in TABLE_COLUMNS], -1)  # noqa: E731
         target = cat("target", 1).squeeze(1)  # (B, E)
         sp = batch.sparse
@@ -74,8 +80,9 @@ class CTRModel(nn.Module):
         long_cat = long_jt.to_padded_dense(desired_length=batch.long_len) if batch.long_len else \
             torch.zeros(len(long_len), 0, dtype=torch.long, device=long_len.device)
         widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
-        side = {s.name: {g: _dense(out[feature_name(g, s.name)], widths[g]) for g in s.groups}
-                for s in self.inputs(self.config).side_tables}
+        side_out = self.side_embeddings(side_sparse) if side_tables else {}
+        side = {s.name: {g: _dense(side_out[feature_name(g, s.name)], widths[g]) for g in s.groups}
+                for s in side_tables}
         for groups in side.values():
             if "target" in groups:
                 groups["target"] = groups["target"].squeeze(1)  # (B, D)
@@ -84,6 +91,11 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.head(self.interest(batch, self.lookup(batch))).squeeze(-1)  # (B,)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Embedding-table parameters (main and side collections): the sparse optimiser's."""
+        side = list(self.side_embeddings.parameters()) if self.side_embeddings is not None else []
+        return list(self.embeddings.parameters()) + side
 
     def add_aux(self, loss: torch.Tensor) -> None:
         """Record an auxiliary loss of this forward pass (training only); `loss` consumes it."""

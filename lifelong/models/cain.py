@@ -1,4 +1,5 @@
-"""CAIN: Context-Aware Interest Network (Kuaishou, 2025): TCN context, MSIA, PEG.
+"""CAIN: Context-Aware Interest Network ("Context-Aware Lifelong Sequential Modeling for Online
+Click-Through Rate Prediction", WeChat Channels, 2025, arXiv:2502.12634): TCN context, MSIA, PEG.
 
 TCN (`tcn.py`): layer 1, kernel 2·context+1 and stride 1, turns each lifelong behaviour into a
 context representation cr_t of its neighbours. MSIA: further TCN layers with stride > 1

@@ -1,4 +1,5 @@
-"""LIC: Long-term Interest Clock (Zhou et al., 2025): fine-grained time-of-day perception.
+"""LIC: Long-Term Interest Clock ("Long-Term Interest Clock: Fine-Grained Time Perception in
+Streaming Recommendation System", Douyin, 2025, arXiv:2501.15817): time-of-day perception.
 
 Clock-GSU: relevance `α = (W_b b)·(W_q q)/sqrt(d) + s(Δ)` with Δ the circular time-of-day gap
 between each behaviour and the request (`gsu/clock.py`); top-k by the head mean of α. Clock-ESU:

@@ -3,9 +3,9 @@
 A subclass names its GSU (`self.gsu`, one of `models/gsu/`), says what the GSU reads
 (`gsu_inputs`: query and a cheap per-behaviour key), what its ESU would score over all L
 (`esu_relevance`, head-mean attention logits; for the consistency diagnostic) and how the
-interest is read from a set of selected positions (`interest_from`). `GapSearch` fills in SIM's ESU for SIM hard/soft and ETA. The frame then gives the
+interest is read from a set of selected positions (`interest_from`). The frame then gives the
 trained path (GSU top-k, then ESU), the brute-force path (ESU over every valid behaviour) and
-the GSU/ESU consistency recall.
+the GSU/ESU consistency recall. `GapSearch` fills in SIM's ESU for SIM hard/soft and ETA.
 """
 from __future__ import annotations
 

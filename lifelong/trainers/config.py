@@ -27,6 +27,7 @@ class TrainConfig:
     prefetch_batches: int = 2
     shuffle: str = "global"  # global (Ray Data random_shuffle), local (buffer per worker), none
     local_shuffle_buffer: int = 16384
+    diagnostic_batches: int = 8  # validation batches for the GSU/ESU consistency recall; 0 = off
 
     def __post_init__(self) -> None:
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:

@@ -12,7 +12,7 @@ import torch
 
 from lifelong.embeddings.collate import Batch
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import evaluate, train_epoch
+from lifelong.trainers.loop import evaluate, gsu_consistency, train_epoch
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
 from lifelong.trainers.worker import make_collator
 
@@ -32,8 +32,9 @@ class _Both:
             o.step()
 
 
-def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None) -> Iterator[Batch]:
-    collate = make_collator(job)
+def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, full_history: bool = False
+            ) -> Iterator[Batch]:
+    collate = make_collator(job, full_history)
     order = np.arange(table.num_rows) if seed is None else np.random.default_rng(seed).permutation(table.num_rows)
     for i in range(0, table.num_rows, batch_size):
         yield collate(table.take(pa.array(order[i:i + batch_size])))
@@ -43,8 +44,8 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.
     """Train `job.train.epochs` epochs; returns the model and per-epoch metrics."""
     torch.manual_seed(job.train.seed)
     model = plain_model(job)
-    emb = [p for n, p in model.named_parameters() if n.startswith("embeddings.")]
-    dense = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    emb = model.sparse_parameters()
+    dense = [p for p in model.parameters() if all(p is not e for e in emb)]
     cls, extra = SPARSE[job.train.sparse_optimizer]
     cls = torch.optim.Adagrad if job.train.sparse_optimizer == "rowwise_adagrad" else cls
     opt = _Both(cls(emb, lr=job.train.sparse_lr, **extra), DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr))
@@ -54,6 +55,8 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.
         stats = train_epoch(model, opt, batches(train, job, job.train.batch_size, job.train.seed + epoch), device,
                             job.train.max_steps, 0, show=False)
         metrics = evaluate(model, batches(valid, job, job.train.eval_batch_size, None), device)
+        metrics.update(gsu_consistency(model, batches(valid, job, job.train.eval_batch_size, None, True), device,
+                                       job.train.diagnostic_batches))
         history.append({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
                         **{f"valid_{k}": v for k, v in metrics.items()}})
     return model, history

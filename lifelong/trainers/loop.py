@@ -44,11 +44,13 @@ def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> 
 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
                 max_steps: int = 0, log_every: int = 50, show: bool = True) -> dict:
-    """One pass; returns steps, mean loss (this rank), skipped batches (this rank), and samples
-    and samples/s summed over all ranks (the job's throughput)."""
+    """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
+    steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
+    ranks (the job's throughput)."""
     model.train()
     skipped: list[int] = []
     steps = samples = 0
+    losses: list[float] = []
     loss_sum, t0 = 0.0, time.perf_counter()
     bar = tqdm(desc="train", unit="batch", disable=not show, mininterval=5)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -63,7 +65,8 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
         optimizer.step()
         steps += 1
         samples += batch.size
-        loss_sum += loss.item()
+        losses.append(loss.item())
+        loss_sum += losses[-1]
         bar.update(1)
         if log_every and steps % log_every == 0:
             bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
@@ -76,9 +79,30 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
         total = torch.tensor([samples], dtype=torch.float64, device=device)
         dist.all_reduce(total)
         samples = int(total.item())
+    q = max(1, steps // 4)
     return {"steps": steps, "samples": samples, "loss": loss_sum / max(steps, 1),
+            "loss_start": float(np.mean(losses[:q])) if losses else math.nan,
+            "loss_end": float(np.mean(losses[-q:])) if losses else math.nan,
             "samples_per_s": samples / elapsed if elapsed else math.nan,
             "skipped_batches": max(skipped[0], 0) if skipped else 0}
+
+
+def _eval_lockstep(batches: Iterable[Batch], device: torch.device, max_batches: int = 0
+                   ) -> Iterator[tuple[Batch, bool]]:
+    """(batch, real) while any rank has batches left (at most max_batches if > 0); a rank that ran
+    out repeats its last batch with real=False, so the sharded lookups stay in step."""
+    it = iter(batches)
+    last: Optional[Batch] = None
+    n = 0
+    while not max_batches or n < max_batches:
+        nxt = next(it, None)
+        if not _any_rank(nxt is not None, device):
+            return
+        batch = nxt if nxt is not None else last
+        if batch is None:
+            raise RuntimeError("a rank has no evaluation data at all; use fewer workers")
+        last, n = batch, n + 1
+        yield batch, nxt is not None
 
 
 @torch.no_grad()
@@ -87,23 +111,35 @@ def predict(model: torch.nn.Module, batches: Iterable[Batch], device: torch.devi
     """(logits, labels, users) of this rank's batches, running in step with the other ranks."""
     model.eval()
     out_s, out_l, out_u = [], [], []
-    it = iter(batches)
-    last: Optional[Batch] = None
-    while True:
-        nxt = next(it, None)
-        if not _any_rank(nxt is not None, device):
-            break
-        batch = nxt if nxt is not None else last  # keep the collectives in step; discard below
-        if batch is None:
-            raise RuntimeError("a rank has no evaluation data at all; use fewer workers")
+    for batch, real in _eval_lockstep(batches, device):
         logits = model(batch.to(device))
-        if nxt is not None:
+        if real:
             out_s.append(logits.float().cpu().numpy())
             out_l.append(batch.labels.numpy())
             out_u.append(batch.user_ids.numpy())
-            last = nxt
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
     return cat(out_s, np.float64), cat(out_l, np.float64), cat(out_u, np.int64)
+
+
+@torch.no_grad()
+def gsu_consistency(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
+                    max_batches: int) -> dict:
+    """Mean recall of a two-stage model's GSU top-k against the exact top-k of its ESU relevance over
+    all L, over rows with more than k behaviours (all ranks); {} for other models. The batches must
+    carry the full lifelong history (no collate-time GSU)."""
+    module = model.module if hasattr(model, "module") else model
+    if not hasattr(module, "gsu_recall") or max_batches <= 0:
+        return {}
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # recall sum, rows
+    for batch, real in _eval_lockstep(batches, device, max_batches):
+        recall, eligible = module.gsu_recall(batch.to(device))
+        if real:
+            total += torch.stack([(recall * eligible).sum(), eligible.sum()]).double()
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    rows = int(total[1].item())
+    return {"gsu_recall": total[0].item() / rows if rows else math.nan, "gsu_recall_rows": rows}
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> dict:

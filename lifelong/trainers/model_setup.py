@@ -6,7 +6,6 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torchrec.optim as trec_optim
-from torchrec import EmbeddingCollection
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -27,14 +26,16 @@ SPARSE = {
 DENSE = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
 
 
-def collection(job: JobSpec, device: torch.device | str) -> EmbeddingCollection:
-    """The job's EmbeddingCollection: main tables plus the model's side tables."""
-    return job.features.collection(device, entry(job.model).module.inputs(job.arch()).side_tables)
+def build(job: JobSpec, device: torch.device | str) -> CTRModel:
+    """The job's model over fresh collections on `device` (main tables, plus side tables if any)."""
+    side = entry(job.model).module.inputs(job.arch()).side_tables
+    return build_model(job.model, job.arch(), job.features.collection(device), job.features,
+                       job.features.side_collection(side, device))
 
 
 def plain_model(job: JobSpec, device: torch.device | str = "cpu") -> CTRModel:
     """The unsharded model (unit tests, reference runs); seeded by the caller."""
-    return build_model(job.model, job.arch(), collection(job, device), job.features)
+    return build(job, device)
 
 
 def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
@@ -43,9 +44,9 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     """DMP over the model's EmbeddingCollection, with the plan from TorchRec's planner
     (per-table constraints from `job.sharding`), a fused in-backward sparse optimiser and
     `train.dense_optimizer` for the dense parameters."""
-    model = build_model(job.model, job.arch(), collection(job, "meta"), job.features)
+    model = build(job, "meta")
     cls, extra = SPARSE[job.train.sparse_optimizer]
-    apply_optimizer_in_backward(cls, model.embeddings.parameters(), {"lr": job.train.sparse_lr, **extra})
+    apply_optimizer_in_backward(cls, model.sparse_parameters(), {"lr": job.train.sparse_lr, **extra})
     if plan is None:
         plan = make_plan(model, dist.get_world_size(pg), device.type, job.train.batch_size,
                          job.sharding, pg)

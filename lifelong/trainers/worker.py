@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 
 import ray.train
 import ray.train.torch
@@ -14,7 +15,7 @@ from lifelong.embeddings.plan import describe
 from lifelong.models import entry
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import evaluate, train_epoch
+from lifelong.trainers.loop import evaluate, gsu_consistency, train_epoch
 from lifelong.trainers.model_setup import sharded_model
 
 
@@ -34,6 +35,7 @@ def make_collator(job: JobSpec, full_history: bool = False) -> Collator:
 
 def train_loop_per_worker(config: dict) -> None:
     job = JobSpec.from_dict(config["job"])
+    started = time.perf_counter()
     logging.getLogger().addFilter(_NoTBEArgumentDump())
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -44,24 +46,27 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         print(f"[lifelong] model={job.model} world={ctx.get_world_size()} device={device}\n"
               f"[lifelong] sharding plan:\n{plan_text}", flush=True)
-    collate = make_collator(job)
+    collate, full_collate = make_collator(job), make_collator(job, full_history=True)
     t = job.train
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     metrics: dict = {}
+    epoch_losses: list[float] = []
     for epoch in range(t.epochs):
         shuffle = {"local_shuffle_buffer_size": t.local_shuffle_buffer, "local_shuffle_seed": t.seed + epoch} \
             if t.shuffle == "local" else {}
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, drop_last=True,
                                                  prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
         stats = train_epoch(model, optimizer, batches, device, t.max_steps, t.log_every, show=rank == 0)
-        valid = evaluate(model, valid_shard.iter_torch_batches(
-            batch_size=t.eval_batch_size, collate_fn=collate, prefetch_batches=t.prefetch_batches,
-            device="cpu"), device)
-        metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
-                   **{f"valid_{k}": v for k, v in valid.items()}}
+        valid_batches = lambda fn: valid_shard.iter_torch_batches(  # noqa: E731
+            batch_size=t.eval_batch_size, collate_fn=fn, prefetch_batches=t.prefetch_batches, device="cpu")
+        valid = evaluate(model, valid_batches(collate), device)
+        valid.update(gsu_consistency(model, valid_batches(full_collate), device, t.diagnostic_batches))
+        epoch_losses.append(stats["loss"])
+        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses),
+                   **{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
         if rank == 0:
-            print(f"[lifelong] epoch {epoch}: " + " ".join(
+            print(f"[lifelong] epoch {epoch} at {time.perf_counter() - started:.1f}s: " + " ".join(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
         if epoch < t.epochs - 1:
             ray.train.report(metrics)

@@ -16,19 +16,25 @@ NEG_INF = float("-inf")
 def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of scores (B, L) over positions where mask is True, slots sorted by position.
 
-    Returns (indices (B, k'), scores (B, k')) with k' = min(k, L); slots beyond the valid count have
-    index 0 and score -inf.
+    Ties at the k-th score go to the most recent behaviours, so the choice never depends on the
+    padded width or on topk's internal order. Returns (indices (B, k'), scores (B, k')) with
+    k' = min(k, L); slots beyond the valid count have index 0 and score -inf. O(L) per row.
     """
-    k = min(k, scores.shape[1])
+    L = scores.shape[1]
+    k = min(k, L)
     masked = scores.masked_fill(~mask, NEG_INF)
-    top, idx = masked.topk(k, dim=1)  # (B, k) best first
-    valid = top > NEG_INF
-    # Sort valid slots by position (oldest first) so outputs do not depend on tie order.
-    pos = torch.where(valid, idx, torch.full_like(idx, scores.shape[1]))
-    pos, order = pos.sort(dim=1)
-    top = top.gather(1, order)
-    idx = torch.where(pos < scores.shape[1], pos, torch.zeros_like(pos))
-    return idx, top
+    kth = masked.topk(k, dim=1).values[:, -1:]  # (B, 1) the k-th best score
+    above = masked > kth
+    tied = (masked == kth) & mask
+    need = k - above.sum(1, keepdim=True)  # (B, 1) tied slots still to fill
+    tied_from_end = tied.flip(1).cumsum(1).flip(1) - 1  # (B, L) 0 = most recent tied behaviour
+    chosen = above | (tied & (tied_from_end < need))
+    pos = torch.arange(L, device=scores.device).expand_as(masked)
+    key = torch.where(chosen, pos, pos + L)  # chosen first, each group by position
+    order = key.topk(k, dim=1, largest=False).values  # (B, k) ascending
+    valid = order < L
+    idx = torch.where(valid, order, torch.zeros_like(order))
+    return idx, torch.where(valid, masked.gather(1, idx), torch.full_like(kth.expand_as(idx), NEG_INF))
 
 
 def valid_slots(scores: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""LIC's Clock-GSU/ESU relevance (Zhou et al., "Long-term Interest Clock: Fine-grained Time
-Perception in Streaming Recommendation System", 2025).
+"""LIC's Clock-GSU/ESU relevance ("Long-Term Interest Clock: Fine-Grained Time Perception in
+Streaming Recommendation System", Douyin, 2025, arXiv:2501.15817).
 
 Relative time of day: `g(t)` minutes since midnight (UTC shifted by `tz_offset_min`),
 `Δ(a, b) = min(|g(a) - g(b)|, 1440 - |g(a) - g(b)|)` (circular: Δ(23:00, 01:00) = 120).

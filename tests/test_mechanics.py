@@ -1,0 +1,325 @@
+"""Each model's own mechanics (MODELS.md's property list), on hand-built inputs."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lifelong.models import model_config
+from lifelong.models.cain import CAIN
+from lifelong.models.dien import AUGRU, auxiliary_loss
+from lifelong.models.dsin import split_sessions
+from lifelong.models.gsu.base import masked_topk
+from lifelong.models.gsu.clock import circular_gap, gap_features, minute_of_day
+from lifelong.models.gsu.relevance import InnerProduct, RelevanceGSU
+from lifelong.models.gsu.simhash import SimHash, SimHashGSU, hamming
+from lifelong.models.gsu.twin import TwinAttention
+from lifelong.models.sdim import bucket_read, bucket_sums, collision_gather
+from lifelong.models.tcn import TCNLayer, receptive_fields
+from lifelong.trainers.model_setup import plain_model
+from lifelong.trainers.worker import make_collator
+from tests.helpers import tiny_job, tiny_samples
+
+
+def test_masked_topk_breaks_ties_toward_recent_and_never_picks_padding():
+    scores = torch.tensor([[1.0, 3.0, 1.0, 2.0, 1.0, 9.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
+    mask = torch.tensor([[True] * 5 + [False], [True, True, True, False, False, False]])
+    idx, top = masked_topk(scores, mask, 3)
+    assert idx[0].tolist() == [1, 3, 4]  # 3, 2 and the most recent of the tied 1s; padded 9 never wins
+    assert idx[1].tolist() == [0, 1, 2] and top[1].tolist() == [5.0, 5.0, 5.0]
+    idx, top = masked_topk(scores, mask, 5)
+    assert idx[1, 3:].tolist() == [0, 0] and torch.isinf(top[1, 3:]).all()  # only 3 valid
+
+
+# --- DIEN -------------------------------------------------------------------------------------
+
+def test_augru_is_a_gru_at_full_attention_and_frozen_at_zero():
+    torch.manual_seed(0)
+    aug = AUGRU(6, 5)
+    x, h = torch.randn(4, 6), torch.randn(4, 5)
+    assert torch.allclose(aug.step(x, h, torch.ones(4)), aug.cell(x, h), atol=1e-6)
+    assert torch.equal(aug.step(x, h, torch.zeros(4)), h)
+    half = aug.step(x, h, torch.full((4,), 0.5))
+    assert not torch.allclose(half, h) and not torch.allclose(half, aug.cell(x, h))
+
+
+def test_dien_auxiliary_loss_matches_the_formula():
+    torch.manual_seed(0)
+    B, T, D = 3, 4, 5
+    h, seq = torch.randn(B, T, D), torch.randn(B, T, D)
+    items = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0], [1, 6, 3, 4]])
+    mask = items > 0
+    perm = torch.tensor([1, 2, 0])
+    got = auxiliary_loss(h, seq, items, mask, perm)
+    pos, neg = [], []
+    for b in range(B):
+        for t in range(T - 1):
+            if mask[b, t + 1]:
+                pos.append(math.log(torch.sigmoid(h[b, t] @ seq[b, t + 1])))
+                p = perm[b]
+                if mask[p, t + 1] and items[p, t + 1] != items[b, t + 1]:
+                    neg.append(math.log(1 - torch.sigmoid(h[b, t] @ seq[p, t + 1])))
+    assert len(neg) < len(pos)  # row 2 borrows row 0's identical items at t = 2, 3: skipped
+    assert math.isclose(got.item(), -(sum(pos) / len(pos) + sum(neg) / len(neg)), rel_tol=1e-5)
+
+
+def test_dien_adds_its_auxiliary_loss_only_in_training():
+    samples, meta = tiny_samples()
+    job = tiny_job("dien", meta)
+    torch.manual_seed(0)
+    model = plain_model(job)
+    batch = make_collator(job)(samples.slice(0, 32))
+    ctr = torch.nn.functional.binary_cross_entropy_with_logits
+    logits = model(batch)
+    assert model.loss(batch, logits) > ctr(logits, batch.labels) + 1e-3
+    model.eval()
+    logits = model(batch)
+    assert torch.allclose(model.loss(batch, logits), ctr(logits, batch.labels))
+
+
+# --- DSIN -------------------------------------------------------------------------------------
+
+def test_dsin_splits_sessions_at_30_minute_gaps():
+    m = 60
+    ts = torch.tensor([[0, 10 * m, 39 * m, 70 * m, 71 * m, 72 * m, 73 * m, 200 * m, 0, 0]])
+    mask = torch.tensor([[True] * 8 + [False] * 2])
+    # gaps: 10, 29 (same session), 31 (new), 1, 1, 1, 127 (new)
+    slot, pos = split_sessions(ts, mask, 30 * 60, max_sessions=5, session_len=10)
+    assert slot[0].tolist() == [0, 0, 0, 1, 1, 1, 1, 2, -1, -1]
+    assert pos[0].tolist() == [0, 1, 2, 0, 1, 2, 3, 0, -1, -1]
+    slot, pos = split_sessions(ts, mask, 30 * 60, max_sessions=2, session_len=2)
+    # the two most recent sessions, each with its two most recent behaviours
+    assert slot[0].tolist() == [-1, -1, -1, -1, -1, 0, 0, 1, -1, -1]
+    assert pos[0].tolist() == [-1, -1, -1, -1, -1, 0, 1, 0, -1, -1]
+
+
+def test_dsin_self_attention_stays_inside_sessions_and_the_bilstm_runs_both_ways():
+    samples, meta = tiny_samples()
+    job = tiny_job("dsin", meta)
+    torch.manual_seed(0)
+    model = plain_model(job).eval()
+    B, K, T, E = 2, 5, 10, model.spec.behaviour_dim
+    x, mask = torch.randn(B, K, T, E), torch.rand(B, K, T) > 0.3
+    mask[:, :, 0] = True
+    base, _ = model.session_interests(x, mask)
+    x2 = x.clone()
+    x2[:, 3] += 1.0  # change session 3 only
+    moved, _ = model.session_interests(x2, mask)
+    change = (moved - base).abs().amax(-1)  # (B, K)
+    assert (change[:, 3] > 1e-4).all() and (change[:, [0, 1, 2, 4]] < 1e-6).all()
+    present = torch.ones(B, K, dtype=torch.bool)
+    h1, _ = model.lstm(base)
+    h2, _ = model.lstm(moved)
+    half = E // 2
+    assert ((h1 - h2)[:, 0, half:].abs().amax() > 1e-4) and ((h1 - h2)[:, :3, :half].abs().amax() < 1e-6)
+    assert present.all()
+
+
+# --- SIM soft ---------------------------------------------------------------------------------
+
+def test_sim_soft_search_table_is_separate_trained_only_by_the_auxiliary_head():
+    samples, meta = tiny_samples()
+    job = tiny_job("sim_soft", meta, {"k": 6, "search_dim": 4})
+    torch.manual_seed(0)
+    model = plain_model(job)
+    tables = dict(model.embeddings.named_parameters()) | dict(model.side_embeddings.named_parameters())
+    assert tables["embeddings.search_item.weight"].shape[1] == 4 and tables["embeddings.item.weight"].shape[1] == 8
+    assert all(any(p is q for q in model.sparse_parameters()) for p in tables.values())
+    batch = make_collator(job)(samples.slice(0, 48))
+    logits = model(batch)
+    ctr = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    search = [tables["embeddings.search_item.weight"], model.relevance.w_a.weight]
+    g_ctr = torch.autograd.grad(ctr, search, retain_graph=True, allow_unused=True)
+    assert all(g is None or g.abs().max() == 0 for g in g_ctr)  # top-k passes no gradient
+    g_all = torch.autograd.grad(model.loss(batch, logits), search)
+    assert all(g.abs().max() > 0 for g in g_all)  # the auxiliary CTR head trains them
+
+
+def test_inner_product_gsu_is_top_k_by_inner_product():
+    torch.manual_seed(0)
+    rel = InnerProduct(6, 6, 4)
+    q, c, mask = torch.randn(3, 6), torch.randn(3, 20, 6), torch.ones(3, 20, dtype=torch.bool)
+    idx, _ = RelevanceGSU(rel, 5)(q, c, mask)
+    r = (rel.w_b(c) @ rel.w_a(q).unsqueeze(-1)).squeeze(-1)  # (B, L)
+    assert torch.equal(idx, r.topk(5, dim=1).indices.sort(1).values)
+
+
+# --- ETA --------------------------------------------------------------------------------------
+
+def test_simhash_packs_64_bits_per_int64_and_hamming_counts_differing_bits():
+    h = SimHash(16, 100, seed=1)
+    x, y = torch.randn(7, 16), torch.randn(7, 16)
+    sx, sy = h.signature(x), h.signature(y)
+    assert sx.dtype == torch.int64 and sx.shape == (7, 2)
+    bits = h.sign_bits(x)
+    manual = sum(int(bits[0, j]) << j for j in range(64))
+    assert int(sx[0, 0]) & (2**64 - 1) == manual  # two's complement view of the first word
+    assert torch.equal(hamming(sx, sy), (h.sign_bits(x) != h.sign_bits(y)).sum(-1))
+
+
+def test_hamming_topk_recall_against_inner_product_topk_rises_with_bits():
+    torch.manual_seed(0)
+    B, L, D, k = 16, 500, 32, 50
+    q, c = torch.randn(B, D), torch.randn(B, L, D)
+    c = c / c.norm(dim=-1, keepdim=True)  # unit keys: inner-product order = angle order
+    mask = torch.ones(B, L, dtype=torch.bool)
+    exact, _ = masked_topk(torch.einsum("bd,bld->bl", q, c), mask, k)
+    recalls = []
+    for bits in (4, 16, 64, 256, 1024):
+        h = SimHash(D, bits, seed=3)
+        got, _ = SimHashGSU(k)(h.signature(q), h.signature(c), mask)
+        hit = [len(set(got[b].tolist()) & set(exact[b].tolist())) / k for b in range(B)]
+        recalls.append(sum(hit) / B)
+    assert all(a < b for a, b in zip(recalls, recalls[1:])), recalls
+    assert recalls[0] < 0.35 and recalls[-1] > 0.7, recalls
+
+
+# --- SDIM -------------------------------------------------------------------------------------
+
+def test_sdim_bucket_form_equals_collision_gather_forward_and_backward_with_padding_masked():
+    torch.manual_seed(0)
+    B, L, E, m, tau = 4, 30, 8, 12, 3
+    h = SimHash(E, m * tau, seed=0)
+    q = torch.randn(B, E)
+    seq = torch.randn(B, L, E, requires_grad=True)
+    mask = torch.arange(L).expand(B, L) < torch.tensor([[30], [10], [1], [0]])
+    cq, cb = h.codes(q, tau), h.codes(seq, tau)
+    direct = collision_gather(cq, cb, seq, mask)
+    bucket = bucket_read(bucket_sums(cb, seq, mask, 2**tau), cq)
+    assert torch.allclose(direct, bucket, atol=1e-5)
+    g1, = torch.autograd.grad(direct.square().sum(), seq)
+    g2, = torch.autograd.grad(bucket.square().sum(), seq)
+    assert torch.allclose(g1, g2, atol=1e-5)
+    assert (g1[~mask] == 0).all()  # padded behaviours never collide
+    assert direct[3].abs().max() == 0  # empty history: nothing
+
+
+def test_sdim_collision_rate_is_one_minus_angle_over_pi_to_the_tau():
+    torch.manual_seed(0)
+    tau, m = 3, 4000
+    h = SimHash(2, m * tau, seed=5)
+    for theta in (0.3, 1.0, 2.0):
+        x, y = torch.tensor([1.0, 0.0]), torch.tensor([math.cos(theta), math.sin(theta)])
+        rate = (h.codes(x, tau) == h.codes(y, tau)).float().mean().item()
+        assert abs(rate - (1 - theta / math.pi) ** tau) < 0.03, (theta, rate)
+
+
+# --- TWIN -------------------------------------------------------------------------------------
+
+def test_twin_gsu_topk_equals_topk_of_the_esu_logits_even_after_training():
+    samples, meta = tiny_samples()
+    job = tiny_job("twin", meta, {"k": 6})
+    torch.manual_seed(0)
+    model = plain_model(job)
+    assert model.attention.heads == 4
+    batch = make_collator(job)(samples.slice(0, 48))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):  # the GSU must follow the live ESU parameters, not a copy
+        emb = model.lookup(batch)
+        idx, _ = model.gsu(*model.gsu_inputs(batch, emb), emb.long_mask)
+        keys = model.all_keys(batch, emb)
+        esu_logits = model.attention(emb.target, keys)  # what the ESU's softmax reads, (B, H, L)
+        want, _ = masked_topk(esu_logits.mean(1), emb.long_mask, 6)
+        assert torch.equal(idx, want)
+        opt.zero_grad()
+        model.loss(batch, model(batch)).backward()
+        opt.step()
+
+
+def test_twin_cross_features_are_scalar_biases():
+    torch.manual_seed(0)
+    att = TwinAttention(8, 8, n_cross=2, cross_dim=4, heads=4, head_dim=3)
+    q1, q2 = torch.randn(2, 8), torch.randn(2, 8)
+    kh, kc = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    kc2 = torch.randn(2, 10, 8)
+    a = lambda q, c: att(q, torch.cat([kh, c], -1))  # noqa: E731
+    # changing the cross features shifts every query's logits by the same per-(behaviour, head) scalar
+    assert torch.allclose(a(q1, kc) - a(q1, kc2), a(q2, kc) - a(q2, kc2), atol=1e-5)
+    assert att.w_c.shape == (2, 4) and att.beta.shape == (4, 2)  # one w_j per feature, β per head
+    diff = a(q1, kc) - a(q1, kc2)  # (B, H, L): rank-one in (feature scalars) x β
+    scal = torch.einsum("bljc,jc->blj", (kc - kc2).view(2, 10, 2, 4), att.w_c)
+    assert torch.allclose(diff, torch.einsum("blj,hj->bhl", scal, att.beta), atol=1e-5)
+
+
+# --- CAIN -------------------------------------------------------------------------------------
+
+def test_cain_tcn_lengths_kernel_and_zero_padding():
+    cfg = model_config("cain", {"context": 2, "msia_kernels": [3, 5], "msia_strides": [2, 3]})
+    assert cfg.kernels == (5, 3, 5) and cfg.strides == (1, 2, 3)
+    torch.manual_seed(0)
+    layer = TCNLayer(4, 3, kernel=5, stride=1)
+    x, mask = torch.randn(2, 11, 4), torch.ones(2, 11, dtype=torch.bool)
+    y, m = layer(x, mask)
+    assert y.shape == (2, 11, 3) and m.shape == (2, 11)  # layer 1: one output per behaviour
+    w = layer.weight[0]  # (5, 4, 3)
+    xpad = torch.cat([torch.zeros(2, 2, 4), x, torch.zeros(2, 2, 4)], 1)
+    for t in (0, 5, 10):  # cr_t = concat(x_{t-2..t+2}) W + b, zeros beyond the ends
+        want = torch.einsum("bkd,kde->be", xpad[:, t:t + 5], w) + layer.bias
+        assert torch.allclose(y[:, t], want, atol=1e-5)
+    y2, m2 = TCNLayer(3, 3, kernel=3, stride=2)(y, m)
+    assert y2.shape[1] == 6 and m2.shape[1] == 6
+
+
+def test_cain_receptive_field_follows_the_formula():
+    torch.manual_seed(0)
+    kernels, strides = (5, 3, 5), (1, 2, 3)
+    layers = [TCNLayer(2, 2, k, s) for k, s in zip(kernels, strides)]
+    L, centre = 101, 48
+    rf = receptive_fields(kernels, strides)
+    assert rf == [5, 7, 15]  # layer 3 reads 5 layer-2 outputs, 2 inputs apart
+    assert receptive_fields((5, 3, 3), (1, 1, 1)) == [5, 7, 9]  # cl_{n+1} = cl_n + fs_{n+1} - 1
+    x = torch.randn(1, L, 2, requires_grad=True)
+    mask = torch.ones(1, L, dtype=torch.bool)
+    h, m = x, mask
+    for n, layer in enumerate(layers):
+        h, m = layer(h, m)
+        j = centre // math.prod(strides[:n + 1])
+        g, = torch.autograd.grad(h[0, j].sum(), x, retain_graph=True)
+        seen = (g[0].abs().sum(-1) > 0).nonzero().flatten()
+        assert seen.max() - seen.min() + 1 == rf[n], (n, seen)
+
+
+def test_cain_peg_filters_differ_per_user_and_replace_the_global_filter():
+    samples, meta = tiny_samples()
+    job = tiny_job("cain", meta, {"k": 6})
+    torch.manual_seed(0)
+    model: CAIN = plain_model(job)
+    assert all(layer.weight is None for layer in model.tcn)  # no global W_C when PEG is on
+    batch = make_collator(job)(samples.slice(0, 16))
+    emb = model.lookup(batch)
+    profile = model.profile(emb)
+    filters = model.tcn[0].filters(profile)  # (B, kernel, E, D)
+    assert filters.shape[:2] == (16, 5)
+    assert (filters[0] - filters[1]).abs().max() > 1e-4
+    assert len(model.layer_attention) == 2 and [p[0].shape[1] for p in model.pyramid(emb)] == [64, 32, 16]
+
+
+# --- LIC --------------------------------------------------------------------------------------
+
+def test_lic_time_of_day_gap_is_circular():
+    at = lambda h, mi=0: torch.tensor(1_700_000_000 // 86400 * 86400 + h * 3600 + mi * 60)  # noqa: E731
+    assert minute_of_day(at(23)).item() == 23 * 60
+    assert circular_gap(minute_of_day(at(23)), minute_of_day(at(1))).item() == 120
+    assert circular_gap(minute_of_day(at(11)), minute_of_day(at(17))).item() == 360
+    assert circular_gap(minute_of_day(at(0)), minute_of_day(at(12))).item() == 720
+    assert minute_of_day(at(23), tz_offset_min=120).item() == 60  # a local clock two hours ahead
+    f = gap_features(torch.tensor([0, 120, 720]))
+    assert f.shape == (3, 4) and torch.allclose(f[2], torch.ones(4)) and torch.allclose(f[0], torch.zeros(4))
+    assert torch.allclose(f[1], torch.tensor([1 / 6, math.sqrt(1 / 6), 1 / 36, math.log(121) / math.log(721)]))
+
+
+def test_lic_clock_relevance_uses_the_gap_mlp_and_four_heads():
+    samples, meta = tiny_samples()
+    job = tiny_job("lic", meta, {"k": 6})
+    torch.manual_seed(0)
+    model = plain_model(job)
+    assert model.clock.heads == 4 and model.clock.s[0].in_features == 4
+    batch = make_collator(job)(samples.slice(0, 8))
+    emb = model.lookup(batch)
+    q, keys = model.gsu_inputs(batch, emb)
+    shifted = keys.clone()
+    shifted[..., -4:] = gap_features(torch.full(keys.shape[:2], 360))  # same behaviours, another time of day
+    delta = model.clock(q, keys) - model.clock(q, shifted)  # (B, H, L): only s(Δ) moved
+    E = model.spec.behaviour_dim
+    s_diff = (model.clock.s(keys[..., E:]) - model.clock.s(shifted[..., E:])).transpose(1, 2)
+    assert torch.allclose(delta, s_diff, atol=1e-5) and delta.abs().max() > 1e-4
