@@ -9,19 +9,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lifelong.models import entry
-from lifelong.trainers.model_setup import plain_model, sharded_model
-from lifelong.embeddings.collate import Collator
 from lifelong.embeddings.state import gather_full_state, load_full_state
+from lifelong.trainers.model_setup import plain_model, sharded_model
+from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
 
 WORLD = 2
 LR_DENSE, LR_SPARSE = 0.05, 200.0  # embedding grads are tiny: a large LR makes their step visible
-
-
-def _collate(job):
-    inp = entry(job.model).module.inputs(job.arch())
-    return Collator(job.features, job.samples.short_len, job.samples.max_len, inp.use_long, inp.prefilter)
 
 
 def _reference(job, batch_table, halves):
@@ -29,10 +23,10 @@ def _reference(job, batch_table, halves):
     torch.manual_seed(0)
     model = plain_model(job)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    collate = _collate(job)
+    collate = make_collator(job)
     before = model(collate(batch_table)).detach()
-    emb = [p for n, p in model.named_parameters() if n.startswith("embeddings.")]
-    dense = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    emb = model.sparse_parameters()
+    dense = [p for p in model.parameters() if all(p is not e for e in emb)]
     # Each rank's loss is the mean over its half. DDP averages dense grads over ranks, and so does
     # TorchRec's sharded embedding backward: both equal grads of the mean of the two half-losses.
     loss = sum(model.loss(b, model(b)) for b in (collate(h) for h in halves))
@@ -51,7 +45,7 @@ def _worker(rank, init_file, job, table, halves, init, out):
     torch.manual_seed(0)
     model, opt, _ = sharded_model(job, torch.device("cpu"), dist.group.WORLD)
     load_full_state(model, init)
-    collate = _collate(job)
+    collate = make_collator(job)
     mine = collate(halves[rank])
     before = model(mine).detach()
     loss = model.module.loss(mine, model(mine))
@@ -71,10 +65,12 @@ def _worker(rank, init_file, job, table, halves, init, out):
 @pytest.mark.parametrize("model,sharding", [
     ("sim_hard", {"item": ["row_wise"], "cat": ["table_wise"]}),
     ("din", {"item": ["column_wise"], "cat": ["row_wise"]}),
+    ("sim_soft", {"item": ["table_wise"], "search_item": ["row_wise"], "search_cat": ["table_wise"]}),
+    ("twin", {"item": ["row_wise"], "cat": ["column_wise"]}),
 ])
 def test_sharded_equals_unsharded_after_one_step(model, sharding):
     samples, meta = tiny_samples()
-    job = tiny_job(model, meta, {"k": 6} if model == "sim_hard" else {},
+    job = tiny_job(model, meta, {} if model == "din" else {"k": 6},
                    sparse_optimizer="sgd", sparse_lr=LR_SPARSE, dense_optimizer="sgd", dense_lr=LR_DENSE)
     job = type(job)(**{**job.__dict__, "sharding": sharding})
     batch = samples.slice(0, 32)
