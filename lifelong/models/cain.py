@@ -25,7 +25,7 @@ from lifelong.models.gsu.twin import TwinAttention
 from lifelong.models.layers import ActivationUnit, CrossFeatures, TargetAttention, mlp
 from lifelong.models.registry import register
 from lifelong.models.tcn import TCNLayer
-from lifelong.models.two_stage import TwoStage
+from lifelong.models.two_stage import TwinFrame
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class CAINConfig:
 
 
 @register("cain", CAINConfig)
-class CAIN(TwoStage):
+class CAIN(TwinFrame):
     def __init__(self, config: CAINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E, D = spec.behaviour_dim, config.tcn_dim
@@ -98,21 +98,8 @@ class CAIN(TwoStage):
             emb.cache["tcn"] = out
         return emb.cache["tcn"]
 
-    def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
-        """[cr_t, cross features] at idx (B, T): (B, T, D + J c)."""
-        cr = self.pyramid(emb)[0][0]
-        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), emb.long_mask, idx)
-        return torch.cat([self.gather(cr, idx), k_c], -1)
-
-    def all_keys(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        B, L = emb.long_mask.shape
-        return self.keys(batch, emb, torch.arange(L, device=emb.long_mask.device).expand(B, L))
-
-    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
-        return emb.target, self.all_keys(batch, emb)
-
-    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)
+    def item_keys(self, emb: Embedded) -> torch.Tensor:
+        return self.pyramid(emb)[0][0]  # layer-1 context cr_t, (B, L, D)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         parts = [emb.target, self.attention.read(emb.target, self.keys(batch, emb, idx), valid)]

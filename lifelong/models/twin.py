@@ -21,7 +21,7 @@ from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.gsu.twin import TwinAttention
 from lifelong.models.layers import ActivationUnit, CrossFeatures, mlp
 from lifelong.models.registry import register
-from lifelong.models.two_stage import TwoStage
+from lifelong.models.two_stage import TwinFrame
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class TWINConfig:
 
 
 @register("twin", TWINConfig)
-class TWIN(TwoStage):
+class TWIN(TwinFrame):
     def __init__(self, config: TWINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
@@ -51,20 +51,8 @@ class TWIN(TwoStage):
     def inputs(cls, config: TWINConfig) -> InputSpec:
         return InputSpec(use_long=True)
 
-    def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
-        """[K_h, K_c] of the behaviours at idx (B, T): (B, T, E + J c)."""
-        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), emb.long_mask, idx)
-        return torch.cat([self.gather(emb.long, idx), k_c], -1)
-
-    def all_keys(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        B, L = emb.long_mask.shape
-        return self.keys(batch, emb, torch.arange(L, device=emb.long_mask.device).expand(B, L))
-
-    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
-        return emb.target, self.all_keys(batch, emb)
-
-    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)
+    def item_keys(self, emb: Embedded) -> torch.Tensor:
+        return emb.long  # (B, L, E)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         parts = [emb.target, self.attention.read(emb.target, self.keys(batch, emb, idx), valid)]

@@ -5,7 +5,8 @@ A subclass names its GSU (`self.gsu`, one of `models/gsu/`), says what the GSU r
 (`esu_relevance`, head-mean attention logits; for the consistency diagnostic) and how the
 interest is read from a set of selected positions (`interest_from`). The frame then gives the
 trained path (GSU top-k, then ESU), the brute-force path (ESU over every valid behaviour) and
-the GSU/ESU consistency recall. `GapSearch` fills in SIM's ESU for SIM hard/soft and ETA.
+the GSU/ESU consistency recall. `GapSearch` fills in SIM's ESU for SIM hard/soft and ETA,
+`TwinFrame` TWIN's attention for TWIN and CAIN.
 """
 from __future__ import annotations
 
@@ -93,3 +94,29 @@ class GapSearch(TwoStage):
         if self.unit is not None:
             parts.append(self.unit(emb.target, emb.short, emb.short_mask))
         return torch.cat(parts, -1)
+
+
+class TwinFrame(TwoStage):
+    """Two-stage models whose GSU and ESU are TWIN's consistency-preserving attention over
+    [per-item keys, cross features] (`gsu/twin.py`): TWIN (keys: behaviour embeddings) and CAIN
+    (keys: TCN context). A subclass sets `self.cross` (CrossFeatures), `self.attention`
+    (TwinAttention), `self.gsu = RelevanceGSU(self.attention, k)` and `item_keys`."""
+
+    def item_keys(self, emb: Embedded) -> torch.Tensor:
+        """Per-behaviour item-inherent keys (B, L, D)."""
+        raise NotImplementedError
+
+    def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
+        """[K_h, K_c] of the behaviours at idx (B, T): (B, T, D + J c)."""
+        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), emb.long_mask, idx)
+        return torch.cat([self.gather(self.item_keys(emb), idx), k_c], -1)
+
+    def all_keys(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        B, L = emb.long_mask.shape
+        return self.keys(batch, emb, torch.arange(L, device=emb.long_mask.device).expand(B, L))
+
+    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+        return emb.target, self.all_keys(batch, emb)
+
+    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)
