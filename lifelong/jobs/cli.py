@@ -1,4 +1,4 @@
-"""`lifelong` command line: prepare samples, train a model (locally or on a Ray cluster)."""
+"""`lifelong` command line: prepare samples, train a model or compare several (locally or on a Ray cluster)."""
 from __future__ import annotations
 
 import argparse
@@ -35,10 +35,29 @@ def cmd_train(args) -> dict:
     return train(_run_file(args))
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def cmd_compare(args) -> list:
+    from lifelong.jobs.compare import compare
+
+    run = _run_file(args)
+    max_lens = _ints(args.max_lens) if args.max_lens else [run.samples.max_len]
+    return compare(run, [m for m in args.models.split(",") if m], _ints(args.seeds), max_lens)
+
+
+def cmd_evaluate(args) -> dict:
+    from lifelong.jobs.evaluate import evaluate
+
+    return evaluate(args.checkpoint, args.split)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, help_ in (("train", cmd_train, "train one model"),
+                            ("compare", cmd_compare, "train several models x seeds, plus baselines; table + plot"),
                             ("prepare", cmd_prepare, "build and cache samples only")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="run YAML (see configs/)")
@@ -48,7 +67,15 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="run name")
         if name == "train":
             s.add_argument("--model", help=f"one of: {', '.join(names())}")
+        if name == "compare":
+            s.add_argument("--models", default=",".join(names()), help="comma-separated model names (default: all)")
+            s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+            s.add_argument("--max-lens", dest="max_lens", help="comma-separated lifelong lengths (samples.max_len)")
         s.set_defaults(fn=fn)
+    s = sub.add_parser("evaluate", help="re-score a saved checkpoint on a split (one process)")
+    s.add_argument("--checkpoint", required=True, help="a run's checkpoint directory (runs/<name>/checkpoint_*)")
+    s.add_argument("--split", default="valid", help="train, valid or test")
+    s.set_defaults(fn=cmd_evaluate)
     return p
 
 

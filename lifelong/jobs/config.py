@@ -20,6 +20,7 @@ from lifelong.trainers.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 FORMATS = ("movielens", "taobao", "parquet", "synthetic")
+RUN_FILE = "run.json"  # the resolved run file, saved in every run's output directory
 
 
 def shared_data() -> Path:

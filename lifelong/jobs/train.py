@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from lifelong.cluster.connect import connect
 from lifelong.embeddings.spec import FeatureSpec
-from lifelong.jobs.config import RunFile
+from lifelong.jobs.config import RUN_FILE, RunFile
 from lifelong.jobs.prepare import prepare
 from lifelong.trainers.checkpoint import PLAN_FILE
 from lifelong.trainers.config import JobSpec
@@ -35,6 +36,7 @@ def train(run: RunFile) -> dict:
     out = Path(run.output_dir) / run.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / RUN_FILE).write_text(json.dumps(asdict(run), indent=2))  # for `lifelong evaluate`
     if ckpt:  # the chosen plan is saved with the run's outputs, not only inside the checkpoint
         (out / PLAN_FILE).write_text((Path(ckpt) / PLAN_FILE).read_text())
     print("[lifelong] result:\n" + "\n".join(f"  {k:28s} {v}" for k, v in summary.items()), flush=True)

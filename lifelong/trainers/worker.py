@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import tempfile
 import time
 
@@ -24,6 +25,18 @@ class _NoTBEArgumentDump(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("[TBE=")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the most loaded worker: resident set size on CPU, allocated memory on GPU."""
+    if device.type == "cuda":
+        mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    t = torch.tensor([mb], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def make_collator(job: JobSpec, full_history: bool = False) -> Collator:
@@ -70,6 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
         if epoch < t.epochs - 1:
             ray.train.report(metrics)
+    metrics["train_peak_rss_mb"] = peak_memory_mb(device)
     checkpoint.assert_finite(model)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.save(model, tmp, config["job"], plan_text, metrics)

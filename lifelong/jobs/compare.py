@@ -1,0 +1,139 @@
+"""The compare job: every model on the same data, split, seeds and budget; baselines beside them.
+
+For each lifelong length in `max_lens` (the samples' `max_len`), each model and each seed, one
+`train` run (Ray Train, same run file otherwise); then the popularity and logistic-regression
+baselines on the same samples. Writes, under `<output_dir>/<name>/`: `runs.csv` (one row per
+run), `compare.csv` and `compare.md` (mean ± std over seeds per model and length) and
+`compare.png` (AUC vs lifelong length; AUC vs training samples/s).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from lifelong.cluster.connect import connect
+from lifelong.jobs.config import RunFile
+from lifelong.jobs.prepare import prepare
+from lifelong.jobs.train import train
+from lifelong.models import entry
+from lifelong.trainers.baselines import BASELINES, evaluate_baseline
+
+METRICS = ("valid_auc", "valid_gauc", "valid_logloss", "train_samples_per_s", "train_peak_rss_mb",
+           "valid_gsu_recall")
+BASELINE_COLUMNS = ["user_id", "item_id", "category_id", "timestamp", "label"]
+
+
+def _row(model: str, seed: int, max_len: int, summary: dict) -> dict:
+    return {"model": model, "seed": seed, "max_len": max_len, "valid_gauc_users": summary.get("valid_gauc_users"),
+            **{m: summary.get(m, math.nan) for m in METRICS}}
+
+
+def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int]) -> list[dict]:
+    """Train every (length, model, seed) and score the baselines; one row per run."""
+    for m in models:
+        entry(m)  # unknown names fail before any training
+    connect(run.cluster)
+    rows: list[dict] = []
+    bar = tqdm(total=len(max_lens) * (len(models) * len(seeds) + len(BASELINES)), desc="compare", unit="run")
+    for max_len in max_lens:
+        base = replace(run, samples=replace(run.samples, max_len=max_len))
+        for model in models:
+            for seed in seeds:
+                r = replace(base, model=model, model_config=dict(run.model_config) if model == run.model else {},
+                            name=f"{run.name}.L{max_len}.{model}.s{seed}", train=replace(run.train, seed=seed))
+                bar.set_postfix_str(f"L={max_len} {model} seed {seed}")
+                rows.append(_row(model, seed, max_len, train(r)))
+                bar.update()
+        samples_dir, _, _ = prepare(base)
+        tr = pq.read_table(samples_dir / "train", columns=BASELINE_COLUMNS)
+        va = pq.read_table(samples_dir / "valid", columns=BASELINE_COLUMNS)
+        for name in BASELINES:
+            m = evaluate_baseline(name, tr, va)
+            rows.append(_row(name, 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
+            bar.update()
+    bar.close()
+    return rows
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (max_len, model), in first-seen order."""
+    keys = list(dict.fromkeys((r["max_len"], r["model"]) for r in rows))
+    out = []
+    for max_len, model in keys:
+        group = [r for r in rows if r["max_len"] == max_len and r["model"] == model]
+        agg = {"max_len": max_len, "model": model, "seeds": len(group), "valid_gauc_users": group[0]["valid_gauc_users"]}
+        for m in METRICS:
+            vals = np.array([r[m] for r in group if r[m] is not None and not math.isnan(r[m])], dtype=float)
+            agg[m] = float(vals.mean()) if len(vals) else math.nan
+            agg[m + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0 if len(vals) else math.nan
+        out.append(agg)
+    return out
+
+
+def _cell(a: dict, m: str, digits: int) -> str:
+    if math.isnan(a[m]):
+        return "–"
+    return f"{a[m]:.{digits}f} ± {a[m + '_std']:.{digits}f}" if a["seeds"] > 1 else f"{a[m]:.{digits}f}"
+
+
+def markdown(agg: list[dict], title: str) -> str:
+    head = ("| L | model | seeds | AUC | GAUC (users) | logloss | train samples/s | peak MB/worker | GSU recall |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    lines = [f"### {title}", "", head]
+    for a in agg:
+        lines.append(f"| {a['max_len']} | {a['model']} | {a['seeds']} | {_cell(a, 'valid_auc', 4)} | "
+                     f"{_cell(a, 'valid_gauc', 4)} ({a['valid_gauc_users']}) | {_cell(a, 'valid_logloss', 4)} | "
+                     f"{_cell(a, 'train_samples_per_s', 0)} | {_cell(a, 'train_peak_rss_mb', 0)} | "
+                     f"{_cell(a, 'valid_gsu_recall', 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for model in dict.fromkeys(a["model"] for a in agg):
+        pts = sorted((a for a in agg if a["model"] == model), key=lambda a: a["max_len"])
+        ax1.errorbar([a["max_len"] for a in pts], [a["valid_auc"] for a in pts],
+                     yerr=[a["valid_auc_std"] for a in pts], marker="o", capsize=3, label=model)
+        trained = [a for a in pts if not math.isnan(a["train_samples_per_s"])]
+        if trained:
+            ax2.errorbar([a["train_samples_per_s"] for a in trained], [a["valid_auc"] for a in trained],
+                         yerr=[a["valid_auc_std"] for a in trained], marker="o", ls="none", capsize=3, label=model)
+    ax1.set(xscale="log", xlabel="lifelong length L (max_len)", ylabel="valid AUC", title="AUC vs lifelong length")
+    ax2.set(xscale="log", xlabel="train samples/s (whole job)", ylabel="valid AUC", title="AUC vs throughput")
+    ax1.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(rows: list[dict], out: Path, title: str) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(rows)
+    for name, data in (("runs.csv", rows), ("compare.csv", agg)):
+        with open(out / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+    (out / "compare.md").write_text(markdown(agg, title))
+    plot(agg, out / "compare.png", title)
+    return agg
+
+
+def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int]) -> list[dict]:
+    rows = run_all(run, models, seeds, max_lens)
+    label = run.data.format + (" (SYNTHETIC)" if run.data.format == "synthetic" else "")
+    agg = write(rows, Path(run.output_dir) / run.name, f"{label}: {len(seeds)} seed(s) per model")
+    print((Path(run.output_dir) / run.name / "compare.md").read_text(), flush=True)
+    return agg

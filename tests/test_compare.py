@@ -1,0 +1,52 @@
+"""The compare job (models x seeds + baselines -> table, CSV, plot) and `evaluate --checkpoint`
+reproducing a run's reported metrics from its saved checkpoint in one process."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lifelong.jobs.compare import aggregate, compare, markdown
+from lifelong.jobs.config import run_file
+from lifelong.jobs.evaluate import evaluate
+
+pytestmark = pytest.mark.ray
+
+
+def test_aggregate_gives_mean_and_sample_std_per_model():
+    rows = [{"model": "a", "seed": s, "max_len": 10, "valid_gauc_users": 3, "valid_auc": v, "valid_gauc": v,
+             "valid_logloss": 0.5, "train_samples_per_s": 100.0, "train_peak_rss_mb": 1.0, "valid_gsu_recall": math.nan}
+            for s, v in ((0, 0.6), (1, 0.7), (2, 0.8))]
+    (a,) = aggregate(rows)
+    assert a["seeds"] == 3 and math.isclose(a["valid_auc"], 0.7) and math.isclose(a["valid_auc_std"], 0.1)
+    assert math.isnan(a["valid_gsu_recall"])
+    assert "0.7000 ± 0.1000" in markdown([a], "t") and "| – |" in markdown([a], "t")
+
+
+def test_compare_two_seeds_then_evaluate_a_checkpoint(ray_local, tmp_path):
+    run = run_file({"name": "cmp", "output_dir": str(tmp_path), "data": {"format": "movielens"},
+                    "samples": {"max_len": 32, "short_len": 10},
+                    "train": {"batch_size": 256, "max_steps": 8, "diagnostic_batches": 1},
+                    "cluster": {"num_workers": 2}})
+    agg = compare(run, ["din"], [0, 1], [32])
+    out = tmp_path / "cmp"
+    assert {"runs.csv", "compare.csv", "compare.md", "compare.png"} <= {p.name for p in out.iterdir()}
+    assert [a["model"] for a in agg] == ["din", "popularity", "logistic"]
+    with open(out / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["model"], r["seed"]) for r in runs[:2]] == [("din", "0"), ("din", "1")]
+    din = agg[0]
+    assert din["seeds"] == 2 and din["valid_auc_std"] >= 0 and din["train_peak_rss_mb"] > 0
+    for base in agg[1:]:  # popularity and logistic regression on the same split are real scores
+        assert 0.55 < base["valid_auc"] < 0.8, base
+    # The first seed's checkpoint, re-scored in one process, reproduces its reported metrics.
+    summary = json.loads((tmp_path / "cmp.L32.din.s0" / "summary.json").read_text())
+    again = evaluate(Path(summary["checkpoint"]), "valid")
+    assert again["samples"] == summary["valid_samples"]
+    for k in ("auc", "gauc", "logloss"):
+        assert abs(again[k] - summary[f"valid_{k}"]) < 1e-5, (k, again[k], summary[f"valid_{k}"])
+    test = evaluate(Path(summary["checkpoint"]), "test")
+    assert test["samples"] > 0 and test["auc"] != again["auc"]
