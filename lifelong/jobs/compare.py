@@ -67,7 +67,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for max_len, model in keys:
         group = [r for r in rows if r["max_len"] == max_len and r["model"] == model]
-        agg = {"max_len": max_len, "model": model, "seeds": len(group), "valid_gauc_users": group[0]["valid_gauc_users"]}
+        agg = {"max_len": max_len, "model": model, "seeds": len(group),
+               "valid_gauc_users": group[0]["valid_gauc_users"]}
         for m in METRICS:
             vals = np.array([r[m] for r in group if r[m] is not None and not math.isnan(r[m])], dtype=float)
             agg[m] = float(vals.mean()) if len(vals) else math.nan
