@@ -27,8 +27,8 @@ def tiny_samples(n_users: int = 12, seq_len: int = 300, seed: int = 0, max_len: 
     return samples, meta
 
 
-def tiny_job(model: str, meta, model_config=None, max_len=64, short_len=8, **train) -> JobSpec:
+def tiny_job(model: str, meta, model_config=None, max_len=64, short_len=8, users: bool = False, **train) -> JobSpec:
     return JobSpec(model=model, model_config=model_config or {},
-                   features=FeatureSpec(meta.n_items, meta.n_categories, 8),
+                   features=FeatureSpec(meta.n_items, meta.n_categories, 8, meta.n_users if users else 0),
                    samples=SampleConfig(max_len=max_len, short_len=short_len),
                    train=TrainConfig(**train))

@@ -66,11 +66,11 @@ def _worker(rank, init_file, job, table, halves, init, out):
     ("sim_hard", {"item": ["row_wise"], "cat": ["table_wise"]}),
     ("din", {"item": ["column_wise"], "cat": ["row_wise"]}),
     ("sim_soft", {"item": ["table_wise"], "search_item": ["row_wise"], "search_cat": ["table_wise"]}),
-    ("twin", {"item": ["row_wise"], "cat": ["column_wise"]}),
+    ("twin", {"item": ["row_wise"], "cat": ["column_wise"], "user": ["row_wise"]}),
 ])
 def test_sharded_equals_unsharded_after_one_step(model, sharding):
     samples, meta = tiny_samples()
-    job = tiny_job(model, meta, {} if model == "din" else {"k": 6},
+    job = tiny_job(model, meta, {} if model == "din" else {"k": 6}, users=model == "twin",
                    sparse_optimizer="sgd", sparse_lr=LR_SPARSE, dense_optimizer="sgd", dense_lr=LR_DENSE)
     job = type(job)(**{**job.__dict__, "sharding": sharding})
     batch = samples.slice(0, 32)

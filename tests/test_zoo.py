@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pyarrow as pa
 import pytest
 import torch
 
+from lifelong.embeddings.collate import FeatureRangeError
 from lifelong.models import entry, names
 from lifelong.models.gsu.base import valid_slots
 from lifelong.models.two_stage import TwoStage
@@ -53,6 +55,29 @@ def test_padding_changes_nothing(name):
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("name", ["din", "twin", "sim_soft"])
+def test_user_table_feeds_the_head_and_only_its_row(name):
+    samples, meta = tiny_samples()
+    job = tiny_job(name, meta, cfg(name), users=True)
+    torch.manual_seed(0)
+    model = plain_model(job).eval()
+    table = samples.slice(0, 24)
+    batch = make_collator(job)(table)
+    assert batch.sparse["user"].values().tolist() == table.column("user_id").to_pylist()
+    users = table.column("user_id").to_numpy().copy()
+    users[3] = users[3] % meta.n_users + 1  # another user for row 3 only
+    moved = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(users))
+    with torch.no_grad():
+        a, b = model(batch), model(make_collator(job)(moved))
+        assert torch.allclose(model(_widen(batch, 9, 5)), a, atol=1e-5)
+    changed = (a - b).abs() > 1e-6
+    assert changed.tolist() == [i == 3 for i in range(24)]
+    users[0] = meta.n_users + 1
+    bad = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(users))
+    with pytest.raises(FeatureRangeError, match="feature 'user'"):
+        make_collator(job)(bad)
+
+
 @pytest.mark.parametrize("name", TWO_STAGE)
 def test_two_stage_with_k_at_least_L_equals_brute_force(name):
     samples, meta = tiny_samples()
@@ -65,13 +90,13 @@ def test_two_stage_with_k_at_least_L_equals_brute_force(name):
         batch = make_collator(job)(table)
         emb = model.lookup(batch)
         idx, scores = model.gsu(*model.gsu_inputs(batch, emb), emb.long_mask)  # the GSU itself, no shortcut
-        two_stage = model.head(model.interest_from(batch, emb, idx, valid_slots(scores))).squeeze(-1)
+        two_stage = model.logits(model.interest_from(batch, emb, idx, valid_slots(scores)), emb)
         brute = model.brute_force(batch)
         if name == "sim_hard":  # hard search filters by category at any k: brute force over the matches
             B, L = emb.long_mask.shape
             match = emb.long_mask & (emb.long_cat == batch.sparse["target_cat"].values().unsqueeze(1))
             all_idx = torch.arange(L).expand(B, L)
-            brute = model.head(model.interest_from(batch, emb, all_idx, match)).squeeze(-1)
+            brute = model.logits(model.interest_from(batch, emb, all_idx, match), emb)
         logits[k] = (two_stage, brute)
         if k == 64:
             assert torch.allclose(two_stage, brute, atol=1e-5), (two_stage - brute).abs().max()

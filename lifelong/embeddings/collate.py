@@ -17,7 +17,7 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from torchrec import KeyedJaggedTensor
 
 from lifelong.data.samples import concat_ranges
-from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, FeatureSpec, SideTable, feature_name, features
+from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name, features
 
 
 class Prefilter(Protocol):
@@ -102,7 +102,7 @@ class Collator(ArrowBatchCollateFn):
                  prefilter: Optional[Prefilter] = None, side: tuple[SideTable, ...] = ()) -> None:
         self.spec, self.short_len, self.long_len = spec, short_len, long_len
         self.use_long, self.prefilter, self.side = use_long, prefilter, side
-        self.keys = list(features(side))
+        self.keys = list(features(side, user=spec.n_users > 0))
         self.long_width = 0 if not use_long else min(long_len, prefilter.k) if prefilter else long_len
 
     def __call__(self, table: pa.Table) -> Batch:
@@ -120,16 +120,16 @@ class Collator(ArrowBatchCollateFn):
             l_idx, l_off = tail(offsets, self.long_len)
         rows = {"target": (None, np.arange(len(offsets), dtype=np.int64)), "short": (s_idx, s_off), "long": (l_idx, l_off)}
         values, lengths = [], []
-        # KJT order = features(side): main tables then side tables, each table-major then group.
-        tables = [(t, t, GROUPS) for t in TABLE_COLUMNS] + [(s.name, s.source, s.groups) for s in self.side]
-        for name, source, groups in tables:
-            for g in groups:
-                idx, off = rows[g]
-                v = target[source] if idx is None else hist[source][idx]
-                if name == source:  # side tables read the same ids, already checked
-                    self._check_range(feature_name(g, name), v, self.spec.num_embeddings(source))
-                values.append(v)
-                lengths.append(np.ones(len(v), np.int64) if idx is None else np.diff(off))
+        # KJT order = features(side, user): main tables, user, side tables; table-major then group.
+        for t in TABLE_COLUMNS:
+            self._add(values, lengths, rows, hist, target, t, t, GROUPS)
+        if self.spec.n_users:
+            users = table.column("user_id").to_numpy().astype(np.int64)
+            self._check_range(USER, users, self.spec.num_embeddings(USER))
+            values.append(users)
+            lengths.append(np.ones(len(users), np.int64))
+        for s in self.side:
+            self._add(values, lengths, rows, hist, target, s.name, s.source, s.groups)
         sparse = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys, values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
             lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)))
@@ -142,6 +142,17 @@ class Collator(ArrowBatchCollateFn):
             labels=torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
             user_ids=torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64)),
         )
+
+    def _add(self, values: list, lengths: list, rows: dict, hist: dict, target: dict, name: str, source: str,
+             groups: tuple[str, ...]) -> None:
+        """Append table `name`'s features (ids of main table `source`) for `groups`."""
+        for g in groups:
+            idx, off = rows[g]
+            v = target[source] if idx is None else hist[source][idx]
+            if name == source:  # side tables read the same ids, already checked
+                self._check_range(feature_name(g, name), v, self.spec.num_embeddings(source))
+            values.append(v)
+            lengths.append(np.ones(len(v), np.int64) if idx is None else np.diff(off))
 
     @staticmethod
     def _check_range(feature: str, ids: np.ndarray, num_embeddings: int) -> None:

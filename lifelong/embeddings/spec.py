@@ -16,6 +16,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig
 # Sequence groups in every batch; each has an item and a category feature.
 GROUPS = ("target", "short", "long")
 TABLE_COLUMNS = {"item": "item_id", "cat": "category_id"}
+USER = "user"  # the user-id table and its one feature (one id per sample), when n_users > 0
 
 
 def feature_name(group: str, table: str) -> str:
@@ -41,29 +42,37 @@ class SideTable:
             raise ValueError(f"side table '{self.name}': unknown group(s) {bad}; choose from {GROUPS}")
 
 
-def features(side: tuple[SideTable, ...] = ()) -> tuple[str, ...]:
-    """KJT key order: main tables (every group), then side tables (their groups); table-major."""
-    main = tuple(feature_name(g, t) for t in TABLE_COLUMNS for g in GROUPS)
+def features(side: tuple[SideTable, ...] = (), user: bool = False) -> tuple[str, ...]:
+    """KJT key order: main tables (every group, table-major), the user feature if any, then side
+    tables (their groups). The main collection reads everything before the side features."""
+    main = tuple(feature_name(g, t) for t in TABLE_COLUMNS for g in GROUPS) + ((USER,) if user else ())
     return main + tuple(feature_name(g, s.name) for s in side for g in s.groups)
-
-
-FEATURES = features()
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Vocabulary sizes (largest id; ids are 1..n, 0 is padding) and the shared embedding width."""
+    """Vocabulary sizes (largest id; ids are 1..n, 0 is padding) and the shared embedding width.
+    With n_users > 0 a user-id table joins the main collection and every model's head reads it."""
 
     n_items: int
     n_categories: int
     dim: int = 16
+    n_users: int = 0
 
     def num_embeddings(self, table: str) -> int:
-        return {"item": self.n_items, "cat": self.n_categories}[table] + 1
+        return {"item": self.n_items, "cat": self.n_categories, USER: self.n_users}[table] + 1
+
+    @property
+    def user_dim(self) -> int:
+        return self.dim if self.n_users else 0
 
     def tables(self) -> list[EmbeddingConfig]:
-        return [EmbeddingConfig(name=t, embedding_dim=self.dim, num_embeddings=self.num_embeddings(t),
+        main = [EmbeddingConfig(name=t, embedding_dim=self.dim, num_embeddings=self.num_embeddings(t),
                                 feature_names=[feature_name(g, t) for g in GROUPS]) for t in TABLE_COLUMNS]
+        if self.n_users:
+            main.append(EmbeddingConfig(name=USER, embedding_dim=self.dim, num_embeddings=self.num_embeddings(USER),
+                                        feature_names=[USER]))
+        return main
 
     def collection(self, device: torch.device | str = "cpu") -> EmbeddingCollection:
         """The sequence embedding collection (unsharded; DMP shards it)."""

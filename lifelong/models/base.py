@@ -9,14 +9,15 @@ model owns. Models with an auxiliary loss (DIEN, SIM-soft) stash it in forward w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings.collate import Batch, Prefilter
-from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, SideTable, feature_name
+from lifelong.models.layers import mlp
+from lifelong.embeddings.spec import TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Embedded:
     long_mask: torch.Tensor
     long_cat: torch.Tensor  # (B, K) raw category ids of the long sequence (0 where padded)
     side: dict[str, dict[str, torch.Tensor]]  # side table -> group -> (B, D) target or (B, T, D)
+    user: torch.Tensor  # (B, user_dim): the user-id embedding, (B, 0) without a user table
     cache: dict[str, object] = field(default_factory=dict)  # a model's derived tensors of this batch
 
 
@@ -51,7 +53,8 @@ def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class CTRModel(nn.Module):
-    """Base: subclasses build `self.head` and implement `interest(batch, emb) -> (B, F)`."""
+    """Base: subclasses build `self.head = self.make_head(F, hidden)` and implement
+    `interest(batch, emb) -> (B, F)`; the head also reads the user embedding when there is one."""
 
     def __init__(self, config, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__()
@@ -86,11 +89,20 @@ class CTRModel(nn.Module):
         for groups in side.values():
             if "target" in groups:
                 groups["target"] = groups["target"].squeeze(1)  # (B, D)
+        user = _dense(out[USER], 1).squeeze(1) if self.spec.n_users else target.new_zeros(target.shape[0], 0)
         return Embedded(target, cat("short", batch.short_len), _mask(short_len, batch.short_len),
-                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat, side)
+                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat, side, user)
+
+    def make_head(self, interest_dim: int, hidden: Sequence[int]) -> nn.Module:
+        """The shared head: MLP over [interest features, user embedding] -> logit."""
+        return mlp(interest_dim + self.spec.user_dim, hidden, 1)
+
+    def logits(self, interest: torch.Tensor, emb: Embedded) -> torch.Tensor:
+        return self.head(torch.cat([interest, emb.user], -1)).squeeze(-1)  # (B,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.interest(batch, self.lookup(batch))).squeeze(-1)  # (B,)
+        emb = self.lookup(batch)
+        return self.logits(self.interest(batch, emb), emb)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Embedding-table parameters (main and side collections): the sparse optimiser's."""

@@ -22,7 +22,7 @@ from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.gsu.twin import TwinAttention
-from lifelong.models.layers import ActivationUnit, CrossFeatures, TargetAttention, mlp
+from lifelong.models.layers import ActivationUnit, CrossFeatures, TargetAttention
 from lifelong.models.registry import register
 from lifelong.models.tcn import TCNLayer
 from lifelong.models.two_stage import TwinFrame
@@ -74,7 +74,7 @@ class CAIN(TwinFrame):
         self.layer_attention = nn.ModuleList(TargetAttention(E, D, D, 1) for _ in config.msia_kernels)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         width = E + self.attention.out_dim + D * len(config.msia_kernels) + (E if config.use_short else 0)
-        self.head = mlp(width, config.head_hidden, 1)
+        self.head = self.make_head(width, config.head_hidden)
 
     @classmethod
     def inputs(cls, config: CAINConfig) -> InputSpec:

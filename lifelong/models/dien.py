@@ -19,7 +19,7 @@ from torch import nn
 from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import CTRModel, Embedded
-from lifelong.models.layers import masked_softmax, mlp
+from lifelong.models.layers import masked_softmax
 from lifelong.models.registry import register
 
 
@@ -77,7 +77,7 @@ class DIEN(CTRModel):
         self.extractor = nn.GRU(E, E, batch_first=True)  # hidden = E so <h_t, e_{t+1}> is defined
         self.attention = nn.Linear(E, E, bias=False)  # W in a_t = softmax(h_t W q)
         self.evolution = AUGRU(E, E)
-        self.head = mlp(3 * E, config.head_hidden, 1)
+        self.head = self.make_head(3 * E, config.head_hidden)
 
     def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         seq, mask = emb.short * emb.short_mask.unsqueeze(-1), emb.short_mask  # (B, S, E), (B, S)

@@ -15,7 +15,7 @@ from torch import nn
 from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import CTRModel, Embedded, InputSpec
-from lifelong.models.layers import ActivationUnit, mlp
+from lifelong.models.layers import ActivationUnit
 from lifelong.models.registry import register
 
 
@@ -31,7 +31,7 @@ class DIN(CTRModel):
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.unit = ActivationUnit(E, config.attention_hidden)
-        self.head = mlp(2 * E, config.head_hidden, 1)
+        self.head = self.make_head(2 * E, config.head_hidden)
 
     def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return torch.cat([emb.target, self.unit(emb.target, emb.short, emb.short_mask)], -1)  # (B, 2E)

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import CTRModel, Embedded
-from lifelong.models.layers import masked_softmax, mlp
+from lifelong.models.layers import masked_softmax
 from lifelong.models.registry import register
 
 
@@ -65,7 +65,7 @@ class DSIN(CTRModel):
         self.lstm = nn.LSTM(E, E // 2, batch_first=True, bidirectional=True)
         self.w_i = nn.Linear(E, E, bias=False)
         self.w_h = nn.Linear(2 * (E // 2), E, bias=False)
-        self.head = mlp(E + E + 2 * (E // 2), config.head_hidden, 1)
+        self.head = self.make_head(E + E + 2 * (E // 2), config.head_hidden)
 
     def session_tensor(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         """Behaviours laid out per session: (B, K, T, E) and mask (B, K, T)."""

@@ -19,7 +19,7 @@ from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.clock import ClockAttention, circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import RelevanceGSU
-from lifelong.models.layers import ActivationUnit, mlp
+from lifelong.models.layers import ActivationUnit
 from lifelong.models.registry import register
 from lifelong.models.two_stage import TwoStage
 
@@ -47,7 +47,7 @@ class LIC(TwoStage):
                                     config.out_dim)
         self.gsu = RelevanceGSU(self.clock, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
-        self.head = mlp(E + config.out_dim + (E if config.use_short else 0), config.head_hidden, 1)
+        self.head = self.make_head(E + config.out_dim + (E if config.use_short else 0), config.head_hidden)
 
     @classmethod
     def inputs(cls, config: LICConfig) -> InputSpec:

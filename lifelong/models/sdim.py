@@ -20,7 +20,7 @@ from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import CTRModel, Embedded, InputSpec
 from lifelong.models.gsu.simhash import SimHash
-from lifelong.models.layers import ActivationUnit, mlp
+from lifelong.models.layers import ActivationUnit
 from lifelong.models.registry import register
 
 FORMS = ("bucket", "gather")
@@ -70,7 +70,7 @@ class SDIM(CTRModel):
         E = spec.behaviour_dim
         self.hash = SimHash(E, config.hashes * config.tau, config.hash_seed)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
-        self.head = mlp(2 * E + (E if config.use_short else 0), config.head_hidden, 1)
+        self.head = self.make_head(2 * E + (E if config.use_short else 0), config.head_hidden)
 
     @classmethod
     def inputs(cls, config: SDIMConfig) -> InputSpec:

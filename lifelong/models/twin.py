@@ -19,7 +19,7 @@ from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.gsu.twin import TwinAttention
-from lifelong.models.layers import ActivationUnit, CrossFeatures, mlp
+from lifelong.models.layers import ActivationUnit, CrossFeatures
 from lifelong.models.registry import register
 from lifelong.models.two_stage import TwinFrame
 
@@ -45,7 +45,7 @@ class TWIN(TwinFrame):
         self.attention = TwinAttention(E, E, CrossFeatures.n_features, config.cross_dim, config.heads, config.head_dim)
         self.gsu = RelevanceGSU(self.attention, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
-        self.head = mlp(E + self.attention.out_dim + (E if config.use_short else 0), config.head_hidden, 1)
+        self.head = self.make_head(E + self.attention.out_dim + (E if config.use_short else 0), config.head_hidden)
 
     @classmethod
     def inputs(cls, config: TWINConfig) -> InputSpec:

@@ -17,7 +17,7 @@ from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import CTRModel, Embedded
 from lifelong.models.gsu.base import GSU, gather_rows, masked_topk, valid_slots
-from lifelong.models.layers import ActivationUnit, GapAttention, mlp
+from lifelong.models.layers import ActivationUnit, GapAttention
 
 
 class TwoStage(CTRModel):
@@ -51,7 +51,7 @@ class TwoStage(CTRModel):
         emb = self.lookup(batch)
         B, L = emb.long_mask.shape
         all_idx = torch.arange(L, device=emb.long_mask.device).expand(B, L)
-        return self.head(self.interest_from(batch, emb, all_idx, emb.long_mask)).squeeze(-1)  # (B,)
+        return self.logits(self.interest_from(batch, emb, all_idx, emb.long_mask), emb)  # (B,)
 
     @torch.no_grad()
     def gsu_recall(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,7 @@ class GapSearch(TwoStage):
         E = spec.behaviour_dim
         self.esu = GapAttention(E, config.gap_dim, config.gap_buckets, config.attention_dim, config.heads)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
-        self.head = mlp(E + config.attention_dim + (E if config.use_short else 0), config.head_hidden, 1)
+        self.head = self.make_head(E + config.attention_dim + (E if config.use_short else 0), config.head_hidden)
 
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.esu.logits(emb.target, batch.target_ts, emb.long, batch.long_ts).mean(1)  # (B, L)
