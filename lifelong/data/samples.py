@@ -81,7 +81,8 @@ def user_samples(events: pa.Table, cfg: SampleConfig, cutoffs: tuple[int, int]) 
     start = np.maximum(n_before - cfg.max_len, 0)
     idx, offsets = concat_ranges(start, n_before)
     rows = hist[idx]  # positions (in sorted events) of each sample's history, concatenated
-    out = {c: events.column(c).take(pa.array(cand)) for c in ("user_id", "item_id", "category_id", "timestamp", "label")}
+    cols = ("user_id", "item_id", "category_id", "timestamp", "label")
+    out = {c: events.column(c).take(pa.array(cand)) for c in cols}
     for name, src in HIST_COLUMNS.items():
         values = events.column(src).take(pa.array(rows)).combine_chunks()
         out[name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)

@@ -118,7 +118,8 @@ class Collator(ArrowBatchCollateFn):
             l_idx, l_off = self.prefilter(target["cat"], hist["cat"], offsets)
         else:
             l_idx, l_off = tail(offsets, self.long_len)
-        rows = {"target": (None, np.arange(len(offsets), dtype=np.int64)), "short": (s_idx, s_off), "long": (l_idx, l_off)}
+        rows = {"target": (None, np.arange(len(offsets), dtype=np.int64)),
+                "short": (s_idx, s_off), "long": (l_idx, l_off)}
         values, lengths = [], []
         # KJT order = features(side, user): main tables, user, side tables; table-major then group.
         for t in TABLE_COLUMNS:

@@ -48,7 +48,8 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.
     dense = [p for p in model.parameters() if all(p is not e for e in emb)]
     cls, extra = SPARSE[job.train.sparse_optimizer]
     cls = torch.optim.Adagrad if job.train.sparse_optimizer == "rowwise_adagrad" else cls
-    opt = _Both(cls(emb, lr=job.train.sparse_lr, **extra), DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr))
+    opt = _Both(cls(emb, lr=job.train.sparse_lr, **extra),
+                DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr))
     history = []
     device = torch.device("cpu")
     for epoch in range(job.train.epochs):

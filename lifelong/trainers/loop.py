@@ -144,11 +144,11 @@ def gsu_consistency(model: torch.nn.Module, batches: Iterable[Batch], device: to
 
 def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> dict:
     """AUC, GAUC and logloss over all ranks' rows (gathered, then computed on every rank)."""
-    s, l, u = predict(model, batches, device)
+    s, y, u = predict(model, batches, device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (s, l, u))
-        s, l, u = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        dist.all_gather_object(parts, (s, y, u))
+        s, y, u = (np.concatenate([p[i] for p in parts]) for i in range(3))
     if not np.isfinite(s).all():
         raise NonFiniteLoss(f"{int((~np.isfinite(s)).sum())} non-finite predictions in evaluation")
-    return evaluate_arrays(s, l, u)
+    return evaluate_arrays(s, y, u)
