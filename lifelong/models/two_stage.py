@@ -36,9 +36,10 @@ class TwoStage(CTRModel):
         raise NotImplementedError
 
     def select(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
-        """GSU top-k positions and validity; with L <= k every valid behaviour, in order."""
+        """GSU top-k positions and validity; with L <= k (and a GSU that does not filter) every
+        valid behaviour, in order, without scoring."""
         B, L = emb.long_mask.shape
-        if L <= self.gsu.k:
+        if L <= self.gsu.k and not self.gsu.filters:
             return torch.arange(L, device=emb.long_mask.device).expand(B, L), emb.long_mask
         idx, scores = self.gsu(*self.gsu_inputs(batch, emb), emb.long_mask)
         return idx, valid_slots(scores)

@@ -49,7 +49,11 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 class GSU(nn.Module):
-    """Base class: subclasses implement `score(query, candidates) -> (B, L)`."""
+    """Base class: subclasses implement `score(query, candidates) -> (B, L)`. A GSU whose score
+    can exclude behaviours outright (-inf, e.g. hard search) sets `filters`; the others keep every
+    valid behaviour when L <= k, so callers may skip scoring then."""
+
+    filters = False
 
     def __init__(self, k: int) -> None:
         super().__init__()

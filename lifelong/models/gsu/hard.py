@@ -15,6 +15,8 @@ from lifelong.models.gsu.base import GSU, NEG_INF
 class HardSearchGSU(GSU):
     """query: target category (B,); candidates: behaviour categories (B, L), oldest first."""
 
+    filters = True  # other categories never pass, whatever k
+
     def score(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         L = candidates.shape[1]
         recency = torch.arange(L, device=candidates.device, dtype=torch.float32).expand_as(candidates)  # (B, L)
