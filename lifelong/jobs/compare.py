@@ -111,7 +111,7 @@ def plot(agg: list[dict], path: Path, title: str) -> None:
             ax2.errorbar([a["train_samples_per_s"] for a in trained], [a["valid_auc"] for a in trained],
                          yerr=[a["valid_auc_std"] for a in trained], marker="o", ls="none", capsize=3, label=model)
     ax1.set(xscale="log", xlabel="lifelong length L (max_len)", ylabel="valid AUC", title="AUC vs lifelong length")
-    ax2.set(xscale="log", xlabel="train samples/s (whole job)", ylabel="valid AUC", title="AUC vs throughput")
+    ax2.set(xlabel="train samples/s (whole job)", ylabel="valid AUC", title="AUC vs throughput")
     ax1.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
