@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lifelong.data.samples import SampleConfig, split_cutoffs, user_samples
+from lifelong.data.samples import SampleConfig, build_local
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models import entry, names
@@ -27,9 +26,7 @@ from lifelong.trainers.local import fit_local
 def samples(users: int, seq_len: int, seed: int) -> tuple[pa.Table, object, SampleConfig]:
     log, meta = generate(SyntheticConfig(n_users=users, seq_len=seq_len, seed=seed))
     sc = SampleConfig(max_len=seq_len, short_len=50, sample_behaviors=(1,), history_behaviors=(0,))
-    cutoffs = split_cutoffs(log, sc)
-    u = log.column("user_id").to_numpy()
-    return pa.concat_tables([user_samples(log.filter(pa.array(u == x)), sc, cutoffs) for x in np.unique(u)]), meta, sc
+    return build_local(log, sc), meta, sc
 
 
 def main() -> None:

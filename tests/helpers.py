@@ -1,21 +1,11 @@
 """Shared test fixtures: tiny jobs and sample tables built by the real sample builder."""
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
 
-from lifelong.data.samples import SampleConfig, split_cutoffs, user_samples
+from lifelong.data.samples import SampleConfig, build_local
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.trainers.config import JobSpec, TrainConfig
-
-
-def build_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
-    """All samples of a log, built in-process with the same per-user function Ray Data runs."""
-    cutoffs = split_cutoffs(log, cfg)
-    users = log.column("user_id").to_numpy()
-    parts = [user_samples(log.filter(pa.array(users == u)), cfg, cutoffs) for u in np.unique(users)]
-    return pa.concat_tables(parts)
 
 
 def tiny_samples(n_users: int = 12, seq_len: int = 300, seed: int = 0, max_len: int = 64, short_len: int = 8):

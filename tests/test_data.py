@@ -8,11 +8,10 @@ import pyarrow as pa
 import pytest
 
 from lifelong.data.loaders import load_movielens, load_taobao
-from lifelong.data.samples import SampleConfig, split_cutoffs, user_samples
+from lifelong.data.samples import SampleConfig, build_local, split_cutoffs, user_samples
 from lifelong.data.schema import LogMeta, LogSchemaError, validate_log
 from lifelong.data.synthetic import KINDS, SyntheticConfig, generate
 from lifelong.jobs.config import shared_data
-from tests.helpers import build_local
 
 ML = shared_data() / "movielens" / "ml-latest-small.zip"
 TB = shared_data() / "taobao" / "UserBehavior_head.csv"

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from lifelong.data.samples import SampleConfig
+from lifelong.data.samples import SampleConfig, build_local
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.trainers.config import JobSpec, TrainConfig
 from lifelong.trainers.local import fit_local
-from tests.helpers import build_local
 
 
 def test_sim_hard_beats_din_short_on_planted_data():

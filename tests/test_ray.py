@@ -8,11 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lifelong.data.samples import SPLITS, SampleConfig
+from lifelong.data.samples import SPLITS, SampleConfig, build_local
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.jobs.config import run_file
 from lifelong.jobs.train import train
-from tests.helpers import build_local
 
 pytestmark = pytest.mark.ray
 SORT = [("user_id", "ascending"), ("timestamp", "ascending"), ("item_id", "ascending")]

@@ -127,3 +127,12 @@ def build_samples(log: pa.Table, cfg: SampleConfig, out_dir: str | Path, num_wor
     return {"samples": counts, "candidates": n_cand,
             "dropped": {"history shorter than min_history": n_cand - n_samples},
             "cutoffs": list(cutoffs)}
+
+
+def build_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
+    """All samples of a log, built in-process with the same per-user function Ray Data runs
+    (tests, small benchmarks); `build_samples` is the Ray Data path."""
+    cutoffs = split_cutoffs(log, cfg)
+    users = log.column("user_id").to_numpy()
+    parts = [user_samples(log.filter(pa.array(users == u)), cfg, cutoffs) for u in np.unique(users)]
+    return pa.concat_tables(parts)
