@@ -3,33 +3,45 @@
 - no address: inside a Ray job (RAY_ADDRESS set by `ray job submit`) join that cluster;
   otherwise start an embedded local Ray on this machine (dashboard off, bound to 127.0.0.1).
 - an address ("ray://host:10001" or "host:6379" / "auto"): join that cluster.
+
+`resolve` turns the config's "auto" values (num_workers 0, use_gpu null) into concrete ones from
+the connected cluster's resources; `scaling_config` makes Ray Train's ScalingConfig from them.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import ray
 from ray.train import ScalingConfig
 
+PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+DATA_CPUS = 2  # CPUs left free for Ray Data's read/collate tasks when num_workers is auto
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
     address: Optional[str] = None
-    num_workers: int = 2
-    use_gpu: bool = False
+    num_workers: int = 2  # 0 = auto: one per GPU, or as many as the CPUs allow beside Ray Data
+    use_gpu: Optional[bool] = False  # null = auto: GPUs if the cluster has any
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # only with use_gpu
+    placement_strategy: str = "PACK"  # Ray placement group strategy; SPREAD puts workers on many nodes
     local_cpus: Optional[int] = None  # logical CPUs of the embedded local Ray (default below)
     collective_timeout_s: int = 120
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError("cluster.num_workers must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError("cluster.num_workers must be >= 1, or 0 for auto")
+        if self.placement_strategy not in PLACEMENT:
+            raise ValueError(f"cluster.placement_strategy '{self.placement_strategy}' not in {PLACEMENT}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
+            raise ValueError("cluster.cpus_per_worker and cluster.gpus_per_worker must be > 0")
 
 
 def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
-    """Initialise Ray once; returns 'address', 'job' or 'local'."""
+    """Initialise Ray once; returns 'address', 'job', 'local' or 'existing'."""
     if ray.is_initialized():
         return "existing"
     env = runtime_env or {"env_vars": {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}}
@@ -41,12 +53,29 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
         return "job"
     # Workers each hold cpus_per_worker; Ray Data's read/collate tasks need CPUs beside them,
     # so the embedded Ray advertises at least num_workers + 2 logical CPUs.
-    cpus = cfg.local_cpus or max(os.cpu_count() or 1, int(cfg.num_workers * cfg.cpus_per_worker) + 2)
+    cpus = cfg.local_cpus or max(os.cpu_count() or 1, int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + DATA_CPUS)
     ray.init(num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1",
              runtime_env=env, log_to_driver=True)
     return "local"
 
 
+def resolve(cfg: ClusterConfig, resources: Optional[dict] = None) -> ClusterConfig:
+    """The config with auto values filled from `resources` (default: the connected cluster's)."""
+    res = resources if resources is not None else ray.cluster_resources()
+    gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 0))
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus > 0
+    if use_gpu and gpus < cfg.gpus_per_worker:
+        raise ValueError(f"cluster.use_gpu is set but the cluster has {gpus:g} GPUs "
+                         f"(a worker needs cluster.gpus_per_worker = {cfg.gpus_per_worker:g})")
+    workers = cfg.num_workers or (int(gpus // cfg.gpus_per_worker) if use_gpu
+                                  else max(1, int((cpus - DATA_CPUS) // cfg.cpus_per_worker)))
+    return replace(cfg, num_workers=workers, use_gpu=use_gpu)
+
+
 def scaling_config(cfg: ClusterConfig) -> ScalingConfig:
-    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                         resources_per_worker={"CPU": cfg.cpus_per_worker})
+    """Ray Train's ScalingConfig for a resolved config."""
+    if not cfg.num_workers or cfg.use_gpu is None:
+        raise ValueError("scaling_config needs a resolved ClusterConfig (see resolve)")
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=per_worker,
+                         placement_strategy=cfg.placement_strategy)

@@ -57,7 +57,9 @@ class SyntheticConfig:
         need = self.n_strong + self.n_noise + 4 + self.n_filler + 1
         if self.n_categories < need:
             raise ValueError(f"n_categories={self.n_categories} < {need} needed per user")
-        old = (self.n_strong + self.n_noise) * self.burst * self.bursts_per_interest
+        # Bursts of burst events for every strong and noise interest, plus the noise interests'
+        # remaining events scattered singly, all in the first seq_len - 2 * guard positions.
+        old = ((self.n_strong + self.n_noise) * self.burst + self.n_noise * (self.burst - 1)) * self.bursts_per_interest
         if old > self.seq_len - 2 * self.guard:
             raise ValueError(f"seq_len={self.seq_len} too short for {old} planted events and guard={self.guard}")
 

@@ -39,7 +39,7 @@ def prepare(run: RunFile, num_workers: int | None = None) -> tuple[Path, LogMeta
         report = json.loads((out / REPORT).read_text())
         return out, LogMeta(**report["meta"]), report
     table, meta, dropped = load_log(run)
-    report = build_samples(table, run.samples, out, num_workers or run.cluster.num_workers)
+    report = build_samples(table, run.samples, out, num_workers or run.cluster.num_workers or 2)
     report["dropped"] = {**dropped, **report["dropped"]}
     report["meta"] = asdict(meta)
     report["events"] = table.num_rows

@@ -6,6 +6,7 @@ import resource
 import tempfile
 import time
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -37,6 +38,16 @@ def peak_memory_mb(device: torch.device) -> float:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def worker_nodes() -> int:
+    """How many distinct Ray nodes this run's workers sit on."""
+    node = ray.get_runtime_context().get_node_id()
+    nodes = [node]
+    if dist.is_initialized():
+        nodes = [None] * dist.get_world_size()
+        dist.all_gather_object(nodes, node)
+    return len(set(nodes))
 
 
 def make_collator(job: JobSpec, full_history: bool = False) -> Collator:
@@ -84,6 +95,7 @@ def train_loop_per_worker(config: dict) -> None:
         if epoch < t.epochs - 1:
             ray.train.report(metrics)
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
+    metrics.update(train_world_size=ctx.get_world_size(), train_nodes=worker_nodes())
     checkpoint.assert_finite(model)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.save(model, tmp, config["job"], plan_text, metrics)
