@@ -21,30 +21,61 @@ def sharders() -> list:
     return [EmbeddingCollectionSharder()]
 
 
-def constraints_from_config(tables: dict[str, list[str]] | None) -> dict[str, ParameterConstraints]:
-    """{'item': ['row_wise'], ...} -> TorchRec constraints; unknown sharding types are errors."""
+def allowed_types(device_type: str) -> list[str]:
+    """Sharding types TorchRec's EmbeddingCollection sharder offers on this device type."""
+    return list(EmbeddingCollectionSharder().sharding_types(device_type))
+
+
+def constraints_from_config(tables: dict[str, list[str]] | None, device_type: Optional[str] = None,
+                            min_partition: Optional[int] = None) -> dict[str, ParameterConstraints]:
+    """{'item': ['row_wise'], ...} -> TorchRec constraints. Unknown sharding types are errors, and
+    so (given the device type) is a table none of whose types the sharder allows there."""
     out = {}
+    allowed = allowed_types(device_type) if device_type else SHARDING_TYPES
     for table, types in (tables or {}).items():
         bad = [t for t in types if t not in SHARDING_TYPES]
         if bad:
             raise ValueError(f"table '{table}': unknown sharding type(s) {bad}; choose from {SHARDING_TYPES}")
-        out[table] = ParameterConstraints(sharding_types=list(types))
+        if not set(types) & set(allowed):
+            raise ValueError(f"table '{table}': none of {list(types)} is offered for sequence tables on "
+                             f"{device_type}; EmbeddingCollection allows {allowed}")
+        out[table] = ParameterConstraints(sharding_types=list(types), min_partition=min_partition)
     return out
+
+
+def planner(world_size: int, device_type: str, batch_size: int,
+            constraints: dict[str, list[str]] | None = None,
+            min_partition: Optional[int] = None) -> EmbeddingShardingPlanner:
+    """TorchRec's planner for one host of `world_size` devices, with per-table constraints
+    (`min_partition`: the column-wise shard width)."""
+    return EmbeddingShardingPlanner(
+        topology=Topology(world_size=world_size, compute_device=device_type, local_world_size=world_size),
+        batch_size=batch_size,
+        constraints=constraints_from_config(constraints, device_type, min_partition),
+    )
 
 
 def make_plan(module: nn.Module, world_size: int, device_type: str, batch_size: int,
               constraints: dict[str, list[str]] | None = None,
               pg: Optional[dist.ProcessGroup] = None) -> ShardingPlan:
     """Planner-built plan; with a process group, rank 0 plans and broadcasts (collective_plan)."""
-    planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=world_size, compute_device=device_type,
-                          local_world_size=world_size),
-        batch_size=batch_size,
-        constraints=constraints_from_config(constraints),
-    )
+    p = planner(world_size, device_type, batch_size, constraints)
     if pg is not None:
-        return planner.collective_plan(module, sharders(), pg)
-    return planner.plan(module, sharders())
+        return p.collective_plan(module, sharders(), pg)
+    return p.plan(module, sharders())
+
+
+def estimates(p: EmbeddingShardingPlanner, world_size: int, device_type: str) -> dict[str, list[float]]:
+    """The planner's own per-rank estimates for its last plan: storage in MB (HBM on cuda, DDR on
+    cpu: weights, optimiser state and I/O buffers) and step time in ms (fwd + bwd compute and comms)."""
+    mb, ms = [0.0] * world_size, [0.0] * world_size
+    for option in p._best_plan or []:  # the planner keeps its chosen ShardingOptions here (TorchRec 1.8)
+        for shard in option.shards:
+            if shard.rank is None:
+                continue
+            mb[shard.rank] += (shard.storage.hbm if device_type == "cuda" else shard.storage.ddr) / 2**20
+            ms[shard.rank] += shard.perf.total
+    return {"est_mb": mb, "est_ms": ms}
 
 
 def describe(plan: ShardingPlan) -> str:

@@ -47,6 +47,12 @@ def cmd_compare(args) -> list:
     return compare(run, [m for m in args.models.split(",") if m], _ints(args.seeds), max_lens)
 
 
+def cmd_shard_bench(args) -> list:
+    from lifelong.jobs.shard_bench import shard_bench
+
+    return shard_bench(_run_file(args), _ints(args.world_sizes), args.steps, args.warmup)
+
+
 def cmd_evaluate(args) -> dict:
     from lifelong.jobs.evaluate import evaluate
 
@@ -58,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, help_ in (("train", cmd_train, "train one model"),
                             ("compare", cmd_compare, "train several models x seeds, plus baselines; table + plot"),
+                            ("shard-bench", cmd_shard_bench, "every sharding plan x world size: memory, comms, speed"),
                             ("prepare", cmd_prepare, "build and cache samples only")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="run YAML (see configs/)")
@@ -65,12 +72,16 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--workers", type=int, help="number of training workers")
         s.add_argument("--output-dir", dest="output_dir", help="where samples, runs and checkpoints go")
         s.add_argument("--name", help="run name")
-        if name == "train":
+        if name in ("train", "shard-bench"):
             s.add_argument("--model", help=f"one of: {', '.join(names())}")
         if name == "compare":
             s.add_argument("--models", default=",".join(names()), help="comma-separated model names (default: all)")
             s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
             s.add_argument("--max-lens", dest="max_lens", help="comma-separated lifelong lengths (samples.max_len)")
+        if name == "shard-bench":
+            s.add_argument("--world-sizes", dest="world_sizes", default="1,2", help="comma-separated worker counts")
+            s.add_argument("--steps", type=int, default=20, help="timed steps per plan")
+            s.add_argument("--warmup", type=int, default=3, help="untimed steps per plan")
         s.set_defaults(fn=fn)
     s = sub.add_parser("evaluate", help="re-score a saved checkpoint on a split (one process)")
     s.add_argument("--checkpoint", required=True, help="a run's checkpoint directory (runs/<name>/checkpoint_*)")

@@ -72,6 +72,8 @@ SECTIONS = {"data": DataSource, "samples": SampleConfig, "train": TrainConfig, "
 
 def run_file(values: dict[str, Any] | None, where: str = "run config") -> RunFile:
     values = dict(values or {})
+    if values.get("model", RunFile.model) != RunFile.model:
+        values.setdefault("model_config", {})  # the default model_config is SIM-hard's
     for key, cls in SECTIONS.items():
         if key in values:
             values[key] = make_config(cls, values[key], f"{where}: section '{key}'")

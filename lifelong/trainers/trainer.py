@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Optional
 
 import ray.data
 from ray.train import DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lifelong.cluster.connect import ClusterConfig, scaling_config
+from lifelong.cluster.connect import ClusterConfig, resolve, scaling_config
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.worker import train_loop_per_worker
 
@@ -21,10 +22,14 @@ def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data
 
 
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
-                 storage_path: str | Path, max_failures: int = 0) -> TorchTrainer:
+                 storage_path: str | Path, max_failures: int = 0,
+                 loop: Callable[[dict], None] = train_loop_per_worker,
+                 loop_config: Optional[dict] = None) -> TorchTrainer:
+    """A TorchTrainer running `loop` (default: training) on the job's sample splits."""
+    cluster = resolve(cluster)
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": job.to_dict()},
+        loop,
+        train_loop_config={"job": job.to_dict(), **(loop_config or {})},
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),

@@ -1,0 +1,188 @@
+"""Per-worker sharding benchmark: the same batches through one DMP model per sharding plan.
+
+For each plan: per-rank embedding memory (weights + fused optimiser state of this rank's shards),
+bytes this rank sends to other ranks per step through TorchRec's all-to-alls (input KJTs, output
+embeddings, and their backward), the dense all-reduce payload per step (DDP buckets: dense
+weights plus any data-parallel table), samples/s, and the planner's per-rank estimates.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
+
+from lifelong.embeddings.plan import allowed_types, describe, estimates, planner, sharders
+from lifelong.trainers.config import JobSpec
+from lifelong.trainers.loop import in_lockstep
+from lifelong.trainers.model_setup import build, sharded_model
+from lifelong.trainers.worker import make_collator
+
+ROWS_FILE = "shard_bench_rows.json"
+
+
+class CommCounter:
+    """Counts bytes sent to other ranks by `dist.all_to_all_single` and by DDP's all-reduce."""
+
+    def __init__(self) -> None:
+        self.a2a = self.allreduce = 0
+
+    @contextlib.contextmanager
+    def all_to_all(self) -> Iterator[None]:
+        """Patch `torch.distributed.all_to_all_single` (TorchRec calls it through the module)."""
+        original = dist.all_to_all_single
+
+        def counted(output, input, output_split_sizes=None, input_split_sizes=None, group=None, async_op=False):
+            world, rank = dist.get_world_size(group), dist.get_rank(group)
+            row = input.element_size() * (input[0].numel() if input.dim() and input.shape[0] else 0)
+            if input_split_sizes:
+                self.a2a += row * (sum(input_split_sizes) - input_split_sizes[rank])
+            else:
+                self.a2a += input.numel() * input.element_size() * (world - 1) // world
+            return original(output, input, output_split_sizes, input_split_sizes, group, async_op)
+
+        dist.all_to_all_single = counted
+        try:
+            yield
+        finally:
+            dist.all_to_all_single = original
+
+    def hook_ddp(self, model: torch.nn.Module, pg: dist.ProcessGroup) -> None:
+        if dist.get_world_size(pg) == 1:
+            return  # nothing leaves the rank
+        for m in model.modules():
+            if isinstance(m, DistributedDataParallel):
+                def hook(state, bucket):
+                    self.allreduce += bucket.buffer().numel() * bucket.buffer().element_size()
+                    return default_hooks.allreduce_hook(state, bucket)
+                m.register_comm_hook(pg, hook)
+
+
+def _local_bytes(t) -> int:
+    if isinstance(t, ShardedTensor):
+        return sum(s.tensor.numel() * s.tensor.element_size() for s in t.local_shards())
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def embedding_bytes(model: torch.nn.Module) -> int:
+    """This rank's bytes of embedding weights and fused (sparse) optimiser state."""
+    weights = sum(_local_bytes(t) for k, t in model.state_dict().items() if "embeddings." in k)
+    state = model.fused_optimizer.state_dict()["state"]
+    return weights + sum(_local_bytes(t) for per_param in state.values() for t in per_param.values())
+
+
+def plan_specs(job: JobSpec, device_type: str, world: int) -> list[tuple[str, Optional[dict], Optional[int]]]:
+    """(name, constraints, column-wise shard width): the planner's own choice under the job's
+    constraints, then each sharding type the device allows, forced on every table."""
+    model = build(job, "meta")
+    tables = [c.name for ec in (model.embeddings, model.side_embeddings) if ec is not None
+              for c in ec.embedding_configs()]
+    dim = job.features.dim
+    return [("planner", dict(job.sharding), None)] + [
+        (t, {name: [t] for name in tables}, max(dim // world, 1) if t == "column_wise" else None)
+        for t in allowed_types(device_type)]
+
+
+def _plan(job: JobSpec, constraints, min_partition, device: torch.device, pg):
+    """Rank 0 plans (keeping the planner's estimates) and broadcasts both."""
+    world = dist.get_world_size(pg)
+    box: list = [None]
+    if dist.get_rank(pg) == 0:
+        try:
+            p = planner(world, device.type, job.train.batch_size, constraints, min_partition)
+            plan = p.plan(build(job, "meta"), sharders())
+            box = [(plan, estimates(p, world, device.type), None)]
+        except Exception as e:  # the planner can refuse a forced plan (e.g. no fit): reported, not fatal
+            box = [(None, None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")]
+    dist.broadcast_object_list(box, src=0, group=pg)
+    return box[0]
+
+
+def bench_plan(job: JobSpec, plan, batches: list, device: torch.device, pg, warmup: int) -> dict:
+    """Train on `batches` under `plan`; returns this rank's measurements."""
+    torch.manual_seed(job.train.seed)
+    model, optimizer, _ = sharded_model(job, device, pg, plan)
+    counter = CommCounter()
+    counter.hook_ddp(model, pg)
+    model.train()
+    steps, t0 = 0, 0.0
+    with counter.all_to_all():
+        for i, batch in enumerate(batches):
+            if i == warmup:
+                dist.barrier(group=pg)
+                counter.a2a = counter.allreduce = 0
+                t0 = time.perf_counter()
+            batch = batch.to(device)
+            loss = model.module.loss(batch, model(batch))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += i >= warmup
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dist.barrier(group=pg)
+    elapsed = time.perf_counter() - t0
+    return {"emb_mb": embedding_bytes(model) / 2**20, "a2a_mb_per_step": counter.a2a / steps / 2**20,
+            "allreduce_mb_per_step": counter.allreduce / steps / 2**20, "step_ms": 1000 * elapsed / steps,
+            "samples_per_s": dist.get_world_size(pg) * job.train.batch_size * steps / elapsed,
+            "loss": float(loss.item())}
+
+
+def bench_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: read warmup + steps batches once, then run every plan on them."""
+    job = JobSpec.from_dict(config["job"])
+    warmup, steps = config["warmup"], config["steps"]
+    device, pg = ray.train.torch.get_device(), dist.group.WORLD
+    world, rank = dist.get_world_size(), dist.get_rank()
+    shard = ray.train.get_dataset_shard("train")
+    it = shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=make_collator(job),
+                                  drop_last=True, device="cpu")
+    skipped: list[int] = []
+    batches = []
+    for b in in_lockstep(it, device, skipped):
+        batches.append(b)
+        if len(batches) == warmup + steps:
+            break
+    if len(batches) <= warmup:
+        raise ValueError(f"shard-bench needs {warmup + 1}+ batches per worker, the data gives {len(batches)}")
+    rows = []
+    for name, constraints, min_partition in plan_specs(job, device.type, world):
+        plan, est, error = _plan(job, constraints, min_partition, device, pg)
+        row = {"plan": name, "world_size": world, "device": device.type, "steps": len(batches) - warmup}
+        if error:
+            rows.append({**row, "error": error})
+            continue
+        try:
+            mine = bench_plan(job, plan, batches, device, pg, warmup)
+        except RuntimeError as e:  # e.g. a kernel the device lacks; every rank fails alike, before any collective
+            mine = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, mine)
+        failed = [g["error"] for g in gathered if "error" in g]
+        if failed:
+            rows.append({**row, "plan_text": describe(plan), **est, "error": failed[0]})
+            continue
+        rows.append({**row, "plan_text": describe(plan), **est,
+                     "emb_mb": [g["emb_mb"] for g in gathered],
+                     "a2a_mb_per_step": [g["a2a_mb_per_step"] for g in gathered],
+                     "allreduce_mb_per_step": gathered[0]["allreduce_mb_per_step"],
+                     "step_ms": max(g["step_ms"] for g in gathered),
+                     "samples_per_s": min(g["samples_per_s"] for g in gathered),
+                     "loss": gathered[0]["loss"]})
+        if rank == 0:
+            print(f"[shard-bench] world={world} {name}: {rows[-1]['samples_per_s']:.0f} samples/s "
+                  f"emb MB/rank {['%.2f' % x for x in rows[-1]['emb_mb']]}", flush=True)
+    # Ray Train keeps a result's metrics with its checkpoint: the rows travel as a file in one.
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / ROWS_FILE).write_text(json.dumps(rows))
+        ray.train.report({"plans": len(rows)}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
