@@ -185,4 +185,5 @@ def bench_loop_per_worker(config: dict) -> None:
     # Ray Train keeps a result's metrics with its checkpoint: the rows travel as a file in one.
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / ROWS_FILE).write_text(json.dumps(rows))
-        ray.train.report({"plans": len(rows)}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+        ray.train.report({"plans": len(rows)}, checkpoint=ckpt)
