@@ -1,12 +1,16 @@
-"""Checkpoints: sharded model state through torch.distributed.checkpoint, plus run metadata.
+"""Checkpoints through torch.distributed.checkpoint: sharded embeddings, dense weights, both
+optimisers' state (fused sparse + dense), and the trainer state (epoch, step, data position,
+per-rank RNG), plus run metadata.
 
 Every rank writes its own shards into its local directory; Ray Train uploads all ranks'
-directories into the same checkpoint folder, so the folder holds the whole model.
+directories into the same checkpoint folder, so the folder holds the whole model. DCP reshards
+on load: a checkpoint loads under any plan or world size (`evaluate` loads it unsharded).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -16,24 +20,70 @@ from torch import nn
 JOB_FILE = "job.json"
 PLAN_FILE = "plan.txt"
 METRICS_FILE = "metrics.json"
+STATE_FILE = "trainer_state.json"  # epoch, step in epoch, global step: where to resume
 
 
-def save(model: nn.Module, path: str | Path, job: dict, plan_text: str, metrics: dict) -> None:
-    """Write the model's (sharded) state and, from rank 0, the job, plan and metrics."""
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _rng_file(path: Path, rank: int) -> Path:
+    return path / f"rng_rank{rank}.pt"
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def save(model: nn.Module, path: str | Path, job: dict, plan_text: str, metrics: dict,
+         optimizer=None, trainer_state: Optional[dict] = None) -> None:
+    """Write the model's (sharded) state, the optimiser's if given, this rank's RNG and, from rank 0,
+    the job, plan, metrics and trainer state."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(path))
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    state = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optim"] = optimizer.state_dict()
+    dcp.save(state, checkpoint_id=str(path))
+    torch.save(rng_state(), _rng_file(path, _rank()))
+    if _rank() == 0:
         (path / JOB_FILE).write_text(json.dumps(job, indent=2, default=list))
         (path / PLAN_FILE).write_text(plan_text + "\n")
         (path / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        if trainer_state is not None:
+            (path / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
 
 
-def load(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint into `model` in place, whatever plan or world size wrote it."""
+def _init_lazy_state(optimizer) -> None:
+    """Dense optimisers create their state on the first step; DCP loads in place, so make it now."""
+    for _, opt in getattr(optimizer, "optimizers", [("", optimizer)]):
+        if not opt.state:
+            opt.init_state()
+
+
+def load(model: nn.Module, path: str | Path, optimizer=None) -> dict:
+    """Load a checkpoint into `model` (and `optimizer`) in place, whatever plan or world size wrote
+    it; restore this rank's RNG if the checkpoint has it. Returns the trainer state ({} if none)."""
+    path = Path(path)
     state = {"model": model.state_dict()}
+    has_optim = optimizer is not None and (path / STATE_FILE).exists()
+    if has_optim:
+        _init_lazy_state(optimizer)
+        state["optim"] = optimizer.state_dict()
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
+    if has_optim:
+        optimizer.load_state_dict(state["optim"])
+    rng = _rng_file(path, _rank())
+    if rng.exists():  # absent when resuming on more ranks than wrote the checkpoint
+        saved = torch.load(rng, weights_only=True)
+        torch.set_rng_state(saved["torch"])
+        if "cuda" in saved and torch.cuda.is_available():
+            torch.cuda.set_rng_state(saved["cuda"])
+    return json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).exists() else {}
 
 
 def read_job(path: str | Path) -> dict:
