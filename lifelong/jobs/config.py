@@ -95,5 +95,7 @@ def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None =
         old = values.pop("model_config", None if "model" in values else RunFile().model_config)
         values["model_config"] = {}
         print(f"[lifelong] --model {overrides['model']} replaces {file_model}; model_config {old} not used")
+    if "model" in overrides and "name" not in values and "name" not in overrides:
+        values["name"] = overrides["model"]  # runs of different models never share a run name (resume)
     values.update(overrides)
     return run_file(values, str(path or "defaults"))

@@ -28,12 +28,19 @@ class TrainConfig:
     shuffle: str = "global"  # global (Ray Data random_shuffle), local (buffer per worker), none
     local_shuffle_buffer: int = 16384
     diagnostic_batches: int = 8  # validation batches for the GSU/ESU consistency recall; 0 = off
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
+    fail_at_step: int = 0  # fault injection for recovery tests: the last rank fails once at this global step
+    fault: str = "exit"  # how it fails: "exit" (the process dies) or "hang" (it stops before the next collective)
+    deterministic_data: bool = False  # Ray Data keeps block order: the same batches per worker in every run
+    max_failures: int = 0  # worker-group restarts Ray Train allows, each from the latest checkpoint
 
     def __post_init__(self) -> None:
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
             raise ValueError(f"train.sparse_optimizer '{self.sparse_optimizer}' not in {SPARSE_OPTIMIZERS}")
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             raise ValueError(f"train.dense_optimizer '{self.dense_optimizer}' not in {DENSE_OPTIMIZERS}")
+        if self.fault not in ("exit", "hang"):
+            raise ValueError(f"train.fault '{self.fault}' not in ('exit', 'hang')")
         if self.shuffle not in ("global", "local", "none"):
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
         if self.batch_size < 1 or self.epochs < 1:

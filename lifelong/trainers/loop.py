@@ -7,9 +7,10 @@ batch (outputs discarded) until all are done.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -43,11 +44,17 @@ def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> 
 
 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
-                max_steps: int = 0, log_every: int = 50, show: bool = True) -> dict:
+                max_steps: int = 0, log_every: int = 50, show: bool = True, start: int = 0,
+                every: int = 0, on_checkpoint: Optional[Callable[[int], None]] = None,
+                on_step: Optional[Callable[[int], None]] = None) -> dict:
     """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
-    ranks (the job's throughput)."""
+    ranks (the job's throughput).
+
+    Resuming: the first `start` batches are passed over (they were trained before the checkpoint).
+    `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch)` after each."""
     model.train()
+    batches = itertools.islice(batches, start, None)
     skipped: list[int] = []
     steps = samples = 0
     losses: list[float] = []
@@ -65,12 +72,16 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
         optimizer.step()
         steps += 1
         samples += batch.size
+        if on_step is not None:
+            on_step(start + steps)
         losses.append(loss.item())
         loss_sum += losses[-1]
         bar.update(1)
         if log_every and steps % log_every == 0:
             bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
-        if max_steps and steps >= max_steps:
+        if every and on_checkpoint is not None and (start + steps) % every == 0:
+            on_checkpoint(start + steps)
+        if max_steps and start + steps >= max_steps:
             skipped.append(-1)  # stopped by max_steps, not by data
             break
     bar.close()

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import ray.data
+from ray.data import ExecutionOptions
 from ray.train import DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -22,7 +23,7 @@ def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data
 
 
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
-                 storage_path: str | Path, max_failures: int = 0,
+                 storage_path: str | Path, max_failures: Optional[int] = None,
                  loop: Callable[[dict], None] = train_loop_per_worker,
                  loop_config: Optional[dict] = None) -> TorchTrainer:
     """A TorchTrainer running `loop` (default: training) on the job's sample splits."""
@@ -34,7 +35,9 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),
         datasets=sample_datasets(samples_dir, job),
-        dataset_config=DataConfig(datasets_to_split=["train", "valid"]),
+        dataset_config=DataConfig(datasets_to_split=["train", "valid"], execution_options=ExecutionOptions(
+            preserve_order=job.train.deterministic_data) if job.train.deterministic_data else None),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(
+                                 max_failures=job.train.max_failures if max_failures is None else max_failures)),
     )

@@ -1,10 +1,13 @@
 """The Ray Train worker function: shards -> DMP model -> train/eval epochs -> report + checkpoint."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import resource
 import tempfile
 import time
+from pathlib import Path
 
 import ray
 import ray.train
@@ -57,46 +60,111 @@ def make_collator(job: JobSpec, full_history: bool = False) -> Collator:
                     None if full_history else inputs.prefilter, inputs.side_tables)
 
 
+@ray.remote(num_cpus=0)
+class FaultCounter:
+    """Counts injected faults of one run (a named actor outlives the worker it kills)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def claim(self) -> bool:
+        self.n += 1
+        return self.n == 1
+
+
+def maybe_inject_fault(job: JobSpec, rank: int, world: int, global_step: int) -> None:
+    """`train.fail_at_step`: the last rank dies (or hangs, `train.fault`) once at that global step."""
+    if job.train.fail_at_step and global_step == job.train.fail_at_step and rank == world - 1:
+        name = f"lifelong-fault-{ray.train.get_context().get_experiment_name()}"
+        counter = FaultCounter.options(name=name, get_if_exists=True, lifetime="detached").remote()
+        if ray.get(counter.claim.remote()):
+            print(f"[lifelong] injected fault: rank {rank} {job.train.fault}s at step {global_step}", flush=True)
+            if job.train.fault == "hang":
+                time.sleep(24 * 3600)  # the other ranks wait in their next collective until its timeout
+            os._exit(1)
+
+
+def resume(model, optimizer, job_dict: dict, rank: int) -> dict:
+    """Trainer state of the run's latest checkpoint, loaded into model and optimiser ({} if none).
+    A checkpoint of another job (model, its config, features or samples differ) under the same run
+    name is an error, never loaded; training settings and the sharding plan may change."""
+    ckpt = ray.train.get_checkpoint()
+    if not ckpt:
+        return {}
+    with ckpt.as_directory() as d:
+        saved, now = checkpoint.read_job(d), json.loads(json.dumps(job_dict))
+        diff = [k for k in ("model", "model_config", "features", "samples") if saved.get(k) != now.get(k)]
+        if diff:
+            raise ValueError(f"run name already holds a checkpoint of another job (differs in {diff}): "
+                             f"choose another --name, or remove {ckpt.path}'s run directory")
+        state = checkpoint.load(model, d, optimizer)
+        state["metrics"] = json.loads((Path(d) / checkpoint.METRICS_FILE).read_text())
+    if rank == 0:
+        print(f"[lifelong] resumed from {ckpt.path}: epoch {state.get('epoch')} step {state.get('step_in_epoch')} "
+              f"(global step {state.get('global_step')})", flush=True)
+    return state
+
+
 def train_loop_per_worker(config: dict) -> None:
     job = JobSpec.from_dict(config["job"])
     started = time.perf_counter()
     logging.getLogger().addFilter(_NoTBEArgumentDump())
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(job.train.seed)
     model, optimizer, plan = sharded_model(job, device, dist.group.WORLD)
     plan_text = describe(plan)
     if rank == 0:
-        print(f"[lifelong] model={job.model} world={ctx.get_world_size()} device={device}\n"
+        print(f"[lifelong] model={job.model} world={world} device={device}\n"
               f"[lifelong] sharding plan:\n{plan_text}", flush=True)
     collate, full_collate = make_collator(job), make_collator(job, full_history=True)
     t = job.train
+    state = resume(model, optimizer, config["job"], rank)
+    metrics: dict = state.get("metrics", {})
+    epoch_losses: list[float] = list(metrics.get("train_loss_epochs", []))
+    start_epoch, start_step = state.get("epoch", 0), state.get("step_in_epoch", 0)
+    if state.get("epoch_done"):
+        start_epoch, start_step = start_epoch + 1, 0
+    global_step = state.get("global_step", 0)
+
+    def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
+        checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint
+        trainer_state = {"epoch": epoch, "step_in_epoch": step, "epoch_done": done, "global_step": global_step}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.save(model, tmp, config["job"], plan_text, metrics, optimizer, trainer_state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def on_step(step: int) -> None:
+        nonlocal global_step
+        global_step += 1
+        maybe_inject_fault(job, rank, world, global_step)
+
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
-    metrics: dict = {}
-    epoch_losses: list[float] = []
-    for epoch in range(t.epochs):
+    for epoch in range(start_epoch, t.epochs):
         shuffle = {"local_shuffle_buffer_size": t.local_shuffle_buffer, "local_shuffle_seed": t.seed + epoch} \
             if t.shuffle == "local" else {}
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, drop_last=True,
                                                  prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
-        stats = train_epoch(model, optimizer, batches, device, t.max_steps, t.log_every, show=rank == 0)
+        stats = train_epoch(model, optimizer, batches, device, t.max_steps, t.log_every, show=rank == 0,
+                            start=start_step if epoch == start_epoch else 0, every=t.checkpoint_every,
+                            on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
+                                                             "train_loss_epochs": list(epoch_losses)},
+                                                            epoch, step, False),
+                            on_step=on_step)
         valid_batches = lambda fn: valid_shard.iter_torch_batches(  # noqa: E731
             batch_size=t.eval_batch_size, collate_fn=fn, prefetch_batches=t.prefetch_batches, device="cpu")
         valid = evaluate(model, valid_batches(collate), device)
         valid.update(gsu_consistency(model, valid_batches(full_collate), device, t.diagnostic_batches))
         epoch_losses.append(stats["loss"])
-        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses),
+        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step,
                    **{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
         if rank == 0:
             print(f"[lifelong] epoch {epoch} at {time.perf_counter() - started:.1f}s: " + " ".join(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
         if epoch < t.epochs - 1:
-            ray.train.report(metrics)
+            save(metrics, epoch, stats["steps"], True)
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
-    metrics.update(train_world_size=ctx.get_world_size(), train_nodes=worker_nodes())
-    checkpoint.assert_finite(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint.save(model, tmp, config["job"], plan_text, metrics)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    metrics.update(train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state))
+    save(metrics, t.epochs - 1, metrics.get("train_steps", 0), True)
