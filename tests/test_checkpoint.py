@@ -98,7 +98,8 @@ def test_resume_is_exact_and_checkpoints_reshard():
             got = torch.load(f"{out}/{tag}.0", weights_only=True)
             for name, want in ref[0]["state"].items():
                 assert torch.equal(got["state"][name], want), (tag, name)
-            assert torch.allclose(got["pred"], ref[0]["pred"], atol=1e-5), (tag, (got["pred"] - ref[0]["pred"]).abs().max())
+            gap = (got["pred"] - ref[0]["pred"]).abs().max()
+            assert gap <= 1e-5, (tag, gap)
         # Resuming under another plan continues training from the same point (not bit-exact: the
         # kernels sum gradients in another order), so the losses agree closely.
         got = torch.load(f"{out}/other.0", weights_only=True)["losses"]
