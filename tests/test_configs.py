@@ -33,3 +33,28 @@ def test_model_override_drops_the_other_models_config(tmp_path):
     assert load_run_file(f, {"model": "din"}).model_config == {}
     assert load_run_file(f, {"model": "sim_hard"}).model_config == {"k": 9}
     assert load_run_file(f).model_config == {"k": 9}
+
+
+def test_run_files_are_safe_loaded_and_runs_are_named_per_model(tmp_path):
+    import yaml
+
+    f = tmp_path / "evil.yaml"
+    marker = tmp_path / "ran"
+    f.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(yaml.constructor.ConstructorError):
+        load_run_file(f)
+    assert not marker.exists()
+    # `--model X` without a name: the run is named X, so resuming by name never mixes models.
+    assert load_run_file(None, {"model": "din"}).name == "din"
+    assert load_run_file(None, {"model": "din", "name": "mine"}).name == "mine"
+    g = tmp_path / "named.yaml"
+    g.write_text("name: exp1\n")
+    assert load_run_file(g, {"model": "twin"}).name == "exp1"
+
+
+def test_sharding_constraint_the_device_cannot_honour_names_the_table():
+    from lifelong.embeddings.plan import constraints_from_config
+
+    with pytest.raises(ValueError, match=r"table 'item': none of \['table_row_wise'\].*cpu"):
+        constraints_from_config({"item": ["table_row_wise"]}, "cpu")
+    assert constraints_from_config({"item": ["row_wise", "table_row_wise"]}, "cpu")["item"].sharding_types
