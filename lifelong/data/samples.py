@@ -6,9 +6,12 @@ own or a later event. Within a user, events are ordered by (timestamp, item_id, 
 behavior): ties are broken deterministically. Samples are split by time with global cutoffs.
 
 Columns written (Parquet, one directory per split):
-user_id, item_id, category_id, timestamp, label (target) and hist_item, hist_cat, hist_ts
-(list<int64>, the last `max_len` history events, oldest first). The short history is the last
-`short_len` of these and is sliced at collate time, not stored twice.
+user_id, item_id, category_id, timestamp, label (target) and, in the "copy" layout, hist_item,
+hist_cat, hist_ts (list<int64>, the last `max_len` history events, oldest first). In the "store"
+layout a sample holds only hist_end (how many of the user's history events precede it) and each
+user's history is written once to a sequence store (`store/`, see `lifelong.data.store`), so
+storage grows with events, not samples x L. The short history is the last `short_len` events and
+is sliced at collate time, not stored twice.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 SPLITS = ("train", "valid", "test")
+LAYOUTS = ("copy", "store")
+STORE_DIR = "store"
 HIST_COLUMNS = {"hist_item": "item_id", "hist_cat": "category_id", "hist_ts": "timestamp"}
 
 
@@ -36,12 +41,15 @@ class SampleConfig:
     sample_behaviors: tuple[int, ...] = ()
     history_behaviors: tuple[int, ...] = ()
     split: tuple[float, float] = (0.8, 0.1)
+    layout: str = "copy"  # "copy": histories inside every sample; "store": once per user, samples reference it
 
     def __post_init__(self) -> None:
         if not (0 < self.short_len <= self.max_len):
             raise ValueError(f"need 0 < short_len ({self.short_len}) <= max_len ({self.max_len})")
         if self.min_history < 0:
             raise ValueError("min_history must be >= 0")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"samples.layout '{self.layout}' not in {LAYOUTS}")
         tr, va = self.split
         if not (0 < tr and 0 <= va and tr + va < 1):
             raise ValueError(f"split fractions {self.split} must be positive and sum below 1")
@@ -65,30 +73,48 @@ def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.
     return idx, offsets
 
 
-def user_samples(events: pa.Table, cfg: SampleConfig, cutoffs: tuple[int, int]) -> pa.Table:
-    """All samples of one user's events (any order in, deterministic order out)."""
+def _sorted_history(events: pa.Table, cfg: SampleConfig) -> tuple[pa.Table, np.ndarray]:
+    """One user's events in the deterministic order, and the positions of its history events."""
     cols = {c: events.column(c).to_numpy() for c in ("item_id", "category_id", "timestamp")}
     beh = events.column("behavior").to_numpy() if "behavior" in events.column_names else None
     tie = beh if beh is not None else np.zeros(events.num_rows, np.int8)
     order = np.lexsort((tie, cols["category_id"], cols["item_id"], cols["timestamp"]))
     events = events.take(order)
+    return events, np.flatnonzero(_mask(events, cfg.history_behaviors))
+
+
+def user_samples(events: pa.Table, cfg: SampleConfig, cutoffs: tuple[int, int]) -> pa.Table:
+    """All samples of one user's events (any order in, deterministic order out)."""
+    events, hist = _sorted_history(events, cfg)
     ts = events.column("timestamp").to_numpy()
-    hist = np.flatnonzero(_mask(events, cfg.history_behaviors))
     cand = np.flatnonzero(_mask(events, cfg.sample_behaviors))
     n_before = np.searchsorted(ts[hist], ts[cand], side="left")  # strictly earlier events only
     keep = n_before >= max(cfg.min_history, 0)
     cand, n_before = cand[keep], n_before[keep]
-    start = np.maximum(n_before - cfg.max_len, 0)
-    idx, offsets = concat_ranges(start, n_before)
-    rows = hist[idx]  # positions (in sorted events) of each sample's history, concatenated
     cols = ("user_id", "item_id", "category_id", "timestamp", "label")
     out = {c: events.column(c).take(pa.array(cand)) for c in cols}
-    for name, src in HIST_COLUMNS.items():
-        values = events.column(src).take(pa.array(rows)).combine_chunks()
-        out[name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    if cfg.layout == "store":
+        out["hist_end"] = pa.array(n_before.astype(np.int32))  # history = the store's first hist_end events
+    else:
+        start = np.maximum(n_before - cfg.max_len, 0)
+        idx, offsets = concat_ranges(start, n_before)
+        rows = hist[idx]  # positions (in sorted events) of each sample's history, concatenated
+        for name, src in HIST_COLUMNS.items():
+            values = events.column(src).take(pa.array(rows)).combine_chunks()
+            out[name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
     t = ts[cand]
     split = np.where(t < cutoffs[0], 0, np.where(t < cutoffs[1], 1, 2)).astype(np.int8)
     out["split"] = pa.array(split)
+    return pa.table(out)
+
+
+def user_sequence(events: pa.Table, cfg: SampleConfig) -> pa.Table:
+    """One store row: the user's whole history (oldest first), in the order samples count it."""
+    events, hist = _sorted_history(events, cfg)
+    out = {"user_id": pa.array([events.column("user_id")[0].as_py()], pa.int64())}
+    for name, src in HIST_COLUMNS.items():
+        values = events.column(src).take(pa.array(hist)).combine_chunks().cast(pa.int64())
+        out[name] = pa.ListArray.from_arrays(pa.array([0, len(hist)], pa.int32()), values)
     return pa.table(out)
 
 
@@ -124,9 +150,16 @@ def build_samples(log: pa.Table, cfg: SampleConfig, out_dir: str | Path, num_wor
         counts[name] = part.count()
     n_cand = count_candidates(log, cfg)
     n_samples = sum(counts.values())
-    return {"samples": counts, "candidates": n_cand,
-            "dropped": {"history shorter than min_history": n_cand - n_samples},
-            "cutoffs": list(cutoffs)}
+    report = {"samples": counts, "candidates": n_cand, "layout": cfg.layout,
+              "dropped": {"history shorter than min_history": n_cand - n_samples},
+              "cutoffs": list(cutoffs)}
+    if cfg.layout == "store":
+        store = ds.groupby("user_id", num_partitions=max(num_workers, 1)).map_groups(
+            user_sequence, fn_args=(cfg,), batch_format="pyarrow", concurrency=max(num_workers, 1))
+        store.write_parquet(str(out_dir / STORE_DIR), mode="overwrite")
+    report["bytes"] = {d.name: sum(f.stat().st_size for f in d.rglob("*.parquet"))
+                       for d in sorted(out_dir.iterdir()) if d.is_dir()}
+    return report
 
 
 def build_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
@@ -136,3 +169,9 @@ def build_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
     users = log.column("user_id").to_numpy()
     parts = [user_samples(log.filter(pa.array(users == u)), cfg, cutoffs) for u in np.unique(users)]
     return pa.concat_tables(parts)
+
+
+def build_store_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
+    """The sequence store of a log, in-process (`build_samples` writes it with Ray Data)."""
+    users = log.column("user_id").to_numpy()
+    return pa.concat_tables([user_sequence(log.filter(pa.array(users == u)), cfg) for u in np.unique(users)])

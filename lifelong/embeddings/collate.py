@@ -17,6 +17,7 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from torchrec import KeyedJaggedTensor
 
 from lifelong.data.samples import concat_ranges
+from lifelong.data.store import SequenceStore
 from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name, features
 
 
@@ -99,17 +100,23 @@ class Collator(ArrowBatchCollateFn):
     """
 
     def __init__(self, spec: FeatureSpec, short_len: int, long_len: int, use_long: bool,
-                 prefilter: Optional[Prefilter] = None, side: tuple[SideTable, ...] = ()) -> None:
-        self.spec, self.short_len, self.long_len = spec, short_len, long_len
+                 prefilter: Optional[Prefilter] = None, side: tuple[SideTable, ...] = (),
+                 store: Optional[SequenceStore] = None) -> None:
+        self.spec, self.short_len, self.long_len, self.store = spec, short_len, long_len, store
         self.use_long, self.prefilter, self.side = use_long, prefilter, side
         self.keys = list(features(side, user=spec.n_users > 0))
         self.long_width = 0 if not use_long else min(long_len, prefilter.k) if prefilter else long_len
 
     def __call__(self, table: pa.Table) -> Batch:
-        lists = {t: _list(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
-        offsets = lists["item"][0]  # every hist_* column shares these offsets
-        hist = {t: values for t, (_, values) in lists.items()}
-        hist_ts = _list(table.column("hist_ts"))[1]
+        if self.store is not None:  # "store" layout: samples hold hist_end, histories live in the store
+            offsets, v = self.store.lists(table.column("user_id").to_numpy(), table.column("hist_end").to_numpy(),
+                                          self.long_len)
+            hist, hist_ts = {t: v[f"hist_{t}"] for t in TABLE_COLUMNS}, v["hist_ts"]
+        else:
+            lists = {t: _list(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
+            offsets = lists["item"][0]  # every hist_* column shares these offsets
+            hist = {t: values for t, (_, values) in lists.items()}
+            hist_ts = _list(table.column("hist_ts"))[1]
         target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
         s_idx, s_off = tail(offsets, self.short_len)
         if not self.use_long:

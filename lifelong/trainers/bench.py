@@ -26,7 +26,7 @@ from lifelong.embeddings.plan import allowed_types, describe, estimates, planner
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.loop import in_lockstep
 from lifelong.trainers.model_setup import build, sharded_model
-from lifelong.trainers.worker import make_collator
+from lifelong.trainers.worker import load_store, make_collator
 
 ROWS_FILE = "shard_bench_rows.json"
 
@@ -145,7 +145,8 @@ def bench_loop_per_worker(config: dict) -> None:
     device, pg = ray.train.torch.get_device(), dist.group.WORLD
     world, rank = dist.get_world_size(), dist.get_rank()
     shard = ray.train.get_dataset_shard("train")
-    it = shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=make_collator(job),
+    collate = make_collator(job, store=load_store(config))
+    it = shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=collate,
                                   drop_last=True, device="cpu")
     skipped: list[int] = []
     batches = []

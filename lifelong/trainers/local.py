@@ -4,12 +4,13 @@ For unit tests, quick experiments and as the reference the sharded path is check
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from lifelong.data.store import SequenceStore
 from lifelong.embeddings.collate import Batch
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.loop import evaluate, gsu_consistency, train_epoch
@@ -32,9 +33,9 @@ class _Both:
             o.step()
 
 
-def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, full_history: bool = False
-            ) -> Iterator[Batch]:
-    collate = make_collator(job, full_history)
+def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, full_history: bool = False,
+            store: Optional[SequenceStore] = None) -> Iterator[Batch]:
+    collate = make_collator(job, full_history, store)
     order = np.arange(table.num_rows) if seed is None else np.random.default_rng(seed).permutation(table.num_rows)
     for i in range(0, table.num_rows, batch_size):
         yield collate(table.take(pa.array(order[i:i + batch_size])))

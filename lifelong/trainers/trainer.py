@@ -10,6 +10,7 @@ from ray.train import DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lifelong.cluster.connect import ClusterConfig, resolve, scaling_config
+from lifelong.data.samples import STORE_DIR
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.worker import train_loop_per_worker
 
@@ -22,6 +23,11 @@ def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data
     return {"train": train, "valid": ray.data.read_parquet(str(samples_dir / "valid"))}
 
 
+def store_path(samples_dir: str | Path, job: JobSpec) -> Optional[str]:
+    """The sequence store beside "store"-layout samples (workers read it from shared storage)."""
+    return str((Path(samples_dir) / STORE_DIR).resolve()) if job.samples.layout == "store" else None
+
+
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
                  storage_path: str | Path, max_failures: Optional[int] = None,
                  loop: Callable[[dict], None] = train_loop_per_worker,
@@ -30,7 +36,7 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
     cluster = resolve(cluster)
     return TorchTrainer(
         loop,
-        train_loop_config={"job": job.to_dict(), **(loop_config or {})},
+        train_loop_config={"job": job.to_dict(), "store": store_path(samples_dir, job), **(loop_config or {})},
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),

@@ -8,6 +8,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import ray
 import ray.train
@@ -15,6 +16,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from lifelong.data.store import SequenceStore
 from lifelong.embeddings.collate import Collator
 from lifelong.embeddings.plan import describe
 from lifelong.models import entry
@@ -53,11 +55,19 @@ def worker_nodes() -> int:
     return len(set(nodes))
 
 
-def make_collator(job: JobSpec, full_history: bool = False) -> Collator:
-    """The collator for the job's model; `full_history` skips any collate-time GSU (diagnostics)."""
+def make_collator(job: JobSpec, full_history: bool = False, store: Optional[SequenceStore] = None) -> Collator:
+    """The collator for the job's model; `full_history` skips any collate-time GSU (diagnostics);
+    `store` serves the histories of "store"-layout samples."""
     inputs = entry(job.model).module.inputs(job.arch())
+    if (job.samples.layout == "store") != (store is not None):
+        raise ValueError(f"samples.layout '{job.samples.layout}' needs a sequence store exactly when it is 'store'")
     return Collator(job.features, job.samples.short_len, job.samples.max_len, inputs.use_long,
-                    None if full_history else inputs.prefilter, inputs.side_tables)
+                    None if full_history else inputs.prefilter, inputs.side_tables, store)
+
+
+def load_store(config: dict) -> Optional[SequenceStore]:
+    """The sequence store named by the loop config (each worker holds one copy), if any."""
+    return SequenceStore.read(config["store"]) if config.get("store") else None
 
 
 @ray.remote(num_cpus=0)
@@ -118,7 +128,8 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         print(f"[lifelong] model={job.model} world={world} device={device}\n"
               f"[lifelong] sharding plan:\n{plan_text}", flush=True)
-    collate, full_collate = make_collator(job), make_collator(job, full_history=True)
+    store = load_store(config)
+    collate, full_collate = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
     t = job.train
     state = resume(model, optimizer, config["job"], rank)
     metrics: dict = state.get("metrics", {})

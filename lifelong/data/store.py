@@ -1,0 +1,67 @@
+"""The sequence store: every user's history once, in memory as flat arrays with per-user offsets.
+
+Samples of the "store" layout hold `hist_end` (how many of the user's history events precede the
+sample) instead of copies of the history; `SequenceStore.lists` gives the same last-`max_len`
+slices the "copy" layout stores, so collate produces identical batches from either layout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lifelong.data.samples import HIST_COLUMNS, concat_ranges
+
+
+class SequenceStore:
+    """Histories of all users (store rows: user_id and list columns hist_item/hist_cat/hist_ts)."""
+
+    def __init__(self, table: pa.Table, source: str = "sequence store") -> None:
+        self.source = source
+        users = table.column("user_id").to_numpy().astype(np.int64)
+        if len(np.unique(users)) != len(users):
+            raise ValueError(f"{source}: a user appears in more than one store row")
+        self.row = np.full(int(users.max(initial=0)) + 1, -1, np.int64)  # user id -> store row
+        self.row[users] = np.arange(len(users))
+        self.values: dict[str, np.ndarray] = {}
+        for name in HIST_COLUMNS:
+            arr = table.column(name).combine_chunks()
+            offsets = arr.offsets.to_numpy().astype(np.int64)
+            self.values[name] = arr.values.to_numpy()[offsets[0]:offsets[-1]].astype(np.int64)
+            self.offsets = offsets - offsets[0]  # (users + 1,), the same for every column
+
+    @classmethod
+    def read(cls, path: str | Path) -> "SequenceStore":
+        return cls(pq.read_table(path), str(path))
+
+    @property
+    def events(self) -> int:
+        return int(self.offsets[-1])
+
+    def lists(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Offsets (B+1,) and flat values of each sample's last `max_len` history events before `ends`."""
+        users = users.astype(np.int64)
+        rows = np.where(users < len(self.row), self.row[np.minimum(users, len(self.row) - 1)], -1)
+        if (rows < 0).any():
+            raise KeyError(f"{self.source}: no history for user_id {int(users[rows < 0][0])}")
+        base, length = self.offsets[rows], np.diff(self.offsets)[rows]
+        ends = ends.astype(np.int64)
+        if (ends > length).any() or (ends < 0).any():
+            i = int(np.flatnonzero((ends > length) | (ends < 0))[0])
+            raise ValueError(f"{self.source}: sample of user_id {int(users[i])} ends at history event "
+                             f"{int(ends[i])}, the user has {int(length[i])}")
+        idx, offsets = concat_ranges(base + np.maximum(ends - max_len, 0), base + ends)
+        return offsets, {name: v[idx] for name, v in self.values.items()}
+
+    def expand(self, samples: pa.Table, max_len: int) -> pa.Table:
+        """Store-layout samples -> copy-layout samples (hist_end replaced by the list columns)."""
+        offsets, values = self.lists(samples.column("user_id").to_numpy(), samples.column("hist_end").to_numpy(),
+                                     max_len)
+        lists = {name: pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values[name]))
+                 for name in HIST_COLUMNS}
+        cols: dict[str, pa.Array] = {}
+        for name in samples.column_names:  # the copy layout's column order: lists where hist_end was
+            cols.update(lists if name == "hist_end" else {name: samples.column(name)})
+        return pa.table(cols)

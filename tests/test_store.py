@@ -1,0 +1,104 @@
+"""The sequence store layout: each user's history stored once, samples hold hist_end. Batches
+equal those of the copy layout exactly; storage grows with events, not samples x L."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lifelong.data.samples import SampleConfig, build_local, build_store_local
+from lifelong.data.store import SequenceStore
+from lifelong.data.synthetic import SyntheticConfig, generate
+from lifelong.trainers.worker import make_collator
+from tests.helpers import tiny_job
+
+COPY = SampleConfig(max_len=64, short_len=8, sample_behaviors=(1,), history_behaviors=(0,))
+STORE = replace(COPY, layout="store")
+
+
+@pytest.fixture(scope="module")
+def log():
+    return generate(SyntheticConfig(n_users=20, seq_len=300, n_impressions=20, n_categories=30,
+                                    items_per_category=5, guard=40, bursts_per_interest=2, burst=3, seed=3))
+
+
+def test_store_layout_expands_to_the_copy_layout(log):
+    table, _ = log
+    copy, ref = build_local(table, COPY), build_local(table, STORE)
+    store = SequenceStore(build_store_local(table, STORE))
+    assert ref.column_names == ["user_id", "item_id", "category_id", "timestamp", "label", "hist_end", "split"]
+    assert store.expand(ref, COPY.max_len).equals(copy)
+
+
+@pytest.mark.parametrize("model,cfg", [("din_full", {}), ("sim_hard", {"k": 6}), ("sim_soft", {"k": 6})])
+def test_batches_equal_across_layouts(log, model, cfg):
+    table, meta = log
+    store = SequenceStore(build_store_local(table, STORE))
+    copy_rows, store_rows = build_local(table, COPY).slice(0, 50), build_local(table, STORE).slice(0, 50)
+    job = tiny_job(model, meta, cfg, users=True)
+    a = make_collator(job)(copy_rows)
+    b = make_collator(replace(job, samples=replace(job.samples, layout="store")), store=store)(store_rows)
+    assert a.sparse.keys() == b.sparse.keys()
+    assert torch.equal(a.sparse.values(), b.sparse.values()) and torch.equal(a.sparse.lengths(), b.sparse.lengths())
+    for f in ("target_ts", "short_ts", "long_ts", "labels", "user_ids"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def _bytes(tmp_path, impressions):
+    """(copy, store) layouts' Parquet bytes on disk and Arrow bytes in memory, samples + store."""
+    table, _ = generate(SyntheticConfig(n_users=20, seq_len=1000, n_impressions=impressions, seed=1))
+    cfg = replace(COPY, max_len=1000, short_len=50)
+    parts = {"copy": [build_local(table, cfg)],
+             "store": [build_local(table, replace(cfg, layout="store")), build_store_local(table, cfg)]}
+    out = {}
+    for name, tables in parts.items():
+        disk = 0
+        for i, t in enumerate(tables):
+            pq.write_table(t, tmp_path / f"{name}{i}.parquet")
+            disk += (tmp_path / f"{name}{i}.parquet").stat().st_size
+        out[name] = (disk, sum(t.nbytes for t in tables))
+    return out
+
+
+def test_store_bytes_grow_with_events_not_samples(tmp_path):
+    few, many = _bytes(tmp_path, 20), _bytes(tmp_path, 80)
+    # Copy layout: every sample holds ~L events, so 4x the samples is ~4x the bytes. Store layout:
+    # the histories are the same 20 users x 1000 events; only the small sample rows grow.
+    assert many["copy"][1] > 3.5 * few["copy"][1]
+    assert many["store"][1] < 1.5 * few["store"][1]
+    assert many["store"][1] * 20 < many["copy"][1] and many["store"][0] * 5 < many["copy"][0], many
+
+
+def test_store_errors_name_the_user():
+    t = pa.table({"user_id": [3], "hist_item": [[1, 2]], "hist_cat": [[1, 1]], "hist_ts": [[5, 6]]})
+    store = SequenceStore(t, "s.parquet")
+    with pytest.raises(KeyError, match=r"s\.parquet: no history for user_id 4"):
+        store.lists(pa.array([4]).to_numpy(), pa.array([1]).to_numpy(), 8)
+    with pytest.raises(ValueError, match=r"user_id 3 ends at history event 5, the user has 2"):
+        store.lists(pa.array([3]).to_numpy(), pa.array([5]).to_numpy(), 8)
+    offsets, values = store.lists(pa.array([3, 3]).to_numpy(), pa.array([2, 1]).to_numpy(), 1)
+    assert offsets.tolist() == [0, 1, 2] and values["hist_item"].tolist() == [2, 1]  # last max_len before end
+
+
+@pytest.mark.ray
+def test_store_layout_trains_on_ray_and_evaluates(ray_local, tmp_path):
+    from lifelong.jobs.config import run_file
+    from lifelong.jobs.evaluate import evaluate
+    from lifelong.jobs.train import train
+
+    run = run_file({"name": "store", "output_dir": str(tmp_path), "model": "sim_hard", "model_config": {"k": 16},
+                    "data": {"format": "synthetic", "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40,
+                                                                  "n_impressions": 20, "seed": 9}},
+                    "samples": {"max_len": 256, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
+                                "layout": "store"},
+                    "train": {"batch_size": 64, "epochs": 1, "diagnostic_batches": 2}, "cluster": {"num_workers": 2}})
+    s = train(run)
+    assert s["train_steps"] > 0 and 0 <= s["valid_auc"] <= 1 and s["valid_gsu_recall_rows"] > 0
+    samples_dir = next((tmp_path / "samples").iterdir())
+    assert {"train", "valid", "test", "store"} <= {p.name for p in samples_dir.iterdir()}
+    assert SequenceStore.read(samples_dir / "store").events == 60 * 400  # every history event, once
+    again = evaluate(s["checkpoint"], "valid")
+    assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]
