@@ -41,16 +41,21 @@ def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, fu
         yield collate(table.take(pa.array(order[i:i + batch_size])))
 
 
-def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.Module, list[dict]]:
-    """Train `job.train.epochs` epochs; returns the model and per-epoch metrics."""
-    torch.manual_seed(job.train.seed)
-    model = plain_model(job)
+def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
+    """The job's sparse and dense optimisers over an unsharded model (row-wise Adagrad -> Adagrad)."""
     emb = model.sparse_parameters()
     dense = [p for p in model.parameters() if all(p is not e for e in emb)]
     cls, extra = SPARSE[job.train.sparse_optimizer]
     cls = torch.optim.Adagrad if job.train.sparse_optimizer == "rowwise_adagrad" else cls
-    opt = _Both(cls(emb, lr=job.train.sparse_lr, **extra),
-                DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr))
+    dense_opt = DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr)
+    return _Both(cls(emb, lr=job.train.sparse_lr, **extra), dense_opt)
+
+
+def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.Module, list[dict]]:
+    """Train `job.train.epochs` epochs; returns the model and per-epoch metrics."""
+    torch.manual_seed(job.train.seed)
+    model = plain_model(job)
+    opt = local_optimizer(job, model)
     history = []
     device = torch.device("cpu")
     for epoch in range(job.train.epochs):

@@ -33,12 +33,23 @@ class _NoTBEArgumentDump(logging.Filter):
         return not str(record.msg).startswith("[TBE=")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB: VmHWM on Linux (ru_maxrss is inherited across
+    fork + exec, so a child would report its parent's peak), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of the most loaded worker: resident set size on CPU, allocated memory on GPU."""
     if device.type == "cuda":
         mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        mb = peak_rss_mb()
     t = torch.tensor([mb], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)

@@ -1,0 +1,184 @@
+"""Lifelong scale on one worker: samples/s, peak memory and GSU cost per model at L = 10^3..10^5,
+on planted SYNTHETIC data in the sequence-store layout.
+
+    .venv/bin/python benchmarks/lifelong_scale.py --lens 1000,10000 --models din_full,sim_hard,eta,sdim,twin,lic
+
+For each L one log is generated and its samples (store layout) written once; each (L, model)
+then runs in a fresh process (so its peak RSS is its own): `--steps` timed training steps of an
+unsharded model on pre-collated batches (the trainer's rate; collate overlaps training in Ray
+Data's prefetch threads and is measured on its own as the ingest rate), the GSU's share of the
+forward pass, and the bytes of keys the GSU reads per sample next to this machine's measured copy
+bandwidth (the floor: those bytes / bandwidth). SIM-hard's GSU runs at collate time, so its GSU
+time is the collate-time category search. Prints one Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from lifelong.data.samples import SampleConfig, build_local, build_store_local
+from lifelong.data.store import SequenceStore
+from lifelong.data.synthetic import SyntheticConfig, generate
+from lifelong.embeddings.spec import FeatureSpec
+from lifelong.models import entry
+from lifelong.models.two_stage import TwoStage
+from lifelong.trainers.config import JobSpec, TrainConfig
+from lifelong.trainers.local import local_optimizer
+from lifelong.trainers.model_setup import plain_model
+from lifelong.trainers.worker import make_collator, peak_rss_mb
+
+
+def copy_bandwidth(mb: int = 256, reps: int = 5) -> float:
+    """Bytes per second `Tensor.copy_` moves on this machine (read side)."""
+    src = torch.ones(mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    return src.numel() * 4 * reps / (time.perf_counter() - t)
+
+
+def prepare(L: int, users: int, impressions: int, folder: Path) -> dict:
+    log, meta = generate(SyntheticConfig(n_users=users, seq_len=L, n_impressions=impressions,
+                                         guard=min(100, L // 10), seed=1))
+    cfg = SampleConfig(max_len=L, short_len=50, sample_behaviors=(1,), history_behaviors=(0,), layout="store")
+    pq.write_table(build_local(log, cfg), folder / "samples.parquet")
+    pq.write_table(build_store_local(log, cfg), folder / "store.parquet")
+    return {"n_items": meta.n_items, "n_categories": meta.n_categories, "max_len": L}
+
+
+class Timer:
+    """Accumulates wall time and input bytes of wrapped calls."""
+
+    def __init__(self) -> None:
+        self.seconds, self.bytes = 0.0, 0
+
+    def wrap(self, fn, count_bytes):
+        def timed(*args):
+            t = time.perf_counter()
+            out = fn(*args)
+            self.seconds += time.perf_counter() - t
+            self.bytes += count_bytes(*args)
+            return out
+        return timed
+
+
+def measure(model: str, folder: str, meta: dict, batch: int, steps: int, warmup: int, k: int) -> dict:
+    """One (L, model) in this (fresh) process. Peak RSS is reported with its growth after the data
+    and batches were loaded (the model, its activations and optimiser state)."""
+    torch.manual_seed(0)
+    L = meta["max_len"]
+    cfg = {"k": k} if issubclass(entry(model).module, TwoStage) else {}
+    job = JobSpec(model, cfg, FeatureSpec(meta["n_items"], meta["n_categories"], 16),
+                  SampleConfig(max_len=L, short_len=50, layout="store"), TrainConfig(batch_size=batch))
+    samples = pq.read_table(Path(folder) / "samples.parquet")
+    store = SequenceStore.read(Path(folder) / "store.parquet")
+    collate = make_collator(job, store=store)
+    gsu = Timer()
+    if collate.prefilter is not None:  # SIM-hard: the GSU is the collate-time category search over L ids
+        collate.prefilter = gsu.wrap(collate.prefilter, lambda tc, hc, off: hc[: off[-1]].nbytes)
+    n = warmup + steps
+    order = np.random.default_rng(0).permutation(samples.num_rows)[: n * batch]
+    t = time.perf_counter()
+    batches = [collate(samples.take(order[i * batch:(i + 1) * batch])) for i in range(n)]
+    collate_rate = n * batch / (time.perf_counter() - t)
+    gsu_samples = n * batch  # SIM-hard: its GSU ran on every collated sample
+    base_rss = peak_rss_mb()
+    m = plain_model(job)
+    opt = local_optimizer(job, m)
+    if collate.prefilter is None and isinstance(m, TwoStage):
+        m.select = gsu.wrap(m.select, lambda b, emb: 0)  # keys' bytes come from the hook below
+
+        def count_keys(module, args):  # GSU inputs: (query, candidates (B, L, ...), mask)
+            gsu.bytes += args[1].nbytes
+        m.gsu.register_forward_pre_hook(count_keys)
+    for i, b in enumerate(batches):
+        if i == warmup:
+            t = time.perf_counter()
+            if collate.prefilter is None:
+                gsu.seconds, gsu.bytes, gsu_samples = 0.0, 0, steps * batch
+        loss = m.loss(b, m(b))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    elapsed = time.perf_counter() - t
+    timed = steps * batch
+    return {"model": model, "L": L, "samples_per_s": timed / elapsed, "collate_per_s": collate_rate,
+            "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss,
+            "gsu_us_per_sample": 1e6 * gsu.seconds / gsu_samples if gsu.bytes else None,
+            "gsu_key_bytes_per_sample": gsu.bytes / gsu_samples if gsu.bytes else None}
+
+
+def _child(args, queue) -> None:
+    try:
+        queue.put(measure(*args))
+    except Exception as e:  # noqa: BLE001  out of memory or a model error: reported in the table
+        queue.put({"model": args[0], "L": args[2]["max_len"], "error": f"{type(e).__name__}: {str(e)[:120]}"})
+
+
+def run_one(args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_child, args=(args, queue))
+    p.start()
+    p.join()
+    return queue.get() if not queue.empty() else {"model": args[0], "L": args[2]["max_len"],
+                                                  "error": f"process exited with {p.exitcode}"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lens", default="1000,10000")
+    p.add_argument("--models", default="din_full,sim_hard,eta,sdim,twin,lic")
+    p.add_argument("--users", type=int, default=32)
+    p.add_argument("--impressions", type=int, default=40)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--json", help="also write the rows here")
+    a = p.parse_args()
+    bw = copy_bandwidth()
+    print(f"SYNTHETIC planted logs, {a.users} users x {a.impressions} impressions; one process per (L, model), "
+          f"unsharded, CPU ({torch.get_num_threads()} threads), batch {a.batch}, k {a.k}, {a.steps} timed steps; "
+          f"copy bandwidth {bw / 1e9:.2f} GB/s\n")
+    print("| L | model | samples/s | x din_full | peak RSS MB (data + model) | GSU us/sample | GSU key KB/sample "
+          "| floor us/sample | GSU / floor | ingest (collate) samples/s | ingest / train |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for L in (int(x) for x in a.lens.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = prepare(L, a.users, a.impressions, Path(tmp))
+            base = None
+            for model in a.models.split(","):
+                r = run_one((model, tmp, meta, a.batch, a.steps, a.warmup, a.k))
+                rows.append(r)
+                if "error" in r:
+                    print(f"| {L:,} | {model} | failed: {r['error']} |||||||||", flush=True)
+                    continue
+                base = r["samples_per_s"] if model == "din_full" else base
+                ratio = f"{r['samples_per_s'] / base:.1f}" if base else "–"
+                if r["gsu_key_bytes_per_sample"]:
+                    floor = 1e6 * r["gsu_key_bytes_per_sample"] / bw
+                    gsu = (f"{r['gsu_us_per_sample']:.1f} | {r['gsu_key_bytes_per_sample'] / 1024:.1f} | {floor:.2f} "
+                           f"| {r['gsu_us_per_sample'] / floor:.0f}x")
+                else:
+                    gsu = "– | – | – | –"
+                rss = f"{r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] - r['base_rss_mb']:+.0f})"
+                print(f"| {L:,} | {model} | {r['samples_per_s']:.0f} | {ratio} | {rss} | {gsu} "
+                      f"| {r['collate_per_s']:.0f} | {r['collate_per_s'] / r['samples_per_s']:.1f} |", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
