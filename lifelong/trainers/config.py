@@ -29,6 +29,7 @@ class TrainConfig:
     local_shuffle_buffer: int = 16384
     diagnostic_batches: int = 8  # validation batches for the GSU/ESU consistency recall; 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
+    keep_checkpoints: int = 2  # Ray Train deletes older ones
     fail_at_step: int = 0  # fault injection for recovery tests: the last rank fails once at this global step
     fault: str = "exit"  # how it fails: "exit" (the process dies) or "hang" (it stops before the next collective)
     deterministic_data: bool = False  # Ray Data keeps block order: the same batches per worker in every run
@@ -39,6 +40,8 @@ class TrainConfig:
             raise ValueError(f"train.sparse_optimizer '{self.sparse_optimizer}' not in {SPARSE_OPTIMIZERS}")
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             raise ValueError(f"train.dense_optimizer '{self.dense_optimizer}' not in {DENSE_OPTIMIZERS}")
+        if self.keep_checkpoints < 1 or self.checkpoint_every < 0:
+            raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every >= 0")
         if self.fault not in ("exit", "hang"):
             raise ValueError(f"train.fault '{self.fault}' not in ('exit', 'hang')")
         if self.shuffle not in ("global", "local", "none"):

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import ray.data
 from ray.data import ExecutionOptions
-from ray.train import DataConfig, FailureConfig, RunConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lifelong.cluster.connect import ClusterConfig, resolve, scaling_config
@@ -44,6 +44,7 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
         dataset_config=DataConfig(datasets_to_split=["train", "valid"], execution_options=ExecutionOptions(
             preserve_order=job.train.deterministic_data) if job.train.deterministic_data else None),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
                              failure_config=FailureConfig(
                                  max_failures=job.train.max_failures if max_failures is None else max_failures)),
     )
