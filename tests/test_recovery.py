@@ -35,11 +35,14 @@ def test_killed_worker_resumes_and_rerun_resumes(ray_local, tmp_path):
     print(f"rerun of a finished run: {time.perf_counter() - t0:.1f}s")
 
 
-def test_dead_rank_without_retries_fails_fast(ray_local, tmp_path):
+def test_dead_rank_without_retries_fails_fast_and_a_rerun_resumes(ray_local, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(Exception, match="(?i)fail|died|exit"):
-        train(_run(tmp_path, "dies", fail_at_step=5, epochs=1))
+        train(_run(tmp_path, "dies", fail_at_step=15, epochs=1))
     assert time.perf_counter() - t0 < 120 + 60  # the collective timeout (120 s), plus start-up
+    # The killed run left its step-10 checkpoint: the same run name continues from there.
+    s = train(_run(tmp_path, "dies", epochs=1))
+    assert s["resumed"] and s["global_step"] == 30 and s["train_steps"] == 20, s
 
 
 def test_hung_rank_fails_the_job_within_the_collective_timeout(ray_local, tmp_path):
