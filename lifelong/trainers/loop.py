@@ -79,7 +79,8 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
         bar.update(1)
         if log_every and steps % log_every == 0:
             bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
-        if every and on_checkpoint is not None and (start + steps) % every == 0:
+        last = bool(max_steps) and start + steps >= max_steps  # the epoch-end checkpoint follows
+        if every and on_checkpoint is not None and (start + steps) % every == 0 and not last:
             on_checkpoint(start + steps)
         if max_steps and start + steps >= max_steps:
             skipped.append(-1)  # stopped by max_steps, not by data
