@@ -24,7 +24,8 @@ def test_same_samples_on_one_or_two_workers(ray_local, tmp_path):
                                       bursts_per_interest=2, burst=3, seed=4))
     cfg = SampleConfig(max_len=64, short_len=8, sample_behaviors=(1,), history_behaviors=(0,))
     reports = {n: build_samples(log, cfg, tmp_path / str(n), num_workers=n) for n in (1, 2)}
-    assert reports[1] == reports[2]
+    sizes = [r.pop("bytes") for r in reports.values()]  # file sizes depend on the partitioning
+    assert reports[1] == reports[2] and all(s["train"] > 0 for s in sizes)
     local = build_local(log, cfg)
     for code, split in enumerate(SPLITS):
         one = pq.read_table(tmp_path / "1" / split).sort_by(SORT)
