@@ -73,6 +73,14 @@ def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.
     return idx, offsets
 
 
+def list_arrays(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (B+1,) relative to values, and the flat values of a list column."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy()
+    return offsets - offsets[0], values[offsets[0]:offsets[-1]]
+
+
 def _sorted_history(events: pa.Table, cfg: SampleConfig) -> tuple[pa.Table, np.ndarray]:
     """One user's events in the deterministic order, and the positions of its history events."""
     cols = {c: events.column(c).to_numpy() for c in ("item_id", "category_id", "timestamp")}
@@ -166,12 +174,15 @@ def build_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
     """All samples of a log, built in-process with the same per-user function Ray Data runs
     (tests, small benchmarks); `build_samples` is the Ray Data path."""
     cutoffs = split_cutoffs(log, cfg)
-    users = log.column("user_id").to_numpy()
-    parts = [user_samples(log.filter(pa.array(users == u)), cfg, cutoffs) for u in np.unique(users)]
-    return pa.concat_tables(parts)
+    return _per_user(log, lambda events: user_samples(events, cfg, cutoffs))
 
 
 def build_store_local(log: pa.Table, cfg: SampleConfig) -> pa.Table:
     """The sequence store of a log, in-process (`build_samples` writes it with Ray Data)."""
+    return _per_user(log, lambda events: user_sequence(events, cfg))
+
+
+def _per_user(log: pa.Table, fn) -> pa.Table:
+    """fn over each user's events (what Ray Data's groupby + map_groups does), concatenated."""
     users = log.column("user_id").to_numpy()
-    return pa.concat_tables([user_sequence(log.filter(pa.array(users == u)), cfg) for u in np.unique(users)])
+    return pa.concat_tables([fn(log.filter(pa.array(users == u))) for u in np.unique(users)])

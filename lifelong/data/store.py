@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lifelong.data.samples import HIST_COLUMNS, concat_ranges
+from lifelong.data.samples import HIST_COLUMNS, concat_ranges, list_arrays
 
 
 class SequenceStore:
@@ -25,12 +25,9 @@ class SequenceStore:
             raise ValueError(f"{source}: a user appears in more than one store row")
         self.row = np.full(int(users.max(initial=0)) + 1, -1, np.int64)  # user id -> store row
         self.row[users] = np.arange(len(users))
-        self.values: dict[str, np.ndarray] = {}
-        for name in HIST_COLUMNS:
-            arr = table.column(name).combine_chunks()
-            offsets = arr.offsets.to_numpy().astype(np.int64)
-            self.values[name] = arr.values.to_numpy()[offsets[0]:offsets[-1]].astype(np.int64)
-            self.offsets = offsets - offsets[0]  # (users + 1,), the same for every column
+        lists = {name: list_arrays(table.column(name)) for name in HIST_COLUMNS}
+        self.offsets = lists["hist_item"][0]  # (users + 1,), the same for every column
+        self.values = {name: values.astype(np.int64) for name, (_, values) in lists.items()}
 
     @classmethod
     def read(cls, path: str | Path) -> "SequenceStore":

@@ -16,7 +16,7 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 from torchrec import KeyedJaggedTensor
 
-from lifelong.data.samples import concat_ranges
+from lifelong.data.samples import concat_ranges, list_arrays
 from lifelong.data.store import SequenceStore
 from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name, features
 
@@ -69,14 +69,6 @@ class Batch:
         return int(self.labels.shape[0])
 
 
-def _list(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (B+1,) relative to values, and the flat values of a list column."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.values.to_numpy()
-    return offsets - offsets[0], values[offsets[0]:offsets[-1]]
-
-
 def tail(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions of the last n elements of each row, and their offsets."""
     return concat_ranges(np.maximum(offsets[:-1], offsets[1:] - n), offsets[1:])
@@ -113,10 +105,10 @@ class Collator(ArrowBatchCollateFn):
                                           self.long_len)
             hist, hist_ts = {t: v[f"hist_{t}"] for t in TABLE_COLUMNS}, v["hist_ts"]
         else:
-            lists = {t: _list(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
+            lists = {t: list_arrays(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
             offsets = lists["item"][0]  # every hist_* column shares these offsets
             hist = {t: values for t, (_, values) in lists.items()}
-            hist_ts = _list(table.column("hist_ts"))[1]
+            hist_ts = list_arrays(table.column("hist_ts"))[1]
         target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
         s_idx, s_off = tail(offsets, self.short_len)
         if not self.use_long:
