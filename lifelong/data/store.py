@@ -7,12 +7,18 @@ slices the "copy" layout stores, so collate produces identical batches from eith
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lifelong.data.samples import HIST_COLUMNS, concat_ranges, list_arrays
+from lifelong.data.samples import HIST_COLUMNS, STORE_DIR, concat_ranges, list_arrays
+
+
+def store_path(samples_dir: str | Path, layout: str) -> Optional[Path]:
+    """Where the sequence store of a samples directory lives; None unless the layout is "store"."""
+    return (Path(samples_dir) / STORE_DIR).resolve() if layout == "store" else None
 
 
 class SequenceStore:

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import torch
 
 from lifelong.cluster.connect import connect
-from lifelong.data.samples import SPLITS, STORE_DIR
-from lifelong.data.store import SequenceStore
+from lifelong.data.samples import SPLITS
+from lifelong.data.store import SequenceStore, store_path
 from lifelong.jobs.config import RUN_FILE, run_file
 from lifelong.jobs.prepare import prepare
 from lifelong.trainers import checkpoint
@@ -38,7 +38,8 @@ def evaluate(ckpt: str | Path, split: str = "valid", batch_size: int = 1024) -> 
     table = pq.read_table(samples_dir / split)
     model = plain_model(job)
     checkpoint.load(model, ckpt)
-    store = SequenceStore.read(samples_dir / STORE_DIR) if job.samples.layout == "store" else None
+    path = store_path(samples_dir, job.samples.layout)
+    store = SequenceStore.read(path) if path else None
     metrics = evaluate_batches(model, batches(table, job, batch_size, None, store=store), torch.device("cpu"))
     out = {"checkpoint": str(ckpt), "split": split, "model": job.model, **metrics}
     print(json.dumps(out, indent=2), flush=True)

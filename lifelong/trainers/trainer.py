@@ -10,7 +10,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lifelong.cluster.connect import ClusterConfig, resolve, scaling_config
-from lifelong.data.samples import STORE_DIR
+from lifelong.data.store import store_path
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.worker import train_loop_per_worker
 
@@ -23,20 +23,16 @@ def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data
     return {"train": train, "valid": ray.data.read_parquet(str(samples_dir / "valid"))}
 
 
-def store_path(samples_dir: str | Path, job: JobSpec) -> Optional[str]:
-    """The sequence store beside "store"-layout samples (workers read it from shared storage)."""
-    return str((Path(samples_dir) / STORE_DIR).resolve()) if job.samples.layout == "store" else None
-
-
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
                  storage_path: str | Path, max_failures: Optional[int] = None,
                  loop: Callable[[dict], None] = train_loop_per_worker,
                  loop_config: Optional[dict] = None) -> TorchTrainer:
     """A TorchTrainer running `loop` (default: training) on the job's sample splits."""
     cluster = resolve(cluster)
+    store = store_path(samples_dir, job.samples.layout)  # workers read it from shared storage
     return TorchTrainer(
         loop,
-        train_loop_config={"job": job.to_dict(), "store": store_path(samples_dir, job), **(loop_config or {})},
+        train_loop_config={"job": job.to_dict(), "store": str(store) if store else None, **(loop_config or {})},
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),
