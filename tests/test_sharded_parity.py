@@ -18,15 +18,24 @@ WORLD = 2
 LR_DENSE, LR_SPARSE = 0.05, 200.0  # embedding grads are tiny: a large LR makes their step visible
 
 
+def refresh(model):
+    """Refresh the key cache of a model that has one (plain, or DMP on every rank)."""
+    module = model.module if hasattr(model, "module") else model
+    if module.key_cache is not None:
+        module.refresh_keys(chunk=50)  # small chunks: several collective lookups
+
+
 def _reference(job, batch_table, halves):
     """Unsharded model, one SGD step with DMP's gradient semantics (see test docstring)."""
     torch.manual_seed(0)
     model = plain_model(job)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     collate = make_collator(job)
+    refresh(model)
     before = model(collate(batch_table)).detach()
     emb = model.sparse_parameters()
-    dense = [p for p in model.parameters() if all(p is not e for e in emb)]
+    cache = list(model.key_cache.parameters()) if model.key_cache is not None else []
+    dense = [p for p in model.parameters() if all(p is not e for e in emb + cache)]
     # Each rank's loss is the mean over its half. DDP averages dense grads over ranks, and so does
     # TorchRec's sharded embedding backward: both equal grads of the mean of the two half-losses.
     loss = sum(model.loss(b, model(b)) for b in (collate(h) for h in halves))
@@ -36,6 +45,7 @@ def _reference(job, batch_table, halves):
             p -= LR_DENSE * p.grad / WORLD
         for p in emb:
             p -= LR_SPARSE * p.grad / WORLD
+    refresh(model)
     after = model(collate(batch_table)).detach()
     return init, before, after, model.state_dict()
 
@@ -47,11 +57,13 @@ def _worker(rank, init_file, job, table, halves, init, out):
     load_full_state(model, init)
     collate = make_collator(job)
     mine = collate(halves[rank])
+    refresh(model)
     before = model(mine).detach()
     loss = model.module.loss(mine, model(mine))
     opt.zero_grad()
     loss.backward()
     opt.step()
+    refresh(model)
     after = model(mine).detach()
     full = gather_full_state(model)
     if rank == 0:
@@ -67,11 +79,17 @@ def _worker(rank, init_file, job, table, halves, init, out):
     ("din", {"item": ["column_wise"], "cat": ["row_wise"]}),
     ("sim_soft", {"item": ["table_wise"], "search_item": ["row_wise"], "search_cat": ["table_wise"]}),
     ("twin", {"item": ["row_wise"], "cat": ["column_wise"], "user": ["row_wise"]}),
+    # cached GSU keys: the cache tables follow their source's sharding; refreshed on both ranks
+    ("twin+cache", {"item": ["row_wise"], "cat": ["table_wise"], "user": ["row_wise"]}),
+    ("eta+cache", {"item": ["table_wise"], "cat": ["row_wise"]}),
+    ("lic+cache+dedup", {"item": ["column_wise"], "cat": ["row_wise"]}),
 ])
 def test_sharded_equals_unsharded_after_one_step(model, sharding):
     samples, meta = tiny_samples()
+    model, *opts = model.split("+")
     job = tiny_job(model, meta, {} if model == "din" else {"k": 6}, users=model == "twin",
-                   sparse_optimizer="sgd", sparse_lr=LR_SPARSE, dense_optimizer="sgd", dense_lr=LR_DENSE)
+                   sparse_optimizer="sgd", sparse_lr=LR_SPARSE, dense_optimizer="sgd", dense_lr=LR_DENSE,
+                   key_cache_every=int("cache" in opts), dedup_ids="dedup" in opts)
     job = type(job)(**{**job.__dict__, "sharding": sharding})
     batch = samples.slice(0, 32)
     halves = [batch.slice(0, 16), batch.slice(16, 16)]

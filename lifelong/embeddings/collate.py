@@ -47,6 +47,8 @@ class Batch:
     long_len: int
     labels: torch.Tensor  # (B,) float
     user_ids: torch.Tensor  # (B,)
+    long_pos: Optional[torch.Tensor] = None  # (B, K) positions of the long rows in the full history; None = 0..K-1
+    long_count: Optional[torch.Tensor] = None  # (B,) behaviours in the full history; None = the long lengths
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         move = lambda t: t.to(device=device, non_blocking=non_blocking)  # noqa: E731

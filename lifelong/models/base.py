@@ -16,6 +16,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings.collate import Batch, Prefilter
+from lifelong.embeddings.key_cache import dedup_lookup
 from lifelong.models.layers import mlp
 from lifelong.embeddings.spec import TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name
 
@@ -61,11 +62,18 @@ class CTRModel(nn.Module):
         self.config = config
         self.embeddings = embeddings
         self.side_embeddings: Optional[nn.Module] = None  # set by `build_model` for side tables
+        self.dedup_ids = False  # look each distinct id of a feature up once (set by the trainer)
+        self.key_cache: Optional[nn.Module] = None  # cached GSU keys (set by the trainer; None = plain path)
         self.spec = spec
 
     @classmethod
     def inputs(cls, config) -> InputSpec:
         return InputSpec(use_long=False)
+
+    @classmethod
+    def cache_tables(cls, config) -> tuple:
+        """Cache tables (`embeddings/key_cache.py`) the model's GSU can read; () = none."""
+        return ()
 
     def lookup(self, batch: Batch) -> Embedded:
         side_tables = self.inputs(self.config).side_tables
@@ -73,7 +81,7 @@ class CTRModel(nn.Module):
         if side_tables:  # side features follow the main ones in the KJT
             n_side = sum(len(s.groups) for s in side_tables)
             sparse, side_sparse = batch.sparse.split([len(sparse.keys()) - n_side, n_side])
-        out = self.embeddings(sparse)  # feature -> JaggedTensor (N, D)
+        out = dedup_lookup(self.embeddings, sparse) if self.dedup_ids else self.embeddings(sparse)  # feature -> (N, D)
         cat = lambda g, w: torch.cat([_dense(out[feature_name(g, t)], w) for t in TABLE_COLUMNS], -1)  # noqa: E731
         target = cat("target", 1).squeeze(1)  # (B, E)
         sp = batch.sparse

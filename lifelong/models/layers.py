@@ -109,7 +109,7 @@ class GapAttention(nn.Module):
 class CrossFeatures(nn.Module):
     """User-item cross features of lifelong behaviours (TWIN's K_c, also CAIN's): embeddings of the
     log-bucketed time gap to the request and of the log-bucketed distance from the newest
-    behaviour. Behaviours at positions idx (B, T) of histories with mask (B, L) -> (B, T, 2 * dim)."""
+    behaviour -> (B, T, 2 * dim)."""
 
     n_features = 2
 
@@ -119,8 +119,9 @@ class CrossFeatures(nn.Module):
         self.position = nn.Embedding(buckets, dim)
         self.buckets = buckets
 
-    def forward(self, request_ts: torch.Tensor, ts: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor
+    def forward(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor
                 ) -> torch.Tensor:
-        from_newest = (mask.sum(1, keepdim=True) - 1 - idx).clamp(min=0)  # (B, T)
+        """Behaviours at positions pos (B, T) of histories with count (B,) behaviours; ts (B, T)."""
+        from_newest = (count.unsqueeze(1) - 1 - pos).clamp(min=0)  # (B, T)
         pos = torch.log2(from_newest.float() + 1).floor().long().clamp(max=self.buckets - 1)
         return torch.cat([self.gap(request_ts, ts), self.position(pos)], -1)  # (B, T, 2 * dim)

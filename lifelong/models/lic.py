@@ -5,7 +5,9 @@ Clock-GSU: relevance `α = (W_b b)·(W_q q)/sqrt(d) + s(Δ)` with Δ the circula
 between each behaviour and the request (`gsu/clock.py`); top-k by the head mean of α. Clock-ESU:
 the same four Δ features fused into each selected behaviour, 4 heads each with its own W_b,
 W_q, W_v (and its own output of s), fused by a two-layer MLP h. A DIN unit on the short history
-runs beside it (`use_short`). Time of day is taken in UTC shifted by `tz_offset_min`.
+runs beside it (`use_short`). Time of day is taken in UTC shifted by `tz_offset_min`. With the
+trainer's key cache the Clock-GSU reads `W_b b` and `W_q q` per id from cache tables
+(`ProjectedKeys`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from lifelong.models.gsu.clock import ClockAttention, circular_gap, gap_features
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.layers import ActivationUnit
 from lifelong.models.registry import register
-from lifelong.models.two_stage import TwoStage
+from lifelong.models.two_stage import ProjectedKeys, TwoStage
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,14 @@ class LICConfig:
 
 
 @register("lic", LICConfig)
-class LIC(TwoStage):
+class LIC(ProjectedKeys, TwoStage):
     def __init__(self, config: LICConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.clock = ClockAttention(E, config.heads, config.head_dim, config.gap_hidden, config.out_hidden,
                                     config.out_dim)
         self.gsu = RelevanceGSU(self.clock, config.k)
+        self.projected_gsu = RelevanceGSU(self.clock.projected, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + config.out_dim + (E if config.use_short else 0), config.head_hidden)
 
@@ -53,11 +56,25 @@ class LIC(TwoStage):
     def inputs(cls, config: LICConfig) -> InputSpec:
         return InputSpec(use_long=True)
 
+    @property
+    def key_proj(self) -> nn.Linear:
+        return self.clock.w_b
+
+    @property
+    def query_proj(self) -> nn.Linear:
+        return self.clock.w_q
+
+    def gaps(self, batch: Batch, ts: torch.Tensor) -> torch.Tensor:
+        """Δ features of behaviours at times ts (B, T) to the request: (B, T, 4)."""
+        now = minute_of_day(batch.target_ts, self.config.tz_offset_min).unsqueeze(1)  # (B, 1)
+        return gap_features(circular_gap(minute_of_day(ts, self.config.tz_offset_min), now))
+
     def keys(self, batch: Batch, seq: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """[b, Δ features]: (B, T, E + 4)."""
-        now = minute_of_day(batch.target_ts, self.config.tz_offset_min).unsqueeze(1)  # (B, 1)
-        delta = circular_gap(minute_of_day(ts, self.config.tz_offset_min), now)  # (B, T)
-        return torch.cat([seq, gap_features(delta)], -1)
+        return torch.cat([seq, self.gaps(batch, ts)], -1)
+
+    def extra_keys(self, batch: Batch) -> torch.Tensor:
+        return self.gaps(batch, batch.long_ts)  # (B, L, 4)
 
     def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         return emb.target, self.keys(batch, emb.long, batch.long_ts)

@@ -5,7 +5,8 @@ Behaviour features: item-inherent `K_h` (item and category embeddings) and cross
 `layers.CrossFeatures`; our logs carry no play time). CP-GSU: the top-k of the ESU's own
 relevance α (head mean), computed with the very parameters the ESU trains, so the two stages
 agree (`gsu/twin.py`). ESU: 4-head softmax attention over the k, `W_o` on the concatenation.
-A DIN unit on the short history runs beside it (`use_short`).
+A DIN unit on the short history runs beside it (`use_short`). With the trainer's key cache the
+CP-GSU reads `K_h W_h` and `q W_q` per id from cache tables (`ProjectedKeys`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.gsu.twin import TwinAttention
 from lifelong.models.layers import ActivationUnit, CrossFeatures
 from lifelong.models.registry import register
-from lifelong.models.two_stage import TwinFrame
+from lifelong.models.two_stage import ProjectedKeys, TwinFrame
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,14 @@ class TWINConfig:
 
 
 @register("twin", TWINConfig)
-class TWIN(TwinFrame):
+class TWIN(ProjectedKeys, TwinFrame):
     def __init__(self, config: TWINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.cross = CrossFeatures(config.cross_dim, config.cross_buckets)
         self.attention = TwinAttention(E, E, CrossFeatures.n_features, config.cross_dim, config.heads, config.head_dim)
         self.gsu = RelevanceGSU(self.attention, config.k)
+        self.projected_gsu = RelevanceGSU(self.attention.projected, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + self.attention.out_dim + (E if config.use_short else 0), config.head_hidden)
 
@@ -51,8 +53,21 @@ class TWIN(TwinFrame):
     def inputs(cls, config: TWINConfig) -> InputSpec:
         return InputSpec(use_long=True)
 
+    @property
+    def key_proj(self) -> nn.Linear:
+        return self.attention.w_h
+
+    @property
+    def query_proj(self) -> nn.Linear:
+        return self.attention.w_q
+
     def item_keys(self, emb: Embedded) -> torch.Tensor:
         return emb.long  # (B, L, E)
+
+    def extra_keys(self, batch: Batch) -> torch.Tensor:
+        lengths = batch.sparse["long_item"].lengths()
+        pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
+        return self.cross(batch.target_ts, batch.long_ts, lengths, pos)  # K_c (B, L, J c)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         parts = [emb.target, self.attention.read(emb.target, self.keys(batch, emb, idx), valid)]

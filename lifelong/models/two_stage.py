@@ -7,21 +7,92 @@ interest is read from a set of selected positions (`interest_from`). The frame t
 trained path (GSU top-k, then ESU), the brute-force path (ESU over every valid behaviour) and
 the GSU/ESU consistency recall. `GapSearch` fills in SIM's ESU for SIM hard/soft and ETA,
 `TwinFrame` TWIN's attention for TWIN and CAIN.
+
+Cached keys (`embeddings/key_cache.py`): a model that names `cache_tables` can run its GSU on
+per-id keys cached in TorchRec tables (set as `self.key_cache` by the trainer); the forward pass
+then looks up only the k selected behaviours in the main tables (`select_long`). With a fresh
+cache this gives the same logits and gradients as the plain path. `ProjectedKeys` fills it in
+for GSUs whose keys are bias-free linear maps of the behaviour (TWIN, LIC).
 """
 from __future__ import annotations
 
+import dataclasses
 import torch
 from torch import nn
+from torchrec import KeyedJaggedTensor
 
+from lifelong.embeddings import key_cache
 from lifelong.embeddings.collate import Batch
-from lifelong.embeddings.spec import FeatureSpec
-from lifelong.models.base import CTRModel, Embedded
+from lifelong.embeddings.key_cache import CacheTable
+from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name, features
+from lifelong.models.base import CTRModel, Embedded, _mask
 from lifelong.models.gsu.base import GSU, gather_rows, masked_topk, valid_slots
 from lifelong.models.layers import ActivationUnit, GapAttention
 
 
+def select_long(batch: Batch, idx: torch.Tensor, valid: torch.Tensor) -> Batch:
+    """The batch with its lifelong group cut to positions idx (B, k) where valid (a prefix of each
+    row): the KJT's long features hold only those ids; positions and counts are kept."""
+    sp = batch.sparse
+    long_keys = {feature_name("long", t) for t in TABLE_COLUMNS}
+    lengths = valid.sum(1).to(sp.lengths().dtype)  # (B,)
+    values, lens = [], []
+    for key in sp.keys():
+        jt = sp[key]
+        if key in long_keys:
+            flat = (jt.offsets()[:-1].unsqueeze(1) + idx)[valid]  # (n,) flat positions of the kept ids
+            values.append(jt.values()[flat])
+            lens.append(lengths)
+        else:
+            values.append(jt.values())
+            lens.append(jt.lengths())
+    kjt = KeyedJaggedTensor.from_lengths_sync(sp.keys(), torch.cat(values), torch.cat(lens))
+    count = sp[feature_name("long", "item")].lengths()
+    return dataclasses.replace(batch, sparse=kjt, long_ts=batch.long_ts.gather(1, idx) * valid,
+                               long_len=idx.shape[1], long_pos=idx, long_count=count)
+
+
 class TwoStage(CTRModel):
     gsu: GSU
+
+    @property
+    def key_dim(self) -> int:
+        """Width of every cache table."""
+        raise NotImplementedError
+
+    def project(self, table: CacheTable, x: torch.Tensor) -> torch.Tensor:
+        """Keys of source-table rows x (N, D) for cache `table`: (N, key_dim)."""
+        raise NotImplementedError
+
+    def cached_gsu_inputs(self, batch: Batch, cached: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, candidates) for `cached_gsu` from the cache features (B, T, key_dim)."""
+        raise NotImplementedError
+
+    @property
+    def cached_gsu(self) -> GSU:
+        return self.gsu
+
+    def refresh_keys(self, chunk: int = 65536) -> dict[str, float]:
+        """Recompute the cached keys from the live tables and dense parameters (collective)."""
+        keys = list(features((), user=self.spec.n_users > 0))
+        return key_cache.refresh(self.key_cache, self.embeddings, keys, self.cache_tables(self.config),
+                                 self.project, chunk)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        if self.key_cache is None or (batch.long_len <= self.gsu.k and not self.gsu.filters):
+            return super().forward(batch)
+        widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
+        mask = _mask(batch.sparse[feature_name("long", "item")].lengths(), batch.long_len)  # (B, L)
+        with torch.no_grad():
+            cached = key_cache.lookup(self.key_cache, self.cache_tables(self.config), batch.sparse, widths,
+                                      self.dedup_ids)
+        idx, scores = self.cached_gsu(*self.cached_gsu_inputs(batch, cached), mask)
+        valid = valid_slots(scores)
+        selected = select_long(batch, idx, valid)
+        emb = self.lookup(selected)  # full-width embeddings of the k selected behaviours only
+        k = idx.shape[1]
+        return self.logits(self.interest_from(selected, emb, torch.arange(k, device=idx.device).expand_as(idx),
+                                              valid), emb)
 
     def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         """(query, candidates (B, L, ...)) in the GSU's cheap representation."""
@@ -109,7 +180,9 @@ class TwinFrame(TwoStage):
 
     def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
         """[K_h, K_c] of the behaviours at idx (B, T): (B, T, D + J c)."""
-        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), emb.long_mask, idx)
+        pos = idx if batch.long_pos is None else self.gather(batch.long_pos, idx)
+        count = emb.long_mask.sum(1) if batch.long_count is None else batch.long_count
+        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), count, pos)
         return torch.cat([self.gather(self.item_keys(emb), idx), k_c], -1)
 
     def all_keys(self, batch: Batch, emb: Embedded) -> torch.Tensor:
@@ -121,3 +194,43 @@ class TwinFrame(TwoStage):
 
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)
+
+
+class ProjectedKeys:
+    """Mixin for two-stage models whose GSU relevance reads the behaviour b and the target q only
+    through bias-free linear maps `key_proj(b)`, `query_proj(q)` plus per-behaviour features that
+    need no lookup (`extra_keys`). As b = [item, category] embeddings, each map splits by table, so
+    the cache holds `item_key`, `cat_key` (long) and `item_query`, `cat_query` (target) per id, and
+    summing the tables' parts gives the exact projections. A subclass sets `key_proj`,
+    `query_proj` and `projected_gsu` (its relevance over (query_proj(q), [key_proj(b), extras]))."""
+
+    key_proj: nn.Linear
+    query_proj: nn.Linear
+    projected_gsu: GSU
+
+    @classmethod
+    def cache_tables(cls, config) -> tuple[CacheTable, ...]:
+        return tuple(CacheTable(f"{t}_{role}", t, (group,)) for role, group in (("key", "long"), ("query", "target"))
+                     for t in TABLE_COLUMNS)
+
+    @property
+    def key_dim(self) -> int:
+        return self.key_proj.out_features
+
+    @property
+    def cached_gsu(self) -> GSU:
+        return self.projected_gsu
+
+    def project(self, table: CacheTable, x: torch.Tensor) -> torch.Tensor:
+        w = (self.key_proj if table.name.endswith("_key") else self.query_proj).weight  # (out, E)
+        i, D = list(TABLE_COLUMNS).index(table.source), x.shape[-1]
+        return x @ w[:, i * D:(i + 1) * D].T  # (N, out)
+
+    def extra_keys(self, batch: Batch) -> torch.Tensor:
+        """Per-behaviour features of the full history that need no lookup: (B, L, X)."""
+        raise NotImplementedError
+
+    def cached_gsu_inputs(self, batch: Batch, cached: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        q = sum(cached[feature_name("target", f"{t}_query")] for t in TABLE_COLUMNS).squeeze(1)  # (B, out)
+        k = sum(cached[feature_name("long", f"{t}_key")] for t in TABLE_COLUMNS)  # (B, L, out)
+        return q, torch.cat([k, self.extra_keys(batch)], -1)

@@ -34,6 +34,8 @@ class TrainConfig:
     fault: str = "exit"  # how it fails: "exit" (the process dies) or "hang" (it stops before the next collective)
     deterministic_data: bool = False  # Ray Data keeps block order: the same batches per worker in every run
     max_failures: int = 0  # worker-group restarts Ray Train allows, each from the latest checkpoint
+    key_cache_every: int = 0  # refresh cached GSU keys every N steps (ETA, TWIN, LIC); 0 = GSU on live embeddings
+    dedup_ids: bool = False  # look each distinct id of a batch's feature up once
 
     def __post_init__(self) -> None:
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
@@ -46,6 +48,8 @@ class TrainConfig:
             raise ValueError(f"train.fault '{self.fault}' not in ('exit', 'hang')")
         if self.shuffle not in ("global", "local", "none"):
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
+        if self.key_cache_every < 0:
+            raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("train.batch_size and train.epochs must be >= 1")
 

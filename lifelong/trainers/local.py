@@ -13,7 +13,7 @@ import torch
 from lifelong.data.store import SequenceStore
 from lifelong.embeddings.collate import Batch
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.loop import KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
 from lifelong.trainers.worker import make_collator
 
@@ -44,7 +44,8 @@ def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, fu
 def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
     """The job's sparse and dense optimisers over an unsharded model (row-wise Adagrad -> Adagrad)."""
     emb = model.sparse_parameters()
-    dense = [p for p in model.parameters() if all(p is not e for e in emb)]
+    cache = list(model.key_cache.parameters()) if getattr(model, "key_cache", None) is not None else []
+    dense = [p for p in model.parameters() if all(p is not e for e in emb + cache)]
     cls, extra = SPARSE[job.train.sparse_optimizer]
     cls = torch.optim.Adagrad if job.train.sparse_optimizer == "rowwise_adagrad" else cls
     dense_opt = DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr)
@@ -58,12 +59,14 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.
     opt = local_optimizer(job, model)
     history = []
     device = torch.device("cpu")
+    keys = KeyCacheRefresh(model, job.train.key_cache_every)
     for epoch in range(job.train.epochs):
         stats = train_epoch(model, opt, batches(train, job, job.train.batch_size, job.train.seed + epoch), device,
-                            job.train.max_steps, 0, show=False)
+                            job.train.max_steps, 0, show=False, before_step=keys.step)
+        keys.refresh()
         metrics = evaluate(model, batches(valid, job, job.train.eval_batch_size, None), device)
         metrics.update(gsu_consistency(model, batches(valid, job, job.train.eval_batch_size, None, True), device,
                                        job.train.diagnostic_batches))
         history.append({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
-                        **{f"valid_{k}": v for k, v in metrics.items()}})
+                        **{f"valid_{k}": v for k, v in metrics.items()}, **keys.metrics()})
     return model, history

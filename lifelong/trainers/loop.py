@@ -46,13 +46,15 @@ def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
                 max_steps: int = 0, log_every: int = 50, show: bool = True, start: int = 0,
                 every: int = 0, on_checkpoint: Optional[Callable[[int], None]] = None,
-                on_step: Optional[Callable[[int], None]] = None) -> dict:
+                on_step: Optional[Callable[[int], None]] = None,
+                before_step: Optional[Callable[[], None]] = None) -> dict:
     """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
     ranks (the job's throughput).
 
     Resuming: the first `start` batches are passed over (they were trained before the checkpoint).
-    `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch)` after each."""
+    `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch)` after each,
+    `before_step()` before each (e.g. `KeyCacheRefresh.step`)."""
     model.train()
     batches = itertools.islice(batches, start, None)
     skipped: list[int] = []
@@ -63,6 +65,8 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     rank = dist.get_rank() if dist.is_initialized() else 0
     for batch in in_lockstep(batches, device, skipped):
         batch = batch.to(device, non_blocking=True)
+        if before_step is not None:
+            before_step()
         logits = model(batch)
         loss = model.module.loss(batch, logits) if hasattr(model, "module") else model.loss(batch, logits)
         if not torch.isfinite(loss):
@@ -97,6 +101,37 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
             "loss_end": float(np.mean(losses[-q:])) if losses else math.nan,
             "samples_per_s": samples / elapsed if elapsed else math.nan,
             "skipped_batches": max(skipped[0], 0) if skipped else 0}
+
+
+class KeyCacheRefresh:
+    """Refreshes a model's cached GSU keys every `every` training steps (counted from the job's
+    `global_step`, so a resumed run refreshes on the same steps) and before each evaluation; keeps
+    how far the keys had drifted at each refresh. Does nothing for a model without a key cache."""
+
+    def __init__(self, model: torch.nn.Module, every: int, global_step: int = 0) -> None:
+        self.module = model.module if hasattr(model, "module") else model
+        self.every = every if getattr(self.module, "key_cache", None) is not None else 0
+        self.global_step = global_step
+        self.drift: list[dict] = []
+
+    def step(self) -> None:
+        if self.every and self.global_step % self.every == 0:
+            self.refresh()
+        self.global_step += 1
+
+    def refresh(self) -> None:
+        if self.every:
+            self.drift.append(self.module.refresh_keys())
+
+    def metrics(self) -> dict:
+        """Refresh count and the mean drift of the keys each refresh replaced (relative L2 change,
+        share of rows changed), the first refresh (from the empty cache) left out."""
+        if not self.every:
+            return {}
+        later = self.drift[1:]
+        mean = lambda k: float(np.mean([d[k] for d in later])) if later else math.nan  # noqa: E731
+        return {"key_cache_every": self.every, "key_cache_refreshes": len(self.drift),
+                "key_cache_rel_change": mean("rel_change"), "key_cache_rows_changed": mean("rows_changed")}
 
 
 def _eval_lockstep(batches: Iterable[Batch], device: torch.device, max_batches: int = 0

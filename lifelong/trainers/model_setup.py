@@ -12,6 +12,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from lifelong.embeddings.key_cache import cache_collection
 from lifelong.embeddings.plan import make_plan
 from lifelong.models import build_model, entry
 from lifelong.models.base import CTRModel
@@ -27,10 +28,25 @@ DENSE = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.opti
 
 
 def build(job: JobSpec, device: torch.device | str) -> CTRModel:
-    """The job's model over fresh collections on `device` (main tables, plus side tables if any)."""
-    side = entry(job.model).module.inputs(job.arch()).side_tables
-    return build_model(job.model, job.arch(), job.features.collection(device), job.features,
-                       job.features.side_collection(side, device))
+    """The job's model over fresh collections on `device` (main tables, plus side tables if any, plus
+    the GSU key cache when `train.key_cache_every` > 0 and the model can use one)."""
+    cls, arch = entry(job.model).module, job.arch()
+    model = build_model(job.model, arch, job.features.collection(device), job.features,
+                        job.features.side_collection(cls.inputs(arch).side_tables, device))
+    tables = cls.cache_tables(arch)
+    if job.train.key_cache_every and tables:
+        model.key_cache = cache_collection(job.features, tables, model.key_dim, device)
+    model.dedup_ids = job.train.dedup_ids
+    return model
+
+
+def cache_constraints(job: JobSpec) -> dict[str, list[str]]:
+    """The run file's sharding constraints, with each cache table sharded like its source table."""
+    out = dict(job.sharding)
+    for t in entry(job.model).module.cache_tables(job.arch()) if job.train.key_cache_every else ():
+        if t.source in job.sharding:
+            out.setdefault(t.name, list(job.sharding[t.source]))
+    return out
 
 
 def plain_model(job: JobSpec, device: torch.device | str = "cpu") -> CTRModel:
@@ -49,7 +65,7 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     apply_optimizer_in_backward(cls, model.sparse_parameters(), {"lr": job.train.sparse_lr, **extra})
     if plan is None:
         plan = make_plan(model, dist.get_world_size(pg), device.type, job.train.batch_size,
-                         job.sharding, pg)
+                         cache_constraints(job), pg)
     dmp = DistributedModelParallel(module=model, device=device, plan=plan,
                                    env=ShardingEnv.from_process_group(pg))
     dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),

@@ -22,7 +22,7 @@ from lifelong.embeddings.plan import describe
 from lifelong.models import entry
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.loop import KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
 from lifelong.trainers.model_setup import sharded_model
 
 
@@ -149,6 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
     if state.get("epoch_done"):
         start_epoch, start_step = start_epoch + 1, 0
     global_step = state.get("global_step", 0)
+    keys = KeyCacheRefresh(model, t.key_cache_every, global_step)
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
         checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint
@@ -174,13 +175,14 @@ def train_loop_per_worker(config: dict) -> None:
                             on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
                                                              "train_loss_epochs": list(epoch_losses)},
                                                             epoch, step, False),
-                            on_step=on_step)
+                            on_step=on_step, before_step=keys.step)
         valid_batches = lambda fn: valid_shard.iter_torch_batches(  # noqa: E731
             batch_size=t.eval_batch_size, collate_fn=fn, prefetch_batches=t.prefetch_batches, device="cpu")
+        keys.refresh()  # evaluation reads fresh keys
         valid = evaluate(model, valid_batches(collate), device)
         valid.update(gsu_consistency(model, valid_batches(full_collate), device, t.diagnostic_batches))
         epoch_losses.append(stats["loss"])
-        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step,
+        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step, **keys.metrics(),
                    **{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
         if rank == 0:
             print(f"[lifelong] epoch {epoch} at {time.perf_counter() - started:.1f}s: " + " ".join(

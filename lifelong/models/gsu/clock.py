@@ -55,8 +55,13 @@ class ClockAttention(nn.Module):
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """α: (B, H, L)."""
         b, gaps = candidates.split([self.dim, N_GAP_FEATURES], -1)
-        kb = self.w_b(b).view(*b.shape[:-1], self.heads, self.head_dim)  # (B, L, H, d)
-        q = self.w_q(query).view(-1, self.heads, self.head_dim)  # (B, H, d)
+        return self.projected(self.w_q(query), torch.cat([self.w_b(b), gaps], -1))
+
+    def projected(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """α from the projections: W_q q (B, H * d) and [W_b b, Δ features] (B, L, H * d + 4)."""
+        kb, gaps = candidates.split([self.heads * self.head_dim, N_GAP_FEATURES], -1)
+        kb = kb.view(*kb.shape[:-1], self.heads, self.head_dim)  # (B, L, H, d)
+        q = q_proj.view(-1, self.heads, self.head_dim)  # (B, H, d)
         dot = torch.einsum("blhd,bhd->bhl", kb, q) / math.sqrt(self.head_dim)
         return dot + self.s(gaps).transpose(1, 2)  # (B, H, L)
 

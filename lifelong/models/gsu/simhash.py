@@ -15,14 +15,26 @@ from lifelong.models.gsu.base import GSU
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)  # per byte
 
 
-class SimHash(nn.Module):
-    """Fixed random projection R (dim, bits); not trained, saved with the model (seeded)."""
+HALF = 16  # bits per cached signature piece: a float32 holds 0..65535 exactly
 
-    def __init__(self, dim: int, bits: int, seed: int = 0) -> None:
+
+class SimHash(nn.Module):
+    """Fixed random projection R (dim, bits); not trained, saved with the model (seeded).
+
+    With `blocks` > 1, R is block-diagonal: the input splits into `blocks` equal parts (e.g. the
+    item and category embeddings) and each part gets its own bits / blocks hyperplanes, so each
+    part's bits can be computed, and cached, on its own (`part_halves`)."""
+
+    def __init__(self, dim: int, bits: int, seed: int = 0, blocks: int = 1) -> None:
         super().__init__()
+        if dim % blocks or bits % blocks:
+            raise ValueError(f"SimHash: dim {dim} and bits {bits} must split into {blocks} blocks")
         g = torch.Generator().manual_seed(seed)
-        self.bits = bits
-        self.register_buffer("R", torch.randn(dim, bits, generator=g))
+        self.bits, self.blocks = bits, blocks
+        R = torch.randn(dim, bits, generator=g)
+        db, bb = dim // blocks, bits // blocks
+        keep = torch.block_diag(*[torch.ones(db, bb)] * blocks)  # (dim, bits)
+        self.register_buffer("R", R * keep)
         weights = 2 ** torch.arange(64, dtype=torch.int64)  # bit j -> 2^j; bit 63 wraps to -2^63
         self.register_buffer("weights", weights)
 
@@ -40,6 +52,22 @@ class SimHash(nn.Module):
     def signature(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> packed int64 signature (..., words)."""
         return self.pack(self.sign_bits(x))
+
+    def part_halves(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """Bits of block `part` from that part's input x (..., dim / blocks), as 16-bit pieces held
+        in float32 (exact integers 0..65535): (..., bits / blocks / 16)."""
+        db, bb = self.R.shape[0] // self.blocks, self.bits // self.blocks
+        bits = (x.detach() @ self.R[part * db:(part + 1) * db, part * bb:(part + 1) * bb]) > 0  # (..., bb)
+        pieces = bits.view(*bits.shape[:-1], bb // HALF, HALF).long()  # (..., bb / 16, 16)
+        return (pieces * self.weights[:HALF]).sum(-1).float()
+
+    def pack_halves(self, halves: torch.Tensor) -> torch.Tensor:
+        """16-bit pieces in bit order (..., n) -> the packed signature (..., ceil(n / 4)) int64, as
+        `signature` gives it."""
+        h = halves.long()
+        n = h.shape[-1]
+        h = torch.nn.functional.pad(h, (0, -n % 4)).view(*h.shape[:-1], -1, 4)  # (..., words, 4)
+        return h[..., 0] | (h[..., 1] << 16) | (h[..., 2] << 32) | (h[..., 3] << 48)  # bit 63 wraps like pack
 
     def codes(self, x: torch.Tensor, tau: int) -> torch.Tensor:
         """SDIM: (..., dim) -> (..., bits // tau) bucket ids in [0, 2^tau), tau bits per function."""

@@ -34,10 +34,6 @@ class TwinAttention(nn.Module):
         self.w_o = nn.Linear(heads * head_dim, heads * head_dim)
         self.out_dim = heads * head_dim
 
-    def item_keys(self, k_h: torch.Tensor) -> torch.Tensor:
-        """K_h W_h, the per-item cacheable part: (B, L, E) -> (B, L, H, dk)."""
-        return self.w_h(k_h).view(*k_h.shape[:-1], self.heads, self.head_dim)
-
     def cross_bias(self, k_c: torch.Tensor) -> torch.Tensor:
         """(K_c W_c) β: (B, L, J * c) -> (B, H, L)."""
         per_feature = k_c.view(*k_c.shape[:-1], self.n_cross, self.cross_dim)  # (B, L, J, c)
@@ -47,9 +43,14 @@ class TwinAttention(nn.Module):
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Relevance logits α: (B, H, L)."""
         k_h, k_c = candidates.split([self.item_dim, self.n_cross * self.cross_dim], -1)
-        q = self.w_q(query).view(-1, self.heads, self.head_dim)  # (B, H, dk)
-        dot = torch.einsum("blhd,bhd->bhl", self.item_keys(k_h), q) / math.sqrt(self.head_dim)
-        return dot + self.cross_bias(k_c)
+        return self.projected(self.w_q(query), torch.cat([self.w_h(k_h), k_c], -1))
+
+    def projected(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """α from the projections: q W_q (B, H * dk) and [K_h W_h, K_c] (B, L, H * dk + J * c)."""
+        kp, k_c = candidates.split([self.heads * self.head_dim, self.n_cross * self.cross_dim], -1)
+        kp = kp.view(*kp.shape[:-1], self.heads, self.head_dim)  # (B, L, H, dk)
+        q = q_proj.view(-1, self.heads, self.head_dim)  # (B, H, dk)
+        return torch.einsum("blhd,bhd->bhl", kp, q) / math.sqrt(self.head_dim) + self.cross_bias(k_c)
 
     def read(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ESU over the selected keys (B, k, E + J c) with mask (B, k) -> (B, H * dk)."""

@@ -1,0 +1,142 @@
+"""Cached GSU keys: per-id projections of the live embeddings, kept in TorchRec tables.
+
+A two-stage model whose GSU scores behaviours on a projection of their embeddings (TWIN's
+`K_h W_h`, LIC's `W_b b`, ETA's SimHash signature) names one cache table per (source table,
+projection) (`CacheTable`); the tables live in their own `EmbeddingCollection`, which the
+planner shards like any other (constraints follow the source table's). The GSU then reads
+`dim` numbers per behaviour from the cache instead of the full embedding, and only the k
+selected behaviours are looked up in the main tables.
+
+The trainer refreshes the cache from the live parameters every N steps (`refresh`): each rank
+recomputes the rows it holds, reading their source embeddings through the (sharded) main
+collection, so any plan works. Between refreshes the keys are stale; `refresh` reports how
+far they had drifted. Lookups can be deduplicated (`dedup_lookup`): each distinct id of a
+feature is looked up once and expanded after.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor
+
+from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, FeatureSpec, feature_name
+
+
+@dataclass(frozen=True)
+class CacheTable:
+    """Cache table `name`: one projection of main table `source`'s rows, read for `groups`."""
+
+    name: str
+    source: str
+    groups: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.source not in TABLE_COLUMNS:
+            raise ValueError(f"cache table '{self.name}': source '{self.source}' not in {list(TABLE_COLUMNS)}")
+        bad = [g for g in self.groups if g not in GROUPS]
+        if bad:
+            raise ValueError(f"cache table '{self.name}': unknown group(s) {bad}; choose from {GROUPS}")
+
+
+def cache_features(tables: tuple[CacheTable, ...]) -> list[str]:
+    return [feature_name(g, t.name) for t in tables for g in t.groups]
+
+
+def cache_collection(spec: FeatureSpec, tables: tuple[CacheTable, ...], dim: int,
+                     device: torch.device | str = "cpu") -> EmbeddingCollection:
+    """The cache's collection: one `dim`-wide table per CacheTable, rows like its source table."""
+    ec = EmbeddingCollection(tables=[
+        EmbeddingConfig(name=t.name, embedding_dim=dim, num_embeddings=spec.num_embeddings(t.source),
+                        feature_names=[feature_name(g, t.name) for g in t.groups]) for t in tables],
+        device=torch.device(device))
+    if torch.device(device).type != "meta":
+        for p in ec.parameters():
+            torch.nn.init.zeros_(p)
+    return ec
+
+
+def dedup_lookup(ec: torch.nn.Module, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+    """`ec(kjt)` with each feature's distinct ids looked up once: the looked-up KJT holds, per
+    feature, its unique ids in the first row; rows are expanded back (gradients sum per id)."""
+    keys, uniq, inverse = kjt.keys(), [], []
+    lengths = []
+    B = kjt.stride()
+    for key in keys:
+        u, inv = torch.unique(kjt[key].values(), return_inverse=True)
+        uniq.append(u)
+        inverse.append(inv)
+        row = torch.zeros(B, dtype=kjt.lengths().dtype, device=u.device)
+        row[:1] = u.numel()
+        lengths.append(row)
+    looked = ec(KeyedJaggedTensor.from_lengths_sync(keys, torch.cat(uniq), torch.cat(lengths)))
+    return {key: JaggedTensor(values=looked[key].values()[inv], lengths=kjt[key].lengths())
+            for key, inv in zip(keys, inverse)}
+
+
+def lookup(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor, widths: dict[str, int],
+           dedup: bool) -> dict[str, torch.Tensor]:
+    """Cached keys of the batch: cache feature -> (B, width of its group, dim), zero padded."""
+    names = cache_features(tables)
+    src = [sparse[feature_name(g, t.source)] for t in tables for g in t.groups]
+    kjt = KeyedJaggedTensor.from_lengths_sync(names, torch.cat([j.values() for j in src]),
+                                              torch.cat([j.lengths() for j in src]))
+    out = dedup_lookup(ec, kjt) if dedup else ec(kjt)
+    return {feature_name(g, t.name): out[feature_name(g, t.name)].to_padded_dense(desired_length=widths[g])
+            for t in tables for g in t.groups}  # (B, T, dim)
+
+
+def _local_blocks(ec: torch.nn.Module, table: str) -> list[tuple[torch.Tensor, int, int]]:
+    """This rank's pieces of a (possibly sharded) table: (tensor view, first row, first column)."""
+    w = ec.state_dict()[f"embeddings.{table}.weight"]
+    if hasattr(w, "local_shards"):  # ShardedTensor (row-, table-, column-wise)
+        return [(s.tensor, s.metadata.shard_offsets[0], s.metadata.shard_offsets[1]) for s in w.local_shards()]
+    return [(w, 0, 0)]  # unsharded or data-parallel: the whole table
+
+
+@torch.no_grad()
+def refresh(cache_ec: torch.nn.Module, main_ec: torch.nn.Module, main_keys: list[str],
+            tables: tuple[CacheTable, ...], project: Callable[[CacheTable, torch.Tensor], torch.Tensor],
+            chunk: int = 65536) -> dict[str, float]:
+    """Recompute every cache row this rank holds from the live main tables; returns the drift of
+    the old keys over all ranks: `rel_change` = |new - old| / |new| (Frobenius) and
+    `rows_changed` = share of rows whose keys changed. A collective under DMP."""
+    blocks = [(t, *b) for t in tables for b in _local_blocks(cache_ec, t.name)]
+    device = blocks[0][1].device
+    wanted = {s: torch.cat([torch.arange(r0, r0 + blk.shape[0], device=device) for t, blk, r0, _ in blocks
+                            if t.source == s] or [torch.zeros(0, dtype=torch.long, device=device)])
+              for s in TABLE_COLUMNS}  # source table -> row ids this rank needs
+    n = torch.tensor([max(len(v) for v in wanted.values())], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)  # every rank runs the same number of lookups
+    rows: dict[str, list[torch.Tensor]] = {s: [] for s in TABLE_COLUMNS}
+    for start in range(0, int(n.item()), chunk):
+        ids = {s: v[start:start + chunk] for s, v in wanted.items()}
+        feats = {feature_name("long", s): ids[s] for s in TABLE_COLUMNS}
+        values = [feats.get(k, torch.zeros(0, dtype=torch.long, device=device)) for k in main_keys]
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            main_keys, torch.cat(values), torch.tensor([len(v) for v in values], device=device))  # one row per key
+        out = main_ec(kjt)
+        for s in TABLE_COLUMNS:
+            rows[s].append(out[feature_name("long", s)].values())
+    emb = {s: torch.cat(v) if v else None for s, v in rows.items()}
+    offset = {s: 0 for s in TABLE_COLUMNS}
+    diff = torch.zeros(3, dtype=torch.float64, device=device)  # |new - old|^2, |new|^2, rows changed
+    total_rows = torch.zeros(1, dtype=torch.float64, device=device)
+    for t, blk, _, c0 in blocks:
+        n_rows = blk.shape[0]
+        x = emb[t.source][offset[t.source]:offset[t.source] + n_rows]  # (rows, D) source embeddings
+        offset[t.source] += n_rows
+        new = project(t, x)[:, c0:c0 + blk.shape[1]].to(blk.dtype)  # (rows, this block's columns)
+        delta = new - blk
+        diff += torch.stack([delta.pow(2).sum(), new.pow(2).sum(), (delta != 0).any(1).sum()]).double()
+        total_rows += n_rows
+        blk.copy_(new)
+    stats = torch.cat([diff, total_rows])
+    if dist.is_initialized():
+        dist.all_reduce(stats)
+    return {"rel_change": (stats[0] / stats[1].clamp(min=1e-30)).sqrt().item(),
+            "rows_changed": (stats[2] / stats[3].clamp(min=1)).item()}

@@ -1,0 +1,132 @@
+"""Cached GSU keys and the two-phase lookup: parity with the plain path, staleness, dedup."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lifelong.embeddings.key_cache import dedup_lookup
+from lifelong.models.gsu.simhash import SimHash
+from lifelong.trainers.config import TrainConfig
+from lifelong.trainers.local import fit_local, local_optimizer
+from lifelong.trainers.model_setup import plain_model
+from lifelong.trainers.worker import make_collator
+from tests.helpers import tiny_job, tiny_samples
+
+CACHED = ["twin", "lic", "eta"]
+
+
+def _pair(model: str, **train):
+    """(cached model, plain model) with the same weights, the cache freshly refreshed."""
+    samples, meta = tiny_samples()
+    cfg = {"k": 6}
+    fast, ref = tiny_job(model, meta, cfg, users=True, key_cache_every=1, **train), tiny_job(model, meta, cfg, users=True)
+    torch.manual_seed(0)
+    m_fast = plain_model(fast)
+    m_ref = plain_model(ref)
+    m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
+    m_fast.refresh_keys()
+    return m_fast, m_ref, make_collator(fast)(samples.slice(0, 48)), fast
+
+
+@pytest.mark.parametrize("model", CACHED)
+def test_cached_gsu_two_phase_lookup_equals_plain_path_forward_and_backward(model):
+    m_fast, m_ref, batch, _ = _pair(model)
+    assert batch.long_len > m_fast.gsu.k  # the GSU has to choose
+    looked = []
+    m_fast.embeddings.register_forward_hook(lambda mod, args, out: looked.append(args[0]["long_item"].values().numel()))
+    out_fast, out_ref = m_fast(batch), m_ref(batch)
+    assert looked and looked[0] <= batch.size * m_fast.gsu.k  # only the k selected ids reach the main tables
+    assert looked[0] < batch.sparse["long_item"].values().numel()
+    assert torch.allclose(out_fast, out_ref, atol=1e-5)
+    out_fast.sum().backward()
+    out_ref.sum().backward()
+    ref = dict(m_ref.named_parameters())
+    for n, p in m_fast.named_parameters():
+        if n.startswith("key_cache."):
+            assert p.grad is None  # the cache is not trained
+            continue
+        assert (p.grad is None) == (ref[n].grad is None), n
+        if p.grad is not None:
+            assert torch.allclose(p.grad, ref[n].grad, atol=1e-5), n
+
+
+@pytest.mark.parametrize("model", CACHED)
+def test_cached_gsu_picks_the_same_top_k_as_the_live_gsu(model):
+    m_fast, _, batch, _ = _pair(model)
+    import lifelong.embeddings.key_cache as kc
+    from lifelong.models.base import _mask
+
+    widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
+    cached = kc.lookup(m_fast.key_cache, m_fast.cache_tables(m_fast.config), batch.sparse, widths, False)
+    mask = _mask(batch.sparse["long_item"].lengths(), batch.long_len)
+    idx_c, s_c = m_fast.cached_gsu(*m_fast.cached_gsu_inputs(batch, cached), mask)
+    emb = m_fast.lookup(batch)
+    idx_l, s_l = m_fast.gsu(*m_fast.gsu_inputs(batch, emb), mask)
+    assert torch.equal(idx_c, idx_l)
+    assert torch.allclose(s_c, s_l, atol=1e-5)
+
+
+def test_stale_cache_is_reported_and_refresh_restores_parity():
+    m_fast, m_ref, batch, job = _pair("twin")
+    opt = local_optimizer(job, m_fast)
+    m_fast(batch).sum().backward()
+    opt.step()  # the tables and W_h move; the cache does not
+    m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
+    with torch.no_grad():
+        stale = m_fast(batch)
+    drift = m_fast.refresh_keys()
+    assert drift["rel_change"] > 1e-4 and drift["rows_changed"] > 0.5
+    with torch.no_grad():
+        fresh, ref = m_fast(batch), m_ref(batch)
+    assert torch.allclose(fresh, ref, atol=1e-5)
+    assert m_fast.refresh_keys() == {"rel_change": 0.0, "rows_changed": 0.0}
+    assert not torch.equal(stale, fresh) or drift["rel_change"] < 1e-3
+
+
+def test_dedup_lookup_equals_plain_lookup_values_and_grads():
+    samples, meta = tiny_samples()
+    job = tiny_job("din_full", meta, users=True)
+    batch = make_collator(job)(samples.slice(0, 32))
+    torch.manual_seed(0)
+    a, b = plain_model(job), plain_model(job)
+    b.load_state_dict(a.state_dict())
+    out_a, out_b = a.embeddings(batch.sparse), dedup_lookup(b.embeddings, batch.sparse)
+    ids = batch.sparse["long_item"].values()
+    assert ids.unique().numel() < ids.numel()  # there are repeats to remove
+    loss_a = sum((out_a[k].values() ** 2).sum() for k in batch.sparse.keys())
+    loss_b = sum((out_b[k].values() ** 2).sum() for k in batch.sparse.keys())
+    assert torch.allclose(loss_a, loss_b)
+    loss_a.backward()
+    loss_b.backward()
+    for (n, p), (_, q) in zip(a.embeddings.named_parameters(), b.embeddings.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), n
+
+
+def test_simhash_part_halves_rebuild_the_block_signature():
+    h = SimHash(32, 64, seed=2, blocks=2)
+    x = torch.randn(10, 32)
+    halves = torch.cat([h.part_halves(x[:, :16], 0), h.part_halves(x[:, 16:], 1)], -1)  # (10, 4)
+    assert halves.max() < 2 ** 16 and halves.dtype == torch.float32
+    assert torch.equal(h.pack_halves(halves), h.signature(x))
+    assert (h.R[:16, 32:] == 0).all() and (h.R[16:, :32] == 0).all()  # block-diagonal
+
+
+def test_key_cache_config_errors_and_models_without_cache():
+    with pytest.raises(ValueError, match="key_cache_every"):
+        TrainConfig(key_cache_every=-1)
+    samples, meta = tiny_samples()
+    m = plain_model(tiny_job("din", meta, key_cache_every=5))
+    assert getattr(m, "key_cache", None) is None  # not a cacheable GSU: the setting is ignored
+    with pytest.raises(ValueError, match="eta bits"):
+        tiny_job("eta", meta, {"bits": 40})
+
+
+def test_training_with_the_key_cache_reports_drift_and_learns():
+    samples, meta = tiny_samples()
+    train, valid = samples.slice(0, 160), samples.slice(160)
+    job = tiny_job("twin", meta, {"k": 6}, users=True, key_cache_every=3, batch_size=16, epochs=1)
+    _, hist = fit_local(job, train, valid)
+    h = hist[-1]
+    assert h["key_cache_refreshes"] == 4 + 1  # steps 0, 3, 6, 9 of 10, then before evaluation
+    assert 0 < h["key_cache_rel_change"] < 1
+    assert h["train_loss_end"] < h["train_loss_start"]
