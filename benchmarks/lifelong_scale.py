@@ -1,7 +1,12 @@
 """Lifelong scale on one worker: samples/s, peak memory and GSU cost per model at L = 10^3..10^5,
 on planted SYNTHETIC data in the sequence-store layout.
 
-    .venv/bin/python benchmarks/lifelong_scale.py --lens 1000,10000 --models din_full,sim_hard,eta,sdim,twin,lic
+    .venv/bin/python benchmarks/lifelong_scale.py --lens 1000,10000 \
+        --models din_full,sim_hard,eta,eta+cache,sdim,twin,twin+cache,lic,lic+cache
+
+A model name with `+cache` runs its GSU on the key cache (`train.key_cache_every` = --refresh),
+refreshed once before timing; its one refresh is timed and its cost, spread over --refresh
+steps, is included in samples/s. `+dedup` also deduplicates ids in every lookup.
 
 For each L one log is generated and its samples (store layout) written once; each (L, model)
 then runs in a fresh process (so its peak RSS is its own): `--steps` timed training steps of an
@@ -72,14 +77,17 @@ class Timer:
         return timed
 
 
-def measure(model: str, folder: str, meta: dict, batch: int, steps: int, warmup: int, k: int) -> dict:
+def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmup: int, k: int, refresh: int
+            ) -> dict:
     """One (L, model) in this (fresh) process. Peak RSS is reported with its growth after the data
     and batches were loaded (the model, its activations and optimiser state)."""
     torch.manual_seed(0)
     L = meta["max_len"]
+    model, *opts = variant.split("+")
     cfg = {"k": k} if issubclass(entry(model).module, TwoStage) else {}
+    train = TrainConfig(batch_size=batch, key_cache_every=refresh if "cache" in opts else 0, dedup_ids="dedup" in opts)
     job = JobSpec(model, cfg, FeatureSpec(meta["n_items"], meta["n_categories"], 16),
-                  SampleConfig(max_len=L, short_len=50, layout="store"), TrainConfig(batch_size=batch))
+                  SampleConfig(max_len=L, short_len=50, layout="store"), train)
     samples = pq.read_table(Path(folder) / "samples.parquet")
     store = SequenceStore.read(Path(folder) / "store.parquet")
     collate = make_collator(job, store=store)
@@ -95,12 +103,21 @@ def measure(model: str, folder: str, meta: dict, batch: int, steps: int, warmup:
     base_rss = peak_rss_mb()
     m = plain_model(job)
     opt = local_optimizer(job, m)
+    refresh_s = 0.0
+    if m.key_cache is not None:
+        t = time.perf_counter()
+        m.refresh_keys()
+        refresh_s = time.perf_counter() - t
     if collate.prefilter is None and isinstance(m, TwoStage):
-        m.select = gsu.wrap(m.select, lambda b, emb: 0)  # keys' bytes come from the hook below
+        cached = m.key_cache is not None
+        if cached:
+            m.select_cached = gsu.wrap(m.select_cached, lambda b: 0)
+        else:
+            m.select = gsu.wrap(m.select, lambda b, emb: 0)  # keys' bytes come from the hook below
 
         def count_keys(module, args):  # GSU inputs: (query, candidates (B, L, ...), mask)
             gsu.bytes += args[1].nbytes
-        m.gsu.register_forward_pre_hook(count_keys)
+        (m.cached_gsu if cached else m.gsu).register_forward_pre_hook(count_keys)
     for i, b in enumerate(batches):
         if i == warmup:
             t = time.perf_counter()
@@ -110,9 +127,10 @@ def measure(model: str, folder: str, meta: dict, batch: int, steps: int, warmup:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    elapsed = time.perf_counter() - t
+    elapsed = time.perf_counter() - t + refresh_s * steps / max(refresh, 1)  # refreshes amortised
     timed = steps * batch
-    return {"model": model, "L": L, "samples_per_s": timed / elapsed, "collate_per_s": collate_rate,
+    return {"model": variant, "L": L, "samples_per_s": timed / elapsed, "collate_per_s": collate_rate,
+            "refresh_ms": 1e3 * refresh_s if m.key_cache is not None else None,
             "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss,
             "gsu_us_per_sample": 1e6 * gsu.seconds / gsu_samples if gsu.bytes else None,
             "gsu_key_bytes_per_sample": gsu.bytes / gsu_samples if gsu.bytes else None}
@@ -138,29 +156,30 @@ def run_one(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lens", default="1000,10000")
-    p.add_argument("--models", default="din_full,sim_hard,eta,sdim,twin,lic")
+    p.add_argument("--models", default="din_full,sim_hard,eta,eta+cache,sdim,twin,twin+cache,lic,lic+cache")
     p.add_argument("--users", type=int, default=32)
     p.add_argument("--impressions", type=int, default=40)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--k", type=int, default=100)
+    p.add_argument("--refresh", type=int, default=100, help="steps between key-cache refreshes (+cache models)")
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args()
     bw = copy_bandwidth()
     print(f"SYNTHETIC planted logs, {a.users} users x {a.impressions} impressions; one process per (L, model), "
           f"unsharded, CPU ({torch.get_num_threads()} threads), batch {a.batch}, k {a.k}, {a.steps} timed steps; "
-          f"copy bandwidth {bw / 1e9:.2f} GB/s\n")
+          f"copy bandwidth {bw / 1e9:.2f} GB/s; key-cache refresh every {a.refresh} steps\n")
     print("| L | model | samples/s | x din_full | peak RSS MB (data + model) | GSU us/sample | GSU key KB/sample "
-          "| floor us/sample | GSU / floor | ingest (collate) samples/s | ingest / train |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| floor us/sample | GSU / floor | refresh ms | ingest (collate) samples/s | ingest / train |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for L in (int(x) for x in a.lens.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             meta = prepare(L, a.users, a.impressions, Path(tmp))
             base = None
             for model in a.models.split(","):
-                r = run_one((model, tmp, meta, a.batch, a.steps, a.warmup, a.k))
+                r = run_one((model, tmp, meta, a.batch, a.steps, a.warmup, a.k, a.refresh))
                 rows.append(r)
                 if "error" in r:
                     print(f"| {L:,} | {model} | failed: {r['error']} |||||||||", flush=True)
@@ -174,7 +193,8 @@ def main() -> None:
                 else:
                     gsu = "– | – | – | –"
                 rss = f"{r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] - r['base_rss_mb']:+.0f})"
-                print(f"| {L:,} | {model} | {r['samples_per_s']:.0f} | {ratio} | {rss} | {gsu} "
+                refresh = f"{r['refresh_ms']:.0f}" if r["refresh_ms"] is not None else "–"
+                print(f"| {L:,} | {model} | {r['samples_per_s']:.0f} | {ratio} | {rss} | {gsu} | {refresh} "
                       f"| {r['collate_per_s']:.0f} | {r['collate_per_s'] / r['samples_per_s']:.1f} |", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))

@@ -19,7 +19,8 @@ def _pair(model: str, **train):
     """(cached model, plain model) with the same weights, the cache freshly refreshed."""
     samples, meta = tiny_samples()
     cfg = {"k": 6}
-    fast, ref = tiny_job(model, meta, cfg, users=True, key_cache_every=1, **train), tiny_job(model, meta, cfg, users=True)
+    fast = tiny_job(model, meta, cfg, users=True, key_cache_every=1, **train)
+    ref = tiny_job(model, meta, cfg, users=True)
     torch.manual_seed(0)
     m_fast = plain_model(fast)
     m_ref = plain_model(ref)
@@ -51,6 +52,19 @@ def test_cached_gsu_two_phase_lookup_equals_plain_path_forward_and_backward(mode
 
 
 @pytest.mark.parametrize("model", CACHED)
+@pytest.mark.parametrize("dedup", [False, True])
+def test_fast_cached_selection_equals_its_reference(model, dedup):
+    """Jagged / per-distinct-id scoring vs padded keys through the GSU module."""
+    m_fast, _, batch, _ = _pair(model)
+    m_fast.dedup_ids = dedup
+    assert m_fast.fast_cached
+    idx_fast, valid_fast = m_fast.select_cached_fast(batch)
+    idx_ref, valid_ref = m_fast.select_cached_reference(batch)
+    assert torch.equal(valid_fast, valid_ref)
+    assert torch.equal(idx_fast, idx_ref)
+
+
+@pytest.mark.parametrize("model", CACHED)
 def test_cached_gsu_picks_the_same_top_k_as_the_live_gsu(model):
     m_fast, _, batch, _ = _pair(model)
     import lifelong.embeddings.key_cache as kc
@@ -59,7 +73,7 @@ def test_cached_gsu_picks_the_same_top_k_as_the_live_gsu(model):
     widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
     cached = kc.lookup(m_fast.key_cache, m_fast.cache_tables(m_fast.config), batch.sparse, widths, False)
     mask = _mask(batch.sparse["long_item"].lengths(), batch.long_len)
-    idx_c, s_c = m_fast.cached_gsu(*m_fast.cached_gsu_inputs(batch, cached), mask)
+    idx_c, s_c = m_fast.cached_gsu(*m_fast.cached_gsu_inputs(batch, cached), mask)  # the reference form
     emb = m_fast.lookup(batch)
     idx_l, s_l = m_fast.gsu(*m_fast.gsu_inputs(batch, emb), mask)
     assert torch.equal(idx_c, idx_l)
@@ -90,7 +104,7 @@ def test_dedup_lookup_equals_plain_lookup_values_and_grads():
     torch.manual_seed(0)
     a, b = plain_model(job), plain_model(job)
     b.load_state_dict(a.state_dict())
-    out_a, out_b = a.embeddings(batch.sparse), dedup_lookup(b.embeddings, batch.sparse)
+    out_a, out_b = a.embeddings(batch.sparse), dedup_lookup(b.embeddings, batch.sparse, job.features.feature_rows())
     ids = batch.sparse["long_item"].values()
     assert ids.unique().numel() < ids.numel()  # there are repeats to remove
     loss_a = sum((out_a[k].values() ** 2).sum() for k in batch.sparse.keys())
@@ -130,3 +144,14 @@ def test_training_with_the_key_cache_reports_drift_and_learns():
     assert h["key_cache_refreshes"] == 4 + 1  # steps 0, 3, 6, 9 of 10, then before evaluation
     assert 0 < h["key_cache_rel_change"] < 1
     assert h["train_loss_end"] < h["train_loss_start"]
+
+
+def test_unique_ids_by_marking_rows_equals_torch_unique():
+    from lifelong.embeddings.key_cache import unique_ids
+
+    ids = torch.randint(0, 50, (300,))
+    u, inv = unique_ids(ids, 50)
+    ru, rinv = torch.unique(ids, return_inverse=True)
+    assert torch.equal(u, ru) and torch.equal(inv, rinv)
+    u, inv = unique_ids(ids, 10**7)  # a huge table: falls back to sorting
+    assert torch.equal(u, ru) and torch.equal(inv, rinv)

@@ -16,7 +16,7 @@ feature is looked up once and expanded after.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -59,34 +59,74 @@ def cache_collection(spec: FeatureSpec, tables: tuple[CacheTable, ...], dim: int
     return ec
 
 
-def dedup_lookup(ec: torch.nn.Module, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
-    """`ec(kjt)` with each feature's distinct ids looked up once: the looked-up KJT holds, per
-    feature, its unique ids in the first row; rows are expanded back (gradients sum per id)."""
-    keys, uniq, inverse = kjt.keys(), [], []
-    lengths = []
+def unique_ids(ids: torch.Tensor, n_rows: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted distinct ids, inverse) like `torch.unique(return_inverse=True)`; with the table's row
+    count given and not much larger than len(ids), by marking present rows (O(N + rows), no sort)."""
+    if n_rows is None or n_rows > 4 * ids.numel() + 1024:
+        return torch.unique(ids, return_inverse=True)
+    present = torch.zeros(n_rows, dtype=torch.bool, device=ids.device)
+    present[ids] = True
+    rank = present.cumsum(0) - 1  # row -> its index among the present rows
+    return present.nonzero().squeeze(1), rank[ids]
+
+
+def unique_lookup(ec: torch.nn.Module, kjt: KeyedJaggedTensor, rows: Optional[dict[str, int]] = None
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each feature's distinct ids looked up once: feature -> (rows (U, D), inverse (N,)) with
+    rows[inverse] the feature's values in order. The looked-up KJT holds each feature's unique
+    ids in its first row. `rows`: feature -> its table's row count (enables `unique_ids`' fast form)."""
+    keys, uniq, inverse, lengths = kjt.keys(), [], [], []
     B = kjt.stride()
     for key in keys:
-        u, inv = torch.unique(kjt[key].values(), return_inverse=True)
+        u, inv = unique_ids(kjt[key].values(), (rows or {}).get(key))
         uniq.append(u)
         inverse.append(inv)
         row = torch.zeros(B, dtype=kjt.lengths().dtype, device=u.device)
         row[:1] = u.numel()
         lengths.append(row)
     looked = ec(KeyedJaggedTensor.from_lengths_sync(keys, torch.cat(uniq), torch.cat(lengths)))
-    return {key: JaggedTensor(values=looked[key].values()[inv], lengths=kjt[key].lengths())
-            for key, inv in zip(keys, inverse)}
+    return {key: (looked[key].values(), inv) for key, inv in zip(keys, inverse)}
+
+
+def dedup_lookup(ec: torch.nn.Module, kjt: KeyedJaggedTensor, rows: Optional[dict[str, int]] = None
+                 ) -> dict[str, JaggedTensor]:
+    """`ec(kjt)` with each feature's distinct ids looked up once and expanded back (gradients sum
+    per id, as the embedding kernels do for repeated ids)."""
+    return {key: JaggedTensor(values=r[inv], lengths=kjt[key].lengths())
+            for key, (r, inv) in unique_lookup(ec, kjt, rows).items()}
+
+
+def table_rows(spec: FeatureSpec, tables: tuple[CacheTable, ...]) -> dict[str, int]:
+    """Cache feature -> row count of its table."""
+    return {feature_name(g, t.name): spec.num_embeddings(t.source) for t in tables for g in t.groups}
+
+
+def cache_kjt(tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    """The batch's ids under the cache features' names (a cache table reads its source's ids)."""
+    src = [sparse[feature_name(g, t.source)] for t in tables for g in t.groups]
+    return KeyedJaggedTensor.from_lengths_sync(cache_features(tables), torch.cat([j.values() for j in src]),
+                                               torch.cat([j.lengths() for j in src]))
 
 
 def lookup(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor, widths: dict[str, int],
-           dedup: bool) -> dict[str, torch.Tensor]:
-    """Cached keys of the batch: cache feature -> (B, width of its group, dim), zero padded."""
-    names = cache_features(tables)
-    src = [sparse[feature_name(g, t.source)] for t in tables for g in t.groups]
-    kjt = KeyedJaggedTensor.from_lengths_sync(names, torch.cat([j.values() for j in src]),
-                                              torch.cat([j.lengths() for j in src]))
-    out = dedup_lookup(ec, kjt) if dedup else ec(kjt)
+           dedup: Optional[dict[str, int]]) -> dict[str, torch.Tensor]:
+    """Cached keys of the batch: cache feature -> (B, width of its group, dim), zero padded.
+    `dedup`: None, or feature -> table rows (`table_rows`) to look each distinct id up once."""
+    kjt = cache_kjt(tables, sparse)
+    out = dedup_lookup(ec, kjt, dedup) if dedup is not None else ec(kjt)
     return {feature_name(g, t.name): out[feature_name(g, t.name)].to_padded_dense(desired_length=widths[g])
             for t in tables for g in t.groups}  # (B, T, dim)
+
+
+def lookup_rows(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor,
+                dedup: Optional[dict[str, int]]) -> dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """Cached keys of the batch, jagged: cache feature -> (rows, inverse) with rows[inverse] the
+    feature's keys in order (N, dim); inverse is None without dedup (rows are already in order)."""
+    kjt = cache_kjt(tables, sparse)
+    if dedup is not None:
+        return unique_lookup(ec, kjt, dedup)
+    out = ec(kjt)
+    return {k: (out[k].values(), None) for k in kjt.keys()}
 
 
 def _local_blocks(ec: torch.nn.Module, table: str) -> list[tuple[torch.Tensor, int, int]]:

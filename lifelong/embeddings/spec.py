@@ -62,6 +62,11 @@ class FeatureSpec:
     def num_embeddings(self, table: str) -> int:
         return {"item": self.n_items, "cat": self.n_categories, USER: self.n_users}[table] + 1
 
+    def feature_rows(self) -> dict[str, int]:
+        """Main feature -> row count of its table."""
+        rows = {feature_name(g, t): self.num_embeddings(t) for t in TABLE_COLUMNS for g in GROUPS}
+        return {**rows, USER: self.num_embeddings(USER)} if self.n_users else rows
+
     @property
     def user_dim(self) -> int:
         return self.dim if self.n_users else 0

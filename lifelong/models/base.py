@@ -81,7 +81,8 @@ class CTRModel(nn.Module):
         if side_tables:  # side features follow the main ones in the KJT
             n_side = sum(len(s.groups) for s in side_tables)
             sparse, side_sparse = batch.sparse.split([len(sparse.keys()) - n_side, n_side])
-        out = dedup_lookup(self.embeddings, sparse) if self.dedup_ids else self.embeddings(sparse)  # feature -> (N, D)
+        out = dedup_lookup(self.embeddings, sparse, self.spec.feature_rows()) if self.dedup_ids \
+            else self.embeddings(sparse)  # feature -> JaggedTensor (N, D)
         cat = lambda g, w: torch.cat([_dense(out[feature_name(g, t)], w) for t in TABLE_COLUMNS], -1)  # noqa: E731
         target = cat("target", 1).squeeze(1)  # (B, E)
         sp = batch.sparse

@@ -13,6 +13,7 @@ behaviours are looked up in full.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.key_cache import CacheTable
 from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name
 from lifelong.models.base import Embedded, InputSpec
-from lifelong.models.gsu.simhash import HALF, SimHash, SimHashGSU
+from lifelong.models.gsu.simhash import HALF, SimHash, SimHashGSU, hamming
 from lifelong.models.registry import register
 from lifelong.models.two_stage import GapSearch
 
@@ -79,3 +80,21 @@ class ETA(GapSearch):
         sig = lambda g: self.hash.pack_halves(torch.cat(  # noqa: E731
             [cached[feature_name(g, f"{t}_sig")][..., :self.halves] for t in TABLE_COLUMNS], -1))  # (B, T, W)
         return sig("target").squeeze(1), sig("long")
+
+    # The fast form: the signature is item bits | category bits, so the Hamming distance is the
+    # sum of each table's; each table's words are compared once per distinct id and query.
+    fast_cached = True
+
+    def cached_queries(self, rows: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]
+                       ) -> dict[str, torch.Tensor]:
+        expand = lambda r, inv: r if inv is None else r[inv]  # noqa: E731
+        return {feature_name("long", f"{t}_sig"): expand(*rows[feature_name("target", f"{t}_sig")])
+                for t in TABLE_COLUMNS}  # (B, key_dim) halves
+
+    def pair_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        words = lambda h: self.hash.pack_halves(h[:, :self.halves])  # noqa: E731
+        return -hamming(words(keys).unsqueeze(1), words(queries).unsqueeze(0)).float()  # (U, B)
+
+    def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        words = lambda h: self.hash.pack_halves(h[:, :self.halves])  # noqa: E731
+        return -hamming(words(keys), words(queries)).float()  # (N,)

@@ -119,9 +119,20 @@ class CrossFeatures(nn.Module):
         self.position = nn.Embedding(buckets, dim)
         self.buckets = buckets
 
+    def buckets_of(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor
+                   ) -> list[torch.Tensor]:
+        """Bucket ids of each feature (each (B, T)) for behaviours at positions pos (B, T) of
+        histories with count (B,) behaviours; ts (B, T)."""
+        from_newest = (count.unsqueeze(1) - 1 - pos).clamp(min=0)  # (B, T)
+        pos_bucket = torch.log2(from_newest.float() + 1).floor().long().clamp(max=self.buckets - 1)
+        return [self.gap.bucket(request_ts, ts), pos_bucket]
+
+    def tables(self) -> list[torch.Tensor]:
+        """Each feature's embedding table (buckets, dim), in output order."""
+        return [self.gap.emb.weight, self.position.weight]
+
     def forward(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor
                 ) -> torch.Tensor:
-        """Behaviours at positions pos (B, T) of histories with count (B,) behaviours; ts (B, T)."""
-        from_newest = (count.unsqueeze(1) - 1 - pos).clamp(min=0)  # (B, T)
-        pos = torch.log2(from_newest.float() + 1).floor().long().clamp(max=self.buckets - 1)
-        return torch.cat([self.gap(request_ts, ts), self.position(pos)], -1)  # (B, T, 2 * dim)
+        """(B, T, 2 * dim) for behaviours at positions pos (B, T) of histories with count (B,) behaviours."""
+        return torch.cat([nn.functional.embedding(b, w) for b, w in zip(self.buckets_of(request_ts, ts, count, pos),
+                                                             self.tables())], -1)

@@ -11,6 +11,7 @@ trainer's key cache the Clock-GSU reads `W_b b` and `W_q q` per id from cache ta
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
-from lifelong.models.gsu.clock import ClockAttention, circular_gap, gap_features, minute_of_day
+from lifelong.models.gsu.clock import DAY_MIN, ClockAttention, circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.layers import ActivationUnit
 from lifelong.models.registry import register
@@ -64,10 +65,23 @@ class LIC(ProjectedKeys, TwoStage):
     def query_proj(self) -> nn.Linear:
         return self.clock.w_q
 
+    def delta(self, batch: Batch, ts: torch.Tensor) -> torch.Tensor:
+        """Circular time-of-day gap Δ in minutes of behaviours at times ts (B, T) to the request."""
+        now = minute_of_day(batch.target_ts, self.config.tz_offset_min).unsqueeze(1)  # (B, 1)
+        return circular_gap(minute_of_day(ts, self.config.tz_offset_min), now)
+
     def gaps(self, batch: Batch, ts: torch.Tensor) -> torch.Tensor:
         """Δ features of behaviours at times ts (B, T) to the request: (B, T, 4)."""
-        now = minute_of_day(batch.target_ts, self.config.tz_offset_min).unsqueeze(1)  # (B, 1)
-        return gap_features(circular_gap(minute_of_day(ts, self.config.tz_offset_min), now))
+        return gap_features(self.delta(batch, ts))
+
+    @property
+    def dot_scale(self) -> float:
+        return 1.0 / (self.config.heads * math.sqrt(self.config.head_dim))
+
+    def extra_relevance(self, batch: Batch) -> torch.Tensor:
+        per_minute = torch.arange(DAY_MIN // 2 + 1, device=batch.long_ts.device)  # every possible Δ
+        table = self.clock.s(gap_features(per_minute)).mean(-1)  # (721,) head mean of s(Δ)
+        return table[self.delta(batch, batch.long_ts)]  # (B, L)
 
     def keys(self, batch: Batch, seq: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """[b, Δ features]: (B, T, E + 4)."""

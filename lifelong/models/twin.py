@@ -10,6 +10,7 @@ CP-GSU reads `K_h W_h` and `q W_q` per id from cache tables (`ProjectedKeys`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,16 @@ class TWIN(ProjectedKeys, TwinFrame):
 
     def item_keys(self, emb: Embedded) -> torch.Tensor:
         return emb.long  # (B, L, E)
+
+    @property
+    def dot_scale(self) -> float:
+        return 1.0 / (self.config.heads * math.sqrt(self.config.head_dim))
+
+    def extra_relevance(self, batch: Batch) -> torch.Tensor:
+        lengths = batch.sparse["long_item"].lengths()
+        pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
+        return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(
+            batch.target_ts, batch.long_ts, lengths, pos))  # (B, L)
 
     def extra_keys(self, batch: Batch) -> torch.Tensor:
         lengths = batch.sparse["long_item"].lengths()

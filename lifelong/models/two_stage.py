@@ -17,9 +17,11 @@ for GSUs whose keys are bias-free linear maps of the behaviour (TWIN, LIC).
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings import key_cache
 from lifelong.embeddings.collate import Batch
@@ -72,39 +74,78 @@ class TwoStage(CTRModel):
     def cached_gsu(self) -> GSU:
         return self.gsu
 
+    @property
+    def cache_dedup(self) -> Optional[dict[str, int]]:
+        """Cache feature -> table rows when lookups are deduplicated, else None."""
+        return key_cache.table_rows(self.spec, self.cache_tables(self.config)) if self.dedup_ids else None
+
     def refresh_keys(self, chunk: int = 65536) -> dict[str, float]:
         """Recompute the cached keys from the live tables and dense parameters (collective)."""
         keys = list(features((), user=self.spec.n_users > 0))
         return key_cache.refresh(self.key_cache, self.embeddings, keys, self.cache_tables(self.config),
                                  self.project, chunk)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        if self.key_cache is None or (batch.long_len <= self.gsu.k and not self.gsu.filters):
-            return super().forward(batch)
+    def select_cached(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """GSU top-k positions (B, k) and validity from the cached keys of the full history."""
+        return self.select_cached_fast(batch) if self.fast_cached else self.select_cached_reference(batch)
+
+    def select_cached_reference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain form: padded keys (B, L, dim) through the GSU module."""
         widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
         mask = _mask(batch.sparse[feature_name("long", "item")].lengths(), batch.long_len)  # (B, L)
         with torch.no_grad():
             cached = key_cache.lookup(self.key_cache, self.cache_tables(self.config), batch.sparse, widths,
-                                      self.dedup_ids)
-        idx, scores = self.cached_gsu(*self.cached_gsu_inputs(batch, cached), mask)
-        valid = valid_slots(scores)
+                                      self.cache_dedup)
+            idx, scores = self.cached_gsu(*self.cached_gsu_inputs(batch, cached), mask)
+        return idx, valid_slots(scores)
+
+    # The fast form, for GSUs whose score is a sum over cache tables of a per-(behaviour, query)
+    # score plus a lookup-free term: scored on the jagged cache rows, or with dedup once per
+    # distinct id and query, then gathered per behaviour; nothing (B, L, dim) is built.
+    fast_cached = False  # a subclass with `cached_queries`, `pair_scores`, `row_scores` sets it
+
+    def cached_queries(self, rows: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]
+                       ) -> dict[str, torch.Tensor]:
+        """Lifelong cache feature -> the query (B, dim) its rows are scored against."""
+        raise NotImplementedError
+
+    def pair_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Every key (U, dim) against every query (B, dim): (U, B)."""
+        raise NotImplementedError
+
+    def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Row-aligned keys and queries (N, dim): (N,)."""
+        raise NotImplementedError
+
+    def extra_relevance(self, batch: Batch) -> torch.Tensor | float:
+        """The score's lookup-free term over the full history (B, L), or 0."""
+        return 0.0
+
+    def select_cached_fast(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = batch.sparse[feature_name("long", "item")].lengths()
+        mask = _mask(lengths, batch.long_len)  # (B, L)
+        with torch.no_grad():
+            rows = key_cache.lookup_rows(self.key_cache, self.cache_tables(self.config), batch.sparse,
+                                         self.cache_dedup)
+            row_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # (N,)
+            total = 0
+            for feature, q in self.cached_queries(rows).items():
+                keys, inv = rows[feature]
+                total = total + (self.row_scores(keys, q[row_of]) if inv is None
+                                 else self.pair_scores(keys, q)[inv, row_of])  # (N,)
+            scores = JaggedTensor(values=total, lengths=lengths).to_padded_dense(desired_length=batch.long_len)
+            idx, top = masked_topk(scores + self.extra_relevance(batch), mask, self.gsu.k)  # (B, L) -> (B, k)
+        return idx, valid_slots(top)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        if self.key_cache is None or (batch.long_len <= self.gsu.k and not self.gsu.filters):
+            return super().forward(batch)
+        idx, valid = self.select_cached(batch)
         selected = select_long(batch, idx, valid)
         emb = self.lookup(selected)  # full-width embeddings of the k selected behaviours only
         k = idx.shape[1]
         return self.logits(self.interest_from(selected, emb, torch.arange(k, device=idx.device).expand_as(idx),
                                               valid), emb)
-
-    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query, candidates (B, L, ...)) in the GSU's cheap representation."""
-        raise NotImplementedError
-
-    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        """The ESU's attention logits over all L, averaged over heads: (B, L)."""
-        raise NotImplementedError
-
-    def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Interest (B, F) given selected positions idx (B, k) and their validity (B, k)."""
-        raise NotImplementedError
 
     def select(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         """GSU top-k positions and validity; with L <= k (and a GSU that does not filter) every
@@ -234,3 +275,25 @@ class ProjectedKeys:
         q = sum(cached[feature_name("target", f"{t}_query")] for t in TABLE_COLUMNS).squeeze(1)  # (B, out)
         k = sum(cached[feature_name("long", f"{t}_key")] for t in TABLE_COLUMNS)  # (B, L, out)
         return q, torch.cat([k, self.extra_keys(batch)], -1)
+
+    # The fast form. The GSU ranks by the head mean of α_h = k_h·q_h / sqrt(d) + e_h, which is
+    # (k·q) / (H sqrt(d)) + mean_h e_h: one dot product of the flat projections per behaviour and
+    # table, plus the head-mean extra term from lookup-free per-bucket tables.
+    fast_cached = True
+
+    @property
+    def dot_scale(self) -> float:
+        """1 / (H sqrt(d)) of the relevance's dot-product term."""
+        raise NotImplementedError
+
+    def cached_queries(self, rows: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]
+                       ) -> dict[str, torch.Tensor]:
+        expand = lambda r, inv: r if inv is None else r[inv]  # noqa: E731
+        q = sum(expand(*rows[feature_name("target", f"{t}_query")]) for t in TABLE_COLUMNS)  # (B, out)
+        return {feature_name("long", f"{t}_key"): q for t in TABLE_COLUMNS}
+
+    def pair_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        return (keys @ queries.T) * self.dot_scale  # (U, B)
+
+    def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nd,nd->n", keys, queries) * self.dot_scale  # (N,)

@@ -182,7 +182,8 @@ def train_loop_per_worker(config: dict) -> None:
         valid = evaluate(model, valid_batches(collate), device)
         valid.update(gsu_consistency(model, valid_batches(full_collate), device, t.diagnostic_batches))
         epoch_losses.append(stats["loss"])
-        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step, **keys.metrics(),
+        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step,
+                   **keys.metrics(),
                    **{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
         if rank == 0:
             print(f"[lifelong] epoch {epoch} at {time.perf_counter() - started:.1f}s: " + " ".join(

@@ -40,6 +40,12 @@ class TwinAttention(nn.Module):
         scalars = torch.einsum("bljc,jc->blj", per_feature, self.w_c)  # (B, L, J)
         return torch.einsum("blj,hj->bhl", scalars, self.beta)
 
+    def mean_cross_bias(self, tables: list[torch.Tensor], buckets: list[torch.Tensor]) -> torch.Tensor:
+        """Head mean of `cross_bias` from the cross features' embedding tables (buckets_j, c) and
+        bucket ids (B, L): each bucket's scalar `e w_j` is computed once per table. -> (B, L)."""
+        beta = self.beta.mean(0)  # (J,)
+        return sum(beta[j] * (tab @ self.w_c[j])[b] for j, (tab, b) in enumerate(zip(tables, buckets)))
+
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Relevance logits α: (B, H, L)."""
         k_h, k_c = candidates.split([self.item_dim, self.n_cross * self.cross_dim], -1)
