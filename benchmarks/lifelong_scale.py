@@ -14,7 +14,8 @@ unsharded model on pre-collated batches (the trainer's rate; collate overlaps tr
 Data's prefetch threads and is measured on its own as the ingest rate), the GSU's share of the
 forward pass, and the bytes of keys the GSU reads per sample next to this machine's measured copy
 bandwidth (the floor: those bytes / bandwidth). SIM-hard's GSU runs at collate time, so its GSU
-time is the collate-time category search. Prints one Markdown table.
+time is the collate-time category search. A GSU on the key cache reads each behaviour's ids and
+time stamp plus the cache rows it fetches. Prints one Markdown table.
 """
 from __future__ import annotations
 
@@ -108,16 +109,21 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
         t = time.perf_counter()
         m.refresh_keys()
         refresh_s = time.perf_counter() - t
-    if collate.prefilter is None and isinstance(m, TwoStage):
-        cached = m.key_cache is not None
-        if cached:
-            m.select_cached = gsu.wrap(m.select_cached, lambda b: 0)
-        else:
-            m.select = gsu.wrap(m.select, lambda b, emb: 0)  # keys' bytes come from the hook below
+    if collate.prefilter is None and isinstance(m, TwoStage) and m.key_cache is not None:
+        # GSU on the key cache: it reads each behaviour's ids and time stamp, and the cache rows it
+        # fetches (one per behaviour, or one per distinct id with dedup)
+        m.select_cached = gsu.wrap(m.select_cached, lambda b: sum(
+            b.sparse[f].values().nbytes for f in ("long_item", "long_cat")) + b.long_ts.nbytes)
+
+        def count_rows(module, args, out):
+            gsu.bytes += sum(out[f].values().nbytes for f in out.keys())
+        m.key_cache.register_forward_hook(count_rows)
+    elif collate.prefilter is None and isinstance(m, TwoStage):
+        m.select = gsu.wrap(m.select, lambda b, emb: 0)  # keys' bytes come from the hook below
 
         def count_keys(module, args):  # GSU inputs: (query, candidates (B, L, ...), mask)
             gsu.bytes += args[1].nbytes
-        (m.cached_gsu if cached else m.gsu).register_forward_pre_hook(count_keys)
+        m.gsu.register_forward_pre_hook(count_keys)
     for i, b in enumerate(batches):
         if i == warmup:
             t = time.perf_counter()

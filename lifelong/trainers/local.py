@@ -52,8 +52,10 @@ def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
     return _Both(cls(emb, lr=job.train.sparse_lr, **extra), dense_opt)
 
 
-def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.Module, list[dict]]:
-    """Train `job.train.epochs` epochs; returns the model and per-epoch metrics."""
+def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[SequenceStore] = None
+              ) -> tuple[torch.nn.Module, list[dict]]:
+    """Train `job.train.epochs` epochs; returns the model and per-epoch metrics (samples in the
+    store layout read their histories from `store`)."""
     torch.manual_seed(job.train.seed)
     model = plain_model(job)
     opt = local_optimizer(job, model)
@@ -61,12 +63,13 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table) -> tuple[torch.nn.
     device = torch.device("cpu")
     keys = KeyCacheRefresh(model, job.train.key_cache_every)
     for epoch in range(job.train.epochs):
-        stats = train_epoch(model, opt, batches(train, job, job.train.batch_size, job.train.seed + epoch), device,
-                            job.train.max_steps, 0, show=False, before_step=keys.step)
+        train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
+        stats = train_epoch(model, opt, train_batches, device, job.train.max_steps, 0, show=False,
+                            before_step=keys.step)
         keys.refresh()
-        metrics = evaluate(model, batches(valid, job, job.train.eval_batch_size, None), device)
-        metrics.update(gsu_consistency(model, batches(valid, job, job.train.eval_batch_size, None, True), device,
-                                       job.train.diagnostic_batches))
+        metrics = evaluate(model, batches(valid, job, job.train.eval_batch_size, None, store=store), device)
+        metrics.update(gsu_consistency(model, batches(valid, job, job.train.eval_batch_size, None, True, store),
+                                       device, job.train.diagnostic_batches))
         history.append({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
                         **{f"valid_{k}": v for k, v in metrics.items()}, **keys.metrics()})
     return model, history
