@@ -155,3 +155,27 @@ def test_unique_ids_by_marking_rows_equals_torch_unique():
     assert torch.equal(u, ru) and torch.equal(inv, rinv)
     u, inv = unique_ids(ids, 10**7)  # a huge table: falls back to sorting
     assert torch.equal(u, ru) and torch.equal(inv, rinv)
+
+
+@pytest.mark.ray
+def test_key_cache_trains_on_ray_sharded_like_its_source_and_evaluates(ray_local, tmp_path):
+    from lifelong.jobs.config import run_file
+    from lifelong.jobs.evaluate import evaluate
+    from lifelong.jobs.train import train
+
+    run = run_file({"name": "cached", "output_dir": str(tmp_path), "model": "twin", "model_config": {"k": 16},
+                    "data": {"format": "synthetic", "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40,
+                                                                  "n_impressions": 20, "seed": 9}},
+                    "samples": {"max_len": 256, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
+                                "layout": "store"},
+                    "train": {"batch_size": 64, "epochs": 1, "diagnostic_batches": 2, "key_cache_every": 4,
+                              "dedup_ids": True},
+                    "sharding": {"item": ["row_wise"]}, "cluster": {"num_workers": 2}})
+    s = train(run)
+    steps = s["train_steps"]
+    assert steps > 4 and s["key_cache_refreshes"] == -(-steps // 4) + 1  # every 4 steps, then before evaluation
+    assert 0 < s["key_cache_rel_change"] < 1
+    plan = (tmp_path / "cached" / "plan.txt").read_text()
+    assert "item_key: row_wise" in plan and "item_query: row_wise" in plan  # cache tables follow the item table
+    again = evaluate(s["checkpoint"], "valid")
+    assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]
