@@ -22,3 +22,16 @@ def tiny_job(model: str, meta, model_config=None, max_len=64, short_len=8, users
                    features=FeatureSpec(meta.n_items, meta.n_categories, 8, meta.n_users if users else 0),
                    samples=SampleConfig(max_len=max_len, short_len=short_len),
                    train=TrainConfig(**train))
+
+
+def store_run(tmp_path, name: str, model: str, model_config: dict, sharding=None, **train):
+    """A small Ray run file: planted synthetic log (60 users x 400 events), store layout, 2 workers."""
+    from lifelong.jobs.config import run_file
+
+    return run_file({"name": name, "output_dir": str(tmp_path), "model": model, "model_config": model_config,
+                     "data": {"format": "synthetic", "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40,
+                                                                   "n_impressions": 20, "seed": 9}},
+                     "samples": {"max_len": 256, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
+                                 "layout": "store"},
+                     "train": {"batch_size": 64, "epochs": 1, "diagnostic_batches": 2, **train},
+                     "sharding": sharding or {}, "cluster": {"num_workers": 2}})

@@ -10,7 +10,7 @@ from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.local import fit_local, local_optimizer
 from lifelong.trainers.model_setup import plain_model
 from lifelong.trainers.worker import make_collator
-from tests.helpers import tiny_job, tiny_samples
+from tests.helpers import store_run, tiny_job, tiny_samples
 
 CACHED = ["twin", "lic", "eta"]
 
@@ -159,18 +159,10 @@ def test_unique_ids_by_marking_rows_equals_torch_unique():
 
 @pytest.mark.ray
 def test_key_cache_trains_on_ray_sharded_like_its_source_and_evaluates(ray_local, tmp_path):
-    from lifelong.jobs.config import run_file
     from lifelong.jobs.evaluate import evaluate
     from lifelong.jobs.train import train
 
-    run = run_file({"name": "cached", "output_dir": str(tmp_path), "model": "twin", "model_config": {"k": 16},
-                    "data": {"format": "synthetic", "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40,
-                                                                  "n_impressions": 20, "seed": 9}},
-                    "samples": {"max_len": 256, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
-                                "layout": "store"},
-                    "train": {"batch_size": 64, "epochs": 1, "diagnostic_batches": 2, "key_cache_every": 4,
-                              "dedup_ids": True},
-                    "sharding": {"item": ["row_wise"]}, "cluster": {"num_workers": 2}})
+    run = store_run(tmp_path, "cached", "twin", {"k": 16}, {"item": ["row_wise"]}, key_cache_every=4, dedup_ids=True)
     s = train(run)
     steps = s["train_steps"]
     assert steps > 4 and s["key_cache_refreshes"] == -(-steps // 4) + 1  # every 4 steps, then before evaluation

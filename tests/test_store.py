@@ -13,7 +13,7 @@ from lifelong.data.samples import SampleConfig, build_local, build_store_local
 from lifelong.data.store import SequenceStore
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.trainers.worker import make_collator
-from tests.helpers import tiny_job
+from tests.helpers import store_run, tiny_job
 
 COPY = SampleConfig(max_len=64, short_len=8, sample_behaviors=(1,), history_behaviors=(0,))
 STORE = replace(COPY, layout="store")
@@ -85,16 +85,10 @@ def test_store_errors_name_the_user():
 
 @pytest.mark.ray
 def test_store_layout_trains_on_ray_and_evaluates(ray_local, tmp_path):
-    from lifelong.jobs.config import run_file
     from lifelong.jobs.evaluate import evaluate
     from lifelong.jobs.train import train
 
-    run = run_file({"name": "store", "output_dir": str(tmp_path), "model": "sim_hard", "model_config": {"k": 16},
-                    "data": {"format": "synthetic", "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40,
-                                                                  "n_impressions": 20, "seed": 9}},
-                    "samples": {"max_len": 256, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
-                                "layout": "store"},
-                    "train": {"batch_size": 64, "epochs": 1, "diagnostic_batches": 2}, "cluster": {"num_workers": 2}})
+    run = store_run(tmp_path, "store", "sim_hard", {"k": 16})
     s = train(run)
     assert s["train_steps"] > 0 and 0 <= s["valid_auc"] <= 1 and s["valid_gsu_recall_rows"] > 0
     samples_dir = next((tmp_path / "samples").iterdir())
