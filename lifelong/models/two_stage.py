@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Optional
+
 import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
@@ -101,7 +102,8 @@ class TwoStage(CTRModel):
 
     # The fast form, for GSUs whose score is a sum over cache tables of a per-(behaviour, query)
     # score plus a lookup-free term: scored on the jagged cache rows, or with dedup once per
-    # distinct id and query, then gathered per behaviour; nothing (B, L, dim) is built.
+    # distinct id and query (when the U x B scores are not much more than the N behaviours), then
+    # gathered per behaviour; nothing (B, L, dim) is built.
     fast_cached = False  # a subclass with `cached_queries`, `pair_scores`, `row_scores` sets it
 
     def cached_queries(self, rows: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -131,6 +133,8 @@ class TwoStage(CTRModel):
             total = 0
             for feature, q in self.cached_queries(rows).items():
                 keys, inv = rows[feature]
+                if inv is not None and keys.shape[0] * len(q) > 4 * len(inv):  # (U, B) would outgrow (N,)
+                    keys, inv = keys[inv], None
                 total = total + (self.row_scores(keys, q[row_of]) if inv is None
                                  else self.pair_scores(keys, q)[inv, row_of])  # (N,)
             scores = JaggedTensor(values=total, lengths=lengths).to_padded_dense(desired_length=batch.long_len)
