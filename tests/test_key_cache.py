@@ -143,7 +143,16 @@ def test_training_with_the_key_cache_reports_drift_and_learns():
     h = hist[-1]
     assert h["key_cache_refreshes"] == 4 + 1  # steps 0, 3, 6, 9 of 10, then before evaluation
     assert 0 < h["key_cache_rel_change"] < 1
+    assert 0 < h["key_cache_topk_overlap"] <= 1
     assert h["train_loss_end"] < h["train_loss_start"]
+
+
+def test_topk_overlap_counts_shared_valid_positions():
+    from lifelong.trainers.loop import topk_overlap
+
+    a = (torch.tensor([[0, 3, 5], [1, 2, 0]]), torch.tensor([[True, True, True], [True, True, False]]))
+    b = (torch.tensor([[3, 4, 5], [2, 0, 0]]), torch.tensor([[True, True, True], [True, False, False]]))
+    assert topk_overlap(a, b) == 3 / 4  # 3 and 5 of row 0, 2 of row 1; row 1's padded 0 never counts
 
 
 def test_unique_ids_by_marking_rows_equals_torch_unique():
@@ -166,7 +175,7 @@ def test_key_cache_trains_on_ray_sharded_like_its_source_and_evaluates(ray_local
     s = train(run)
     steps = s["train_steps"]
     assert steps > 4 and s["key_cache_refreshes"] == -(-steps // 4) + 1  # every 4 steps, then before evaluation
-    assert 0 < s["key_cache_rel_change"] < 1
+    assert 0 < s["key_cache_rel_change"] < 1 and 0 < s["key_cache_topk_overlap"] <= 1
     plan = (tmp_path / "cached" / "plan.txt").read_text()
     assert "item_key: row_wise" in plan and "item_query: row_wise" in plan  # cache tables follow the item table
     again = evaluate(s["checkpoint"], "valid")

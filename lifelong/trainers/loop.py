@@ -47,14 +47,14 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
                 max_steps: int = 0, log_every: int = 50, show: bool = True, start: int = 0,
                 every: int = 0, on_checkpoint: Optional[Callable[[int], None]] = None,
                 on_step: Optional[Callable[[int], None]] = None,
-                before_step: Optional[Callable[[], None]] = None) -> dict:
+                before_step: Optional[Callable[[Batch], None]] = None) -> dict:
     """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
     ranks (the job's throughput).
 
     Resuming: the first `start` batches are passed over (they were trained before the checkpoint).
     `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch)` after each,
-    `before_step()` before each (e.g. `KeyCacheRefresh.step`)."""
+    `before_step(batch)` before each (e.g. `KeyCacheRefresh.step`)."""
     model.train()
     batches = itertools.islice(batches, start, None)
     skipped: list[int] = []
@@ -66,7 +66,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     for batch in in_lockstep(batches, device, skipped):
         batch = batch.to(device, non_blocking=True)
         if before_step is not None:
-            before_step()
+            before_step(batch)
         logits = model(batch)
         loss = model.module.loss(batch, logits) if hasattr(model, "module") else model.loss(batch, logits)
         if not torch.isfinite(loss):
@@ -105,18 +105,25 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
 
 class KeyCacheRefresh:
     """Refreshes a model's cached GSU keys every `every` training steps (counted from the job's
-    `global_step`, so a resumed run refreshes on the same steps) and before each evaluation; keeps
-    how far the keys had drifted at each refresh. Does nothing for a model without a key cache."""
+    `global_step`, so a resumed run refreshes on the same steps) and before each evaluation, and
+    reports how stale the keys had become: their drift (relative L2 change, share of rows changed)
+    and, on the step's batch, the share of the stale cache's top-k that the fresh cache also picks.
+    Does nothing for a model without a key cache."""
 
     def __init__(self, model: torch.nn.Module, every: int, global_step: int = 0) -> None:
         self.module = model.module if hasattr(model, "module") else model
         self.every = every if getattr(self.module, "key_cache", None) is not None else 0
         self.global_step = global_step
         self.drift: list[dict] = []
+        self.overlap: list[float] = []
 
-    def step(self) -> None:
+    def step(self, batch: Optional[Batch] = None) -> None:
         if self.every and self.global_step % self.every == 0:
+            scored = batch is not None and bool(self.drift)  # the same on every rank: select_cached is collective
+            stale = self.module.select_cached(batch) if scored else None
             self.refresh()
+            if scored:
+                self.overlap.append(topk_overlap(stale, self.module.select_cached(batch)))
         self.global_step += 1
 
     def refresh(self) -> None:
@@ -124,14 +131,23 @@ class KeyCacheRefresh:
             self.drift.append(self.module.refresh_keys())
 
     def metrics(self) -> dict:
-        """Refresh count and the mean drift of the keys each refresh replaced (relative L2 change,
-        share of rows changed), the first refresh (from the empty cache) left out."""
+        """Refresh count and mean staleness at refresh, the first refresh (of the empty cache) left out."""
         if not self.every:
             return {}
         later = self.drift[1:]
-        mean = lambda k: float(np.mean([d[k] for d in later])) if later else math.nan  # noqa: E731
+        mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
         return {"key_cache_every": self.every, "key_cache_refreshes": len(self.drift),
-                "key_cache_rel_change": mean("rel_change"), "key_cache_rows_changed": mean("rows_changed")}
+                "key_cache_rel_change": mean([d["rel_change"] for d in later]),
+                "key_cache_rows_changed": mean([d["rows_changed"] for d in later]),
+                "key_cache_topk_overlap": mean(self.overlap)}
+
+
+def topk_overlap(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Share of selection b's valid positions that selection a also holds; each is
+    (indices (B, k), valid (B, k)). Over this rank's rows."""
+    (ia, va), (ib, vb) = a, b
+    hit = (ib.unsqueeze(2) == ia.unsqueeze(1)) & va.unsqueeze(1)  # (B, k, k)
+    return float((hit.any(2) & vb).sum() / vb.sum().clamp(min=1))
 
 
 def _eval_lockstep(batches: Iterable[Batch], device: torch.device, max_batches: int = 0
