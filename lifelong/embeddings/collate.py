@@ -71,18 +71,24 @@ class Batch:
         return int(self.labels.shape[0])
 
 
-def tail(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat positions of the last n elements of each row, and their offsets."""
+def tail(offsets: np.ndarray, n: int) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """Flat positions of the last n elements of each row, and their offsets; positions are None
+    when that is every element (no row is longer than n)."""
+    if len(offsets) < 2 or np.diff(offsets).max() <= n:
+        return None, offsets
     return concat_ranges(np.maximum(offsets[:-1], offsets[1:] - n), offsets[1:])
+
+
+def take(values: np.ndarray, idx: Optional[np.ndarray]) -> np.ndarray:
+    """values[idx], or values itself when idx is None (all of them)."""
+    return values if idx is None else values[idx]
 
 
 def pad(values: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
     """Jagged (values, offsets) -> (B, width) left-aligned, zero padded."""
     lengths = np.diff(offsets)
     out = np.zeros((len(lengths), width), values.dtype)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)
-    out[rows, cols] = values
+    out[np.arange(width) < lengths[:, None]] = values  # row-major, as the jagged values are
     return out
 
 
@@ -133,13 +139,13 @@ class Collator(ArrowBatchCollateFn):
         for s in self.side:
             self._add(values, lengths, rows, hist, target, s.name, s.source, s.groups)
         sparse = KeyedJaggedTensor.from_lengths_sync(
-            keys=self.keys, values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
-            lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)))
+            keys=self.keys, values=torch.from_numpy(np.concatenate(values).astype(np.int64, copy=False)),
+            lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)))
         return Batch(
             sparse=sparse,
             target_ts=torch.from_numpy(table.column("timestamp").to_numpy().astype(np.int64)),
-            short_ts=torch.from_numpy(pad(hist_ts[s_idx], s_off, self.short_len)),
-            long_ts=torch.from_numpy(pad(hist_ts[l_idx], l_off, self.long_width)),
+            short_ts=torch.from_numpy(pad(take(hist_ts, s_idx), s_off, self.short_len)),
+            long_ts=torch.from_numpy(pad(take(hist_ts, l_idx), l_off, self.long_width)),
             short_len=self.short_len, long_len=self.long_width,
             labels=torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
             user_ids=torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64)),
@@ -150,11 +156,11 @@ class Collator(ArrowBatchCollateFn):
         """Append table `name`'s features (ids of main table `source`) for `groups`."""
         for g in groups:
             idx, off = rows[g]
-            v = target[source] if idx is None else hist[source][idx]
+            v = target[source] if g == "target" else take(hist[source], idx)
             if name == source:  # side tables read the same ids, already checked
                 self._check_range(feature_name(g, name), v, self.spec.num_embeddings(source))
             values.append(v)
-            lengths.append(np.ones(len(v), np.int64) if idx is None else np.diff(off))
+            lengths.append(np.ones(len(v), np.int64) if g == "target" else np.diff(off))
 
     @staticmethod
     def _check_range(feature: str, ids: np.ndarray, num_embeddings: int) -> None:

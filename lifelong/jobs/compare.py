@@ -102,14 +102,20 @@ def plot(agg: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for model in dict.fromkeys(a["model"] for a in agg):
+    colours = plt.get_cmap("tab20").colors
+    for i, model in enumerate(dict.fromkeys(a["model"] for a in agg)):
+        style = {"color": colours[i % len(colours)], "marker": "osD^v<>"[i % 7], "capsize": 3, "label": model}
         pts = sorted((a for a in agg if a["model"] == model), key=lambda a: a["max_len"])
         ax1.errorbar([a["max_len"] for a in pts], [a["valid_auc"] for a in pts],
-                     yerr=[a["valid_auc_std"] for a in pts], marker="o", capsize=3, label=model)
+                     yerr=[a["valid_auc_std"] for a in pts], **style)
         trained = [a for a in pts if not math.isnan(a["train_samples_per_s"])]
         if trained:
             ax2.errorbar([a["train_samples_per_s"] for a in trained], [a["valid_auc"] for a in trained],
-                         yerr=[a["valid_auc_std"] for a in trained], marker="o", ls="none", capsize=3, label=model)
+                         yerr=[a["valid_auc_std"] for a in trained], ls="none", **style)
+        else:  # a baseline: no training throughput, drawn as a level
+            for a in pts:
+                ax2.axhline(a["valid_auc"], color=style["color"], ls="--", lw=1, label=f"{model} (L={a['max_len']})")
+    ax2.legend(fontsize=7, ncol=2)
     ax1.set(xscale="log", xlabel="lifelong length L (max_len)", ylabel="valid AUC", title="AUC vs lifelong length")
     ax2.set(xlabel="train samples/s (whole job)", ylabel="valid AUC", title="AUC vs throughput")
     ax1.legend(fontsize=7, ncol=2)
