@@ -180,3 +180,19 @@ def test_key_cache_trains_on_ray_sharded_like_its_source_and_evaluates(ray_local
     assert "item_key: row_wise" in plan and "item_query: row_wise" in plan  # cache tables follow the item table
     again = evaluate(s["checkpoint"], "valid")
     assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]
+
+
+def test_a_checkpoint_without_the_cache_loads_into_a_cached_model(tmp_path):
+    from lifelong.trainers import checkpoint
+
+    _, m_plain, batch, job = _pair("twin")
+    checkpoint.save(m_plain, tmp_path, job.to_dict(), "plan", {}, None, {"global_step": 3})
+    torch.manual_seed(1)
+    m_cached = plain_model(job)
+    state = checkpoint.load(m_cached, tmp_path)
+    assert state == {"global_step": 3, "key_cache_loaded": False}  # the caller must refresh
+    m_cached.refresh_keys()
+    with torch.no_grad():
+        assert torch.allclose(m_cached(batch), m_plain(batch), atol=1e-5)
+    checkpoint.save(m_cached, tmp_path / "with", job.to_dict(), "plan", {}, None, {"global_step": 4})
+    assert checkpoint.load(plain_model(job), tmp_path / "with") == {"global_step": 4}

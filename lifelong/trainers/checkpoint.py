@@ -66,15 +66,21 @@ def _init_lazy_state(optimizer) -> None:
 
 def load(model: nn.Module, path: str | Path, optimizer=None) -> dict:
     """Load a checkpoint into `model` (and `optimizer`) in place, whatever plan or world size wrote
-    it; restore this rank's RNG if the checkpoint has it. Returns the trainer state ({} if none)."""
+    it; restore this rank's RNG if the checkpoint has it. Returns the trainer state ({} if none),
+    with `key_cache_loaded: False` when the model has a GSU key cache the checkpoint lacks (it was
+    written without one: the caller refreshes it)."""
     path = Path(path)
     state = {"model": model.state_dict()}
+    saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    no_cache = [k for k in state["model"] if "key_cache." in k and f"model.{k}" not in saved]
+    for k in no_cache:
+        del state["model"][k]
     has_optim = optimizer is not None and (path / STATE_FILE).exists()
     if has_optim:
         _init_lazy_state(optimizer)
         state["optim"] = optimizer.state_dict()
     dcp.load(state, checkpoint_id=str(path))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"], strict=not no_cache)
     if has_optim:
         optimizer.load_state_dict(state["optim"])
     rng = _rng_file(path, _rank())
@@ -83,7 +89,8 @@ def load(model: nn.Module, path: str | Path, optimizer=None) -> dict:
         torch.set_rng_state(saved["torch"])
         if "cuda" in saved and torch.cuda.is_available():
             torch.cuda.set_rng_state(saved["cuda"])
-    return json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).exists() else {}
+    trainer = json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).exists() else {}
+    return {**trainer, "key_cache_loaded": False} if no_cache else trainer
 
 
 def read_job(path: str | Path) -> dict:

@@ -34,6 +34,9 @@ def build(job: JobSpec, device: torch.device | str) -> CTRModel:
     model = build_model(job.model, arch, job.features.collection(device), job.features,
                         job.features.side_collection(cls.inputs(arch).side_tables, device))
     tables = cls.cache_tables(arch)
+    if tables and cls.inputs(arch).side_tables:
+        raise ValueError(f"model '{job.model}': a key cache and side tables together are not supported "
+                         "(the two-phase lookup cuts only the main tables' lifelong features)")
     if job.train.key_cache_every and tables:
         model.key_cache = cache_collection(job.features, tables, model.key_dim, device)
     model.dedup_ids = job.train.dedup_ids

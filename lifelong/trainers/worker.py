@@ -150,6 +150,8 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch, start_step = start_epoch + 1, 0
     global_step = state.get("global_step", 0)
     keys = KeyCacheRefresh(model, t.key_cache_every, global_step)
+    if state.get("key_cache_loaded") is False:  # resumed from a checkpoint written without the cache
+        keys.refresh()
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
         checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint
