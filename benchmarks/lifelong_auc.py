@@ -8,7 +8,10 @@ One planted log (`lifelong/data/synthetic.py`), its samples in the sequence-stor
 by time (train / valid); every model trains `--epochs` epochs, batch 128, seed 0, unsharded
 (`trainers/local.py`). `+cache` runs the GSU on the key cache refreshed every `--refresh` steps,
 `+dedup` also deduplicates lookups. AUC's standard error (Hanley & McNeil) is printed beside it:
-two models whose AUCs differ by less than ~2 standard errors are a tie.
+two models whose AUCs differ by less than ~2 standard errors are a tie. With several `--seeds`
+each model's row is the mean ± std over seeds (the standard error column is of the mean AUC's
+validation sample, not the seed spread). The popularity and logistic-regression baselines
+(`trainers/baselines.py`) are scored on the same split.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import argparse
 import math
 import time
 
+import numpy as np
 import pyarrow.compute as pc
 
 from lifelong.data.samples import SampleConfig, build_local, build_store_local
@@ -24,6 +28,7 @@ from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models import entry
 from lifelong.models.two_stage import TwoStage
+from lifelong.trainers.baselines import BASELINES, evaluate_baseline
 from lifelong.trainers.config import JobSpec, TrainConfig
 from lifelong.trainers.local import fit_local
 
@@ -42,7 +47,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--refresh", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="the log's seed")
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     p.add_argument("--models", default="din_full,sim_hard,twin+cache,eta+cache,lic+cache")
     a = p.parse_args()
     log, meta = generate(SyntheticConfig(n_users=a.users, seq_len=a.seq_len, n_impressions=a.impressions,
@@ -55,24 +61,35 @@ def main() -> None:
     print(f"SYNTHETIC planted log: {a.users} users, L = {a.seq_len:,}; {train.num_rows} train / {valid.num_rows} "
           f"valid samples ({pos} clicks); {a.epochs} epoch(s), batch 128, k = {a.k}, seed 0, one process, "
           f"key cache refreshed every {a.refresh} steps\n")
-    print("| model | valid AUC ± s.e. | GAUC | logloss | train samples/s | x din_full | wall s |\n"
+    print(f"| model | valid AUC ({len(a.seeds.split(','))} seed(s)) | GAUC | logloss | train samples/s "
+          "| x din_full | wall s |\n"
           "|---|---|---|---|---|---|---|")
     base = None
+    seeds = [int(x) for x in a.seeds.split(",")]
+    pm = lambda xs, d: f"{np.mean(xs):.{d}f}" + (f" ± {np.std(xs, ddof=1):.{d}f}" if len(xs) > 1 else "")  # noqa: E731
     for variant in a.models.split(","):
         name, *opts = variant.split("+")
         cfg = {"k": a.k} if issubclass(entry(name).module, TwoStage) else {}
-        job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16), sc,
-                      TrainConfig(epochs=a.epochs, batch_size=128, eval_batch_size=256, seed=0, diagnostic_batches=0,
-                                  key_cache_every=a.refresh if "cache" in opts else 0, dedup_ids="dedup" in opts))
         t = time.perf_counter()
-        _, h = fit_local(job, train, valid, store)
-        e = h[-1]
-        rate = e["train_samples_per_s"]
+        runs = []
+        for seed in seeds:
+            job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16), sc, TrainConfig(
+                epochs=a.epochs, batch_size=128, eval_batch_size=256, seed=seed, diagnostic_batches=0,
+                key_cache_every=a.refresh if "cache" in opts else 0, dedup_ids="dedup" in opts))
+            runs.append(fit_local(job, train, valid, store)[1][-1])
+        col = lambda k: [r[k] for r in runs]  # noqa: E731
+        rate = float(np.mean(col("train_samples_per_s")))
         base = rate if name == "din_full" else base
-        se = auc_se(e["valid_auc"], pos, valid.num_rows - pos)
+        se = auc_se(float(np.mean(col("valid_auc"))), pos, valid.num_rows - pos)
         ratio = f"{rate / base:.1f}" if base else "–"
-        print(f"| {variant} | {e['valid_auc']:.4f} ± {se:.4f} | {e['valid_gauc']:.4f} | {e['valid_logloss']:.4f} "
-              f"| {rate:.0f} | {ratio} | {time.perf_counter() - t:.0f} |", flush=True)
+        print(f"| {variant} | {pm(col('valid_auc'), 4)} (s.e. {se:.4f}) | {pm(col('valid_gauc'), 4)} "
+              f"| {pm(col('valid_logloss'), 4)} | {rate:.0f} | {ratio} | {time.perf_counter() - t:.0f} |", flush=True)
+    cols = ["user_id", "item_id", "category_id", "timestamp", "label"]
+    for name in BASELINES:
+        m = evaluate_baseline(name, train.select(cols), valid.select(cols))
+        se = auc_se(m["auc"], pos, valid.num_rows - pos)
+        print(f"| {name} (baseline) | {m['auc']:.4f} (s.e. {se:.4f}) | {m['gauc']:.4f} | {m['logloss']:.4f} "
+              f"| – | – | – |", flush=True)
 
 
 if __name__ == "__main__":
