@@ -140,12 +140,12 @@ def _local_blocks(ec: torch.nn.Module, table: str) -> list[tuple[torch.Tensor, i
 @torch.no_grad()
 def refresh(cache_ec: torch.nn.Module, main_ec: torch.nn.Module, main_keys: list[str],
             tables: tuple[CacheTable, ...], project: Callable[[CacheTable, torch.Tensor], torch.Tensor],
-            chunk: int = 65536) -> dict[str, float]:
+            device: torch.device, chunk: int = 65536) -> dict[str, float]:
     """Recompute every cache row this rank holds from the live main tables; returns the drift of
     the old keys over all ranks: `rel_change` = |new - old| / |new| (Frobenius) and
-    `rows_changed` = share of rows whose keys changed. A collective under DMP."""
+    `rows_changed` = share of rows whose keys changed. A collective under DMP: every rank takes
+    part, also one that holds no cache rows (table-wise plans)."""
     blocks = [(t, *b) for t in tables for b in _local_blocks(cache_ec, t.name)]
-    device = blocks[0][1].device
     wanted = {s: torch.cat([torch.arange(r0, r0 + blk.shape[0], device=device) for t, blk, r0, _ in blocks
                             if t.source == s] or [torch.zeros(0, dtype=torch.long, device=device)])
               for s in TABLE_COLUMNS}  # source table -> row ids this rank needs

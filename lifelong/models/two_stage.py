@@ -83,8 +83,9 @@ class TwoStage(CTRModel):
     def refresh_keys(self, chunk: int = 65536) -> dict[str, float]:
         """Recompute the cached keys from the live tables and dense parameters (collective)."""
         keys = list(features((), user=self.spec.n_users > 0))
+        device = next(self.head.parameters()).device
         return key_cache.refresh(self.key_cache, self.embeddings, keys, self.cache_tables(self.config),
-                                 self.project, chunk)
+                                 self.project, device, chunk)
 
     def select_cached(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """GSU top-k positions (B, k) and validity from the cached keys of the full history."""
