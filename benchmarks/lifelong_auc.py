@@ -5,7 +5,7 @@ one process each, with its samples/s, next to the brute-force din_full.
         --models din_full,sim_hard,twin+cache,eta+cache,lic+cache
 
 One planted log (`lifelong/data/synthetic.py`), its samples in the sequence-store layout, split
-by time (train / valid); every model trains `--epochs` epochs, batch 128, seed 0, unsharded
+by time (train / valid); every model trains `--epochs` epochs, batch `--batch` (128), unsharded
 (`trainers/local.py`). `+cache` runs the GSU on the key cache refreshed every `--refresh` steps,
 `+dedup` also deduplicates lookups. AUC's standard error (Hanley & McNeil) is printed beside it:
 two models whose AUCs differ by less than ~2 standard errors are a tie. With several `--seeds`
@@ -45,6 +45,9 @@ def main() -> None:
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--impressions", type=int, default=40)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
+    p.add_argument("--sparse-lr", type=float, default=TrainConfig.sparse_lr)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--refresh", type=int, default=20)
     p.add_argument("--seed", type=int, default=1, help="the log's seed")
@@ -59,11 +62,11 @@ def main() -> None:
     train, valid = s.filter(pc.equal(s["split"], 0)), s.filter(pc.not_equal(s["split"], 0))
     pos = int(pc.sum(valid["label"]).as_py())
     print(f"SYNTHETIC planted log: {a.users} users, L = {a.seq_len:,}; {train.num_rows} train / {valid.num_rows} "
-          f"valid samples ({pos} clicks); {a.epochs} epoch(s), batch 128, k = {a.k}, seed 0, one process, "
-          f"key cache refreshed every {a.refresh} steps\n")
+          f"valid samples ({pos} clicks); {a.epochs} epoch(s), batch {a.batch}, k = {a.k}, one process, "
+          f"dense lr {a.dense_lr}, sparse lr {a.sparse_lr}, key cache refreshed every {a.refresh} steps\n")
     print(f"| model | valid AUC ({len(a.seeds.split(','))} seed(s)) | GAUC | logloss | train samples/s "
-          "| x din_full | wall s |\n"
-          "|---|---|---|---|---|---|---|")
+          "| x din_full | last train loss | wall s |\n"
+          "|---|---|---|---|---|---|---|---|")
     base = None
     seeds = [int(x) for x in a.seeds.split(",")]
     pm = lambda xs, d: f"{np.mean(xs):.{d}f}" + (f" ± {np.std(xs, ddof=1):.{d}f}" if len(xs) > 1 else "")  # noqa: E731
@@ -74,7 +77,8 @@ def main() -> None:
         runs = []
         for seed in seeds:
             job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16), sc, TrainConfig(
-                epochs=a.epochs, batch_size=128, eval_batch_size=256, seed=seed, diagnostic_batches=0,
+                epochs=a.epochs, batch_size=a.batch, eval_batch_size=256, seed=seed, diagnostic_batches=0,
+                dense_lr=a.dense_lr, sparse_lr=a.sparse_lr,
                 key_cache_every=a.refresh if "cache" in opts else 0, dedup_ids="dedup" in opts))
             runs.append(fit_local(job, train, valid, store)[1][-1])
         col = lambda k: [r[k] for r in runs]  # noqa: E731
@@ -83,13 +87,14 @@ def main() -> None:
         se = auc_se(float(np.mean(col("valid_auc"))), pos, valid.num_rows - pos)
         ratio = f"{rate / base:.1f}" if base else "–"
         print(f"| {variant} | {pm(col('valid_auc'), 4)} (s.e. {se:.4f}) | {pm(col('valid_gauc'), 4)} "
-              f"| {pm(col('valid_logloss'), 4)} | {rate:.0f} | {ratio} | {time.perf_counter() - t:.0f} |", flush=True)
+              f"| {pm(col('valid_logloss'), 4)} | {rate:.0f} | {ratio} | {pm(col('train_loss'), 4)} "
+              f"| {time.perf_counter() - t:.0f} |", flush=True)
     cols = ["user_id", "item_id", "category_id", "timestamp", "label"]
     for name in BASELINES:
         m = evaluate_baseline(name, train.select(cols), valid.select(cols))
         se = auc_se(m["auc"], pos, valid.num_rows - pos)
         print(f"| {name} (baseline) | {m['auc']:.4f} (s.e. {se:.4f}) | {m['gauc']:.4f} | {m['logloss']:.4f} "
-              f"| – | – | – |", flush=True)
+              f"| – | – | – | – |", flush=True)
 
 
 if __name__ == "__main__":
