@@ -11,7 +11,9 @@ by time (train / valid); every model trains `--epochs` epochs, batch `--batch` (
 two models whose AUCs differ by less than ~2 standard errors are a tie. With several `--seeds`
 each model's row is the mean ± std over seeds (the standard error column is of the mean AUC's
 validation sample, not the seed spread). The popularity and logistic-regression baselines
-(`trainers/baselines.py`) are scored on the same split.
+(`trainers/baselines.py`) are scored on the same split. `--label presence` swaps the planted
+clicks for a control task every attention model should learn (click iff the target's category
+occurs in the history); `--init-bound` sets the embedding tables' initial range.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 
 from lifelong.data.samples import SampleConfig, build_local, build_store_local
 from lifelong.data.store import SequenceStore
-from lifelong.data.synthetic import SyntheticConfig, generate
+from lifelong.data.synthetic import SyntheticConfig, generate, presence_labels
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models import entry
 from lifelong.models.two_stage import TwoStage
@@ -48,6 +50,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
     p.add_argument("--sparse-lr", type=float, default=TrainConfig.sparse_lr)
+    p.add_argument("--init-bound", type=float, default=0.0, help="embedding rows start in ±this; 0 = TorchRec's")
+    p.add_argument("--label", choices=("planted", "presence"), default="planted",
+                   help="presence: the control task 'click iff the target's category is in the history'")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--refresh", type=int, default=20)
     p.add_argument("--seed", type=int, default=1, help="the log's seed")
@@ -56,27 +61,31 @@ def main() -> None:
     a = p.parse_args()
     log, meta = generate(SyntheticConfig(n_users=a.users, seq_len=a.seq_len, n_impressions=a.impressions,
                                          guard=min(100, a.seq_len // 10), seed=a.seed))
+    if a.label == "presence":
+        log = presence_labels(log)
     sc = SampleConfig(max_len=a.seq_len, short_len=50, sample_behaviors=(1,), history_behaviors=(0,), layout="store")
     s = build_local(log, sc)
     store = SequenceStore(build_store_local(log, sc), "synthetic store")
     train, valid = s.filter(pc.equal(s["split"], 0)), s.filter(pc.not_equal(s["split"], 0))
     pos = int(pc.sum(valid["label"]).as_py())
-    print(f"SYNTHETIC planted log: {a.users} users, L = {a.seq_len:,}; {train.num_rows} train / {valid.num_rows} "
+    print(f"SYNTHETIC {a.label} labels: {a.users} users, L = {a.seq_len:,}; {train.num_rows} train / {valid.num_rows} "
           f"valid samples ({pos} clicks); {a.epochs} epoch(s), batch {a.batch}, k = {a.k}, one process, "
-          f"dense lr {a.dense_lr}, sparse lr {a.sparse_lr}, key cache refreshed every {a.refresh} steps\n")
+          f"dense lr {a.dense_lr}, sparse lr {a.sparse_lr}, embedding init ±{a.init_bound or 'sqrt(1/rows)'}, "
+          f"key cache refreshed every {a.refresh} steps\n")
     print(f"| model | valid AUC ({len(a.seeds.split(','))} seed(s)) | GAUC | logloss | train samples/s "
           "| x din_full | last train loss | wall s |\n"
           "|---|---|---|---|---|---|---|---|")
     base = None
     seeds = [int(x) for x in a.seeds.split(",")]
     pm = lambda xs, d: f"{np.mean(xs):.{d}f}" + (f" ± {np.std(xs, ddof=1):.{d}f}" if len(xs) > 1 else "")  # noqa: E731
+    features = FeatureSpec(meta.n_items, meta.n_categories, 16, init_bound=a.init_bound)
     for variant in a.models.split(","):
         name, *opts = variant.split("+")
         cfg = {"k": a.k} if issubclass(entry(name).module, TwoStage) else {}
         t = time.perf_counter()
         runs = []
         for seed in seeds:
-            job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16), sc, TrainConfig(
+            job = JobSpec(name, cfg, features, sc, TrainConfig(
                 epochs=a.epochs, batch_size=a.batch, eval_batch_size=256, seed=seed, diagnostic_batches=0,
                 dense_lr=a.dense_lr, sparse_lr=a.sparse_lr,
                 key_cache_every=a.refresh if "cache" in opts else 0, dedup_ids="dedup" in opts))

@@ -58,3 +58,17 @@ def test_sharding_constraint_the_device_cannot_honour_names_the_table():
     with pytest.raises(ValueError, match=r"table 'item': none of \['table_row_wise'\].*cpu"):
         constraints_from_config({"item": ["table_row_wise"]}, "cpu")
     assert constraints_from_config({"item": ["row_wise", "table_row_wise"]}, "cpu")["item"].sharding_types
+
+
+def test_embedding_init_flows_from_the_run_file_to_the_tables():
+    from types import SimpleNamespace
+
+    from lifelong.jobs.train import job_spec
+
+    meta = SimpleNamespace(n_items=50, n_categories=5, n_users=7)
+    run = run_file({"model": "din", "embedding_init": 0.3})
+    tables = job_spec(run, meta).features.tables()
+    assert {(t.weight_init_min, t.weight_init_max) for t in tables} == {(-0.3, 0.3)}
+    assert {t.weight_init_max for t in job_spec(run_file({"model": "din"}), meta).features.tables()} == {None}
+    with pytest.raises(ValueError, match="init bound must be >= 0"):
+        job_spec(run_file({"model": "din", "embedding_init": -1}), meta)

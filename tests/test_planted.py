@@ -1,4 +1,5 @@
-"""On planted synthetic data, SIM-hard (lifelong) beats DIN (short history) in a seeded run.
+"""On planted synthetic data, SIM-hard (lifelong) beats DIN (short history) in a seeded run; the
+embedding tables' initial range decides whether a learned attention matches categories at all.
 
 The generator's strong old interests never appear in the last `guard` >= 50 events, so the
 short-history model cannot see them (it should sit near AUC 0.5), while category search over
@@ -8,9 +9,10 @@ the lifelong history finds them. A margin of 0.03 AUC on ~3,000 validation sampl
 from __future__ import annotations
 
 import pyarrow.compute as pc
+import pytest
 
 from lifelong.data.samples import SampleConfig, build_local
-from lifelong.data.synthetic import SyntheticConfig, generate
+from lifelong.data.synthetic import SyntheticConfig, generate, presence_labels
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.trainers.config import JobSpec, TrainConfig
 from lifelong.trainers.local import fit_local
@@ -29,3 +31,35 @@ def test_sim_hard_beats_din_short_on_planted_data():
         auc[name] = history[-1]["valid_auc"]
     assert auc["din"] < 0.54, auc  # nothing planted in the short window
     assert auc["sim_hard"] > auc["din"] + 0.03, auc
+
+
+def test_embedding_init_range_decides_whether_attention_learns_category_presence():
+    """The control task (click iff the target's category occurs earlier in the history): with
+    rows starting in ±1, din_full's attention learns it; TorchRec's default ±sqrt(1 / rows)
+    (±0.07 for 200 categories) leaves it near chance after the same two epochs."""
+    log, meta = generate(SyntheticConfig(n_users=200, seq_len=300, guard=50, seed=1))
+    log = presence_labels(log)
+    sc = SampleConfig(max_len=300, short_len=20, sample_behaviors=(1,), history_behaviors=(0,))
+    s = build_local(log, sc)
+    train, valid = s.filter(pc.equal(s["split"], 0)), s.filter(pc.not_equal(s["split"], 0))
+    auc = {}
+    for bound in (0.0, 1.0):
+        job = JobSpec("din_full", {}, FeatureSpec(meta.n_items, meta.n_categories, 16, init_bound=bound), sc,
+                      TrainConfig(epochs=2, batch_size=64, seed=0))
+        _, history = fit_local(job, train, valid)
+        auc[bound] = history[-1]["valid_auc"]
+    assert auc[1.0] > 0.9, auc
+    assert auc[1.0] > auc[0.0] + 0.2, auc
+
+
+def test_embedding_init_range_reaches_the_tables():
+    spec = FeatureSpec(100, 10, 8, n_users=5, init_bound=0.5)
+    ec = spec.collection()
+    for name, table in ec.embeddings.items():
+        w = table.weight.detach()
+        assert w.abs().max() <= 0.5 and w.abs().max() > 0.4, name  # not TorchRec's ±sqrt(1 / rows)
+    assert FeatureSpec(100, 10, 8).collection().embeddings["item"].weight.abs().max() <= 0.1
+    with pytest.raises(ValueError, match="init bound must be >= 0"):
+        FeatureSpec(100, 10, 8, init_bound=-1.0)
+    with pytest.raises(ValueError, match="init bound must be >= 0"):
+        FeatureSpec(100, 10, 8, init_bound=float("nan"))

@@ -141,3 +141,16 @@ def generate(cfg: SyntheticConfig, with_kind: bool = False) -> tuple[pa.Table, L
     if with_kind:
         table = table.append_column("kind", pa.array(cols["kind"]))
     return table, meta
+
+
+def presence_labels(log: pa.Table) -> pa.Table:
+    """The control task: an impression clicks iff its category occurs in the user's history
+    before it (every target-attention model should learn it; diagnostics only)."""
+    user, cat, ts = (log[c].to_numpy() for c in ("user_id", "category_id", "timestamp"))
+    hist = log["behavior"].to_numpy() == 0
+    first: dict[tuple[int, int], int] = {}  # (user, category) -> its first history timestamp
+    for u, c, t in zip(user[hist].tolist(), cat[hist].tolist(), ts[hist].tolist()):
+        first[(u, c)] = min(t, first.get((u, c), t))
+    label = np.array([t > first.get((u, c), t) for u, c, t in zip(user.tolist(), cat.tolist(), ts.tolist())], np.int8)
+    label[hist] = log["label"].to_numpy()[hist]
+    return log.set_column(log.schema.get_field_index("label"), "label", pa.array(label, log.schema.field("label").type))

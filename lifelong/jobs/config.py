@@ -58,6 +58,7 @@ class RunFile:
     model: str = "sim_hard"
     model_config: dict = field(default_factory=lambda: {"k": 50})
     embedding_dim: int = 16
+    embedding_init: float = 0.0  # rows start uniform in ±embedding_init; 0 = TorchRec's ±sqrt(1 / rows)
     user_embedding: bool = True  # a user-id table read by every model's head
     data: DataSource = field(default_factory=DataSource)
     samples: SampleConfig = field(default_factory=lambda: SampleConfig(max_len=256, short_len=20))

@@ -18,7 +18,7 @@ from lifelong.trainers.trainer import make_trainer
 def job_spec(run: RunFile, meta) -> JobSpec:
     return JobSpec(model=run.model, model_config=dict(run.model_config),
                    features=FeatureSpec(meta.n_items, meta.n_categories, run.embedding_dim,
-                                        meta.n_users if run.user_embedding else 0),
+                                        meta.n_users if run.user_embedding else 0, run.embedding_init),
                    samples=run.samples, train=run.train, sharding=dict(run.sharding))
 
 
