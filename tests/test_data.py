@@ -104,7 +104,8 @@ def test_random_logs_history_is_exactly_the_strict_past():
     ev = log.to_pydict()
     for k in range(len(s["item_id"])):
         u, t = s["user_id"][k], s["timestamp"][k]
-        past = sorted((ts, it) for uu, it, ts in zip(ev["user_id"], ev["item_id"], ev["timestamp"]) if uu == u and ts < t)
+        past = sorted((ts, it) for uu, it, ts in zip(ev["user_id"], ev["item_id"], ev["timestamp"])
+                      if uu == u and ts < t)
         assert [it for _, it in past[-7:]] == s["hist_item"][k]
         assert all(h < t for h in s["hist_ts"][k])
 
@@ -131,6 +132,7 @@ def test_synthetic_planted_signals():
         hist = s.column("hist_cat")[k].as_py()
         target = s.column("category_id")[k].as_py()
         users = log.column("user_id").to_numpy()
-        imp_kind = kind[(users == s.column("user_id")[k].as_py()) & (log.column("timestamp").to_numpy() == s.column("timestamp")[k].as_py())]
-        if imp_kind[0] in (0, 1):  # strong or noise target: present in lifelong history, absent from the last guard events
+        same_time = log.column("timestamp").to_numpy() == s.column("timestamp")[k].as_py()
+        imp_kind = kind[(users == s.column("user_id")[k].as_py()) & same_time]
+        if imp_kind[0] in (0, 1):  # strong or noise: in the lifelong history, absent from the last guard events
             assert target in hist[:-cfg.guard] and target not in hist[-cfg.guard:]
