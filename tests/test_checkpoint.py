@@ -2,9 +2,11 @@
 uninterrupted run, and a checkpoint reshards on load (other plan, other world size)."""
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import shutil
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,7 +50,7 @@ def _train_and_save(rank, init_file, out):
     batches = _batches(samples, job, rank, 2, N + NEXT)
     for b in batches[:N]:
         _step(model, opt, b)
-    checkpoint.save(model, out + "/ckpt", job.to_dict(), "", {}, opt, {"epoch": 0, "step": N})
+    checkpoint.save(model, out + "/ckpt", job.to_dict(), "", {}, opt, {"epoch": 0, "step": N, "world_size": 2})
     full = gather_full_state(model)
     with torch.no_grad():
         model.eval()
@@ -78,29 +80,96 @@ def _resume(rank, world, init_file, out, sharding, tag):
     dist.destroy_process_group()
 
 
-def test_resume_is_exact_and_checkpoints_reshard():
-    with tempfile.TemporaryDirectory() as out:
-        pg = lambda: os.path.join(out, f"pg{len(os.listdir(out))}")  # noqa: E731  fresh rendezvous file
-        mp.start_processes(_train_and_save, args=(pg(), out), nprocs=2, start_method="spawn")
-        ref = [torch.load(f"{out}/run.{r}", weights_only=True) for r in range(2)]
-        # 1. Same plan, same world: the next NEXT losses are exactly those of the uninterrupted run.
-        mp.start_processes(_resume, args=(2, pg(), out, SAVE_PLAN, "same"), nprocs=2, start_method="spawn")
-        same = [torch.load(f"{out}/same.{r}", weights_only=True) for r in range(2)]
-        for r in range(2):
-            assert same[r]["trainer"] == {"epoch": 0, "step": N}
-            assert same[r]["losses"] == ref[r]["losses"], (same[r]["losses"], ref[r]["losses"])
-        # 2. Other plan on 2 ranks, and 1 rank: tables gathered equal exactly, predictions within 1e-5.
-        other = {"item": ["column_wise"], "cat": ["row_wise"], "user": ["table_wise"]}
-        mp.start_processes(_resume, args=(2, pg(), out, other, "other"), nprocs=2, start_method="spawn")
-        mp.start_processes(_resume, args=(1, pg(), out, {"item": ["table_wise"]}, "one"), nprocs=1,
-                           start_method="spawn")
-        for tag in ("other", "one"):
-            got = torch.load(f"{out}/{tag}.0", weights_only=True)
-            for name, want in ref[0]["state"].items():
-                assert torch.equal(got["state"][name], want), (tag, name)
-            gap = (got["pred"] - ref[0]["pred"]).abs().max()
-            assert gap <= 1e-5, (tag, gap)
-        # Resuming under another plan continues training from the same point (not bit-exact: the
-        # kernels sum gradients in another order), so the losses agree closely.
-        got = torch.load(f"{out}/other.0", weights_only=True)["losses"]
-        assert max(abs(a - b) for a, b in zip(got, ref[0]["losses"])) < 1e-3
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A directory holding `ckpt`, a checkpoint written by 2 ranks (row-wise item table), and the
+    uninterrupted run's losses, state and predictions."""
+    out = str(tmp_path_factory.mktemp("ckpt"))
+    mp.start_processes(_train_and_save, args=(os.path.join(out, "pg0"), out), nprocs=2, start_method="spawn")
+    return out
+
+
+def test_resume_is_exact_and_checkpoints_reshard(saved):
+    out = saved
+    pg = lambda: os.path.join(out, f"pg{len(os.listdir(out))}")  # noqa: E731  fresh rendezvous file
+    ref = [torch.load(f"{out}/run.{r}", weights_only=True) for r in range(2)]
+    # 1. Same plan, same world: the next NEXT losses are exactly those of the uninterrupted run.
+    mp.start_processes(_resume, args=(2, pg(), out, SAVE_PLAN, "same"), nprocs=2, start_method="spawn")
+    same = [torch.load(f"{out}/same.{r}", weights_only=True) for r in range(2)]
+    for r in range(2):
+        assert same[r]["trainer"] == {"epoch": 0, "step": N, "world_size": 2}
+        assert same[r]["losses"] == ref[r]["losses"], (same[r]["losses"], ref[r]["losses"])
+    # 2. Other plan on 2 ranks, and 1 rank: tables gathered equal exactly, predictions within 1e-5.
+    other = {"item": ["column_wise"], "cat": ["row_wise"], "user": ["table_wise"]}
+    mp.start_processes(_resume, args=(2, pg(), out, other, "other"), nprocs=2, start_method="spawn")
+    mp.start_processes(_resume, args=(1, pg(), out, {"item": ["table_wise"]}, "one"), nprocs=1,
+                       start_method="spawn")
+    for tag in ("other", "one"):
+        got = torch.load(f"{out}/{tag}.0", weights_only=True)
+        for name, want in ref[0]["state"].items():
+            assert torch.equal(got["state"][name], want), (tag, name)
+        gap = (got["pred"] - ref[0]["pred"]).abs().max()
+        assert gap <= 1e-5, (tag, gap)
+    # Resuming under another plan continues training from the same point (not bit-exact: the
+    # kernels sum gradients in another order), so the losses agree closely.
+    got = torch.load(f"{out}/other.0", weights_only=True)["losses"]
+    assert max(abs(a - b) for a, b in zip(got, ref[0]["losses"])) < 1e-3
+
+
+def _copy(src, run_dir, name, global_step):
+    dst = os.path.join(run_dir, name)
+    shutil.copytree(src, dst)
+    state = {"epoch": 0, "step_in_epoch": global_step, "epoch_done": False, "global_step": global_step,
+             "world_size": 2}
+    with open(os.path.join(dst, checkpoint.STATE_FILE), "w") as f:
+        json.dump(state, f)
+    return dst
+
+
+def test_newest_complete_checkpoint_is_found_and_torn_ones_are_named(saved, tmp_path):
+    """A rerun resumes from the newest complete checkpoint on disk; a checkpoint missing one rank's
+    shard, RNG state or trainer state, or with a torn DCP metadata file, is skipped and named."""
+    src, run = os.path.join(saved, "ckpt"), tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's file: not a checkpoint
+    assert checkpoint.incomplete(src) is None
+    old = _copy(src, run, "checkpoint_2026-01-01_00-00-00.000001", 10)
+    new = _copy(src, run, "checkpoint_2026-01-01_00-00-05.000001", 20)
+    assert checkpoint.latest(run, log=lambda _: None) == run / os.path.basename(new)
+    # One rank's shard gone from the newest: the older one is used, and the message names the newest.
+    os.remove(os.path.join(new, "__1_0.distcp"))
+    said = []
+    assert checkpoint.latest(run, log=said.append) == run / os.path.basename(old)
+    assert len(said) == 1 and os.path.basename(new) in said[0] and "__1_0.distcp" in said[0], said
+    # resolve(): a run directory means its newest complete checkpoint; a torn one named directly is refused.
+    assert checkpoint.resolve(run, log=lambda _: None) == run / os.path.basename(old)
+    with pytest.raises(ValueError, match="incomplete checkpoint.*__1_0.distcp"):
+        checkpoint.resolve(new)
+    # Every other way to be torn, on the older one too: then there is nothing to resume from.
+    for damage, why in ((lambda d: os.remove(os.path.join(d, "rng_rank1.pt")), "rng_rank1.pt"),
+                        (lambda d: open(os.path.join(d, ".metadata"), "wb").close(), "metadata unreadable"),
+                        (lambda d: os.remove(os.path.join(d, checkpoint.STATE_FILE)), checkpoint.STATE_FILE)):
+        shutil.rmtree(old)
+        _copy(src, run, os.path.basename(old), 10)
+        damage(old)
+        said = []
+        assert checkpoint.latest(run, log=said.append) is None
+        assert any(os.path.basename(old) in line and why in line for line in said), (why, said)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint.resolve(run, log=lambda _: None)
+
+
+def test_a_rerun_chooses_the_newest_complete_checkpoint_or_says_it_starts_afresh(saved, tmp_path):
+    from lifelong.trainers.worker import choose_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path, line = choose_checkpoint(str(run), registered=None)
+    assert path is None and "training from scratch" in line and str(run) in line
+    new = _copy(os.path.join(saved, "ckpt"), run, "checkpoint_2026-01-01_00-00-05.000001", 20)
+    # Ray Train's controller never registered it (the race of a dying run): the scan still finds it.
+    path, line = choose_checkpoint(str(run), registered=None)
+    assert path == new and new in line
+    os.remove(os.path.join(new, "__0_0.distcp"))
+    path, line = choose_checkpoint(str(run), registered=new)
+    assert path is None and "training from scratch" in line

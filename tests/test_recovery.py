@@ -32,6 +32,7 @@ def test_killed_worker_resumes_and_rerun_resumes(ray_local, tmp_path):
     again = train(_run(tmp_path, "faulty", fail_at_step=clean["global_step"] // 2 + 3, max_failures=1))
     assert again["resumed"] and again["global_step"] == faulty["global_step"]
     assert again["valid_auc"] == faulty["valid_auc"]  # nothing retrained
+    assert again["checkpoint"] == faulty["checkpoint"]  # and no new checkpoint written
     print(f"rerun of a finished run: {time.perf_counter() - t0:.1f}s")
 
 
@@ -40,9 +41,11 @@ def test_dead_rank_without_retries_fails_fast_and_a_rerun_resumes(ray_local, tmp
     with pytest.raises(Exception, match="(?i)fail|died|exit"):
         train(_run(tmp_path, "dies", fail_at_step=15, epochs=1))
     assert time.perf_counter() - t0 < 120 + 60  # the collective timeout (120 s), plus start-up
-    # The killed run left its step-10 checkpoint: the same run name continues from there.
+    # The killed run left its step-10 checkpoint: the same run name continues from there, whether or
+    # not Ray Train's controller registered it before the rank died (the rerun scans the run directory).
     s = train(_run(tmp_path, "dies", epochs=1))
     assert s["resumed"] and s["global_step"] == 30 and s["train_steps"] == 20, s
+    assert s["resumed_global_step"] == 10 and s["resumed_from"].startswith(str(tmp_path / "dies")), s
 
 
 def test_hung_rank_fails_the_job_within_the_collective_timeout(ray_local, tmp_path):

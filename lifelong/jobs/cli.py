@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--warmup", type=int, default=3, help="untimed steps per plan")
         s.set_defaults(fn=fn)
     s = sub.add_parser("evaluate", help="re-score a saved checkpoint on a split (one process)")
-    s.add_argument("--checkpoint", required=True, help="a run's checkpoint directory (runs/<name>/checkpoint_*)")
+    s.add_argument("--checkpoint", required=True, help="a run directory (runs/<name>: its newest complete checkpoint) "
+                   "or one checkpoint directory in it")
     s.add_argument("--split", default="valid", help="train, valid or test")
     s.set_defaults(fn=cmd_evaluate)
     return p

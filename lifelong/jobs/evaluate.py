@@ -1,4 +1,5 @@
-"""The evaluate job: re-score a saved checkpoint on any split, in one process.
+"""The evaluate job: re-score a saved checkpoint (or a run's newest complete one) on any
+split, in one process.
 
 The checkpoint holds the job (model, config, features, samples) and every rank's DCP shards;
 the run directory beside it holds the run file, so the same (cached) samples are found or
@@ -25,7 +26,7 @@ from lifelong.trainers.model_setup import plain_model
 
 
 def evaluate(ckpt: str | Path, split: str = "valid", batch_size: int = 1024) -> dict:
-    ckpt = Path(ckpt)
+    ckpt = checkpoint.resolve(ckpt)  # a run directory means its newest complete checkpoint
     if split not in SPLITS:
         raise ValueError(f"split '{split}' not in {SPLITS}")
     job = JobSpec.from_dict(checkpoint.read_job(ckpt))

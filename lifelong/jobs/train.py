@@ -10,6 +10,7 @@ from lifelong.cluster.connect import connect
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.jobs.config import RUN_FILE, RunFile
 from lifelong.jobs.prepare import prepare
+from lifelong.trainers import checkpoint
 from lifelong.trainers.checkpoint import PLAN_FILE
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.trainer import make_trainer
@@ -31,10 +32,13 @@ def train(run: RunFile) -> dict:
     print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} "
           f"dropped={report['dropped']}", flush=True)
     result = make_trainer(job_spec(run, meta), samples_dir, run.cluster, run.name, run.output_dir).fit()
-    ckpt = result.checkpoint.path if result.checkpoint else None
+    out = Path(run.output_dir) / run.name
+    # The newest complete checkpoint on disk: a finished run that is rerun writes none, and Ray Train's
+    # controller may not have registered the one a resumed run started from.
+    newest = checkpoint.latest(out, log=lambda _: None) if out.is_dir() else None
+    ckpt = str(newest) if newest else (result.checkpoint.path if result.checkpoint else None)
     summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic,
                "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": ckpt, **result.metrics}
-    out = Path(run.output_dir) / run.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / RUN_FILE).write_text(json.dumps(asdict(run), indent=2))  # for `lifelong evaluate`

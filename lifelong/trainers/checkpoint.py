@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -91,6 +91,78 @@ def load(model: nn.Module, path: str | Path, optimizer=None) -> dict:
             torch.cuda.set_rng_state(saved["cuda"])
     trainer = json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).exists() else {}
     return {**trainer, "key_cache_loaded": False} if no_cache else trainer
+
+
+CHECKPOINT_GLOB = "checkpoint_*"  # Ray Train's checkpoint directories inside a run directory
+
+
+def incomplete(path: str | Path) -> Optional[str]:
+    """Why `path` is not a complete checkpoint, or None when it is: the job, metrics and trainer state
+    files parse, the DCP metadata loads, every shard file it names is present at its full length,
+    and every rank that wrote it left its RNG state."""
+    path = Path(path)
+    parsed = {}
+    for name in (JOB_FILE, METRICS_FILE, STATE_FILE):
+        try:
+            parsed[name] = json.loads((path / name).read_text())
+        except FileNotFoundError:
+            return f"no {name}"
+        except ValueError as e:
+            return f"{name} is not valid JSON ({e})"
+    try:
+        meta = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as e:  # noqa: BLE001  a torn .metadata raises whatever unpickling hits
+        return f"DCP metadata unreadable ({type(e).__name__}: {e})"
+    need: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for rel, size in sorted(need.items()):
+        f = path / rel
+        if not f.is_file():
+            return f"shard file {rel} missing"
+        if f.stat().st_size < size:
+            return f"shard file {rel} truncated ({f.stat().st_size} of {size} bytes)"
+    for rank in range(int(parsed[STATE_FILE].get("world_size", 0))):
+        if not _rng_file(path, rank).is_file():
+            return f"no {_rng_file(path, rank).name} (rank {rank} of {parsed[STATE_FILE]['world_size']})"
+    return None
+
+
+def _order(path: Path) -> tuple:
+    """Newest first by global step, an epoch-end checkpoint after a mid-epoch one, then by name (dated)."""
+    state = json.loads((path / STATE_FILE).read_text())
+    return state.get("global_step", 0), bool(state.get("epoch_done")), path.name
+
+
+def latest(run_dir: str | Path, log: Callable[[str], None] = print) -> Optional[Path]:
+    """The newest complete checkpoint under a run directory, whether or not Ray Train registered it;
+    each incomplete one is named through `log` and skipped. None if there is no complete one."""
+    run_dir = Path(run_dir)
+    complete = []
+    for path in sorted(p for p in run_dir.glob(CHECKPOINT_GLOB) if p.is_dir()):
+        why = incomplete(path)
+        if why:
+            log(f"[lifelong] skipping incomplete checkpoint {path}: {why}")
+        else:
+            complete.append(path)
+    return max(complete, key=_order) if complete else None
+
+
+def resolve(path: str | Path, log: Callable[[str], None] = print) -> Path:
+    """A checkpoint directory (checked complete) or a run directory (its newest complete checkpoint)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
+    if (path / ".metadata").exists() or (path / JOB_FILE).exists():
+        why = incomplete(path)
+        if why:
+            raise ValueError(f"{path}: incomplete checkpoint ({why}); pass its run directory to use the newest "
+                             "complete one")
+        return path
+    found = latest(path, log)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no complete checkpoint in this run directory")
+    return found
 
 
 def read_job(path: str | Path) -> dict:

@@ -32,7 +32,8 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
     store = store_path(samples_dir, job.samples.layout)  # workers read it from shared storage
     return TorchTrainer(
         loop,
-        train_loop_config={"job": job.to_dict(), "store": str(store) if store else None, **(loop_config or {})},
+        train_loop_config={"job": job.to_dict(), "store": str(store) if store else None,
+                           "run_dir": str(Path(storage_path).resolve() / name), **(loop_config or {})},
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),

@@ -105,23 +105,53 @@ def maybe_inject_fault(job: JobSpec, rank: int, world: int, global_step: int) ->
             os._exit(1)
 
 
-def resume(model, optimizer, job_dict: dict, rank: int) -> dict:
-    """Trainer state of the run's latest checkpoint, loaded into model and optimiser ({} if none).
-    A checkpoint of another job (model, its config, features or samples differ) under the same run
-    name is an error, never loaded; training settings and the sharding plan may change."""
-    ckpt = ray.train.get_checkpoint()
-    if not ckpt:
-        return {}
-    with ckpt.as_directory() as d:
-        saved, now = checkpoint.read_job(d), json.loads(json.dumps(job_dict))
-        diff = [k for k in ("model", "model_config", "features", "samples") if saved.get(k) != now.get(k)]
-        if diff:
-            raise ValueError(f"run name already holds a checkpoint of another job (differs in {diff}): "
-                             f"choose another --name, or remove {ckpt.path}'s run directory")
-        state = checkpoint.load(model, d, optimizer)
-        state["metrics"] = json.loads((Path(d) / checkpoint.METRICS_FILE).read_text())
+def choose_checkpoint(run_dir: Optional[str], registered: Optional[str]) -> tuple[Optional[str], str]:
+    """Which checkpoint a (re)started run resumes from, and the line that says so: the newest complete
+    checkpoint in the run directory, whether or not Ray Train's controller registered it before a
+    failure (incomplete ones are named and skipped); Ray's registered one where the run directory is
+    not on a local file system."""
+    if run_dir and Path(run_dir).is_dir():
+        found = checkpoint.latest(run_dir)
+        if found is None:
+            return None, f"[lifelong] no complete checkpoint in {run_dir}: training from scratch"
+        return str(found), f"[lifelong] resuming from {found}"
+    if registered:
+        return registered, f"[lifelong] resuming from Ray Train's checkpoint {registered}"
+    return None, "[lifelong] no checkpoint: training from scratch"
+
+
+def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str]) -> dict:
+    """Trainer state of the run's newest complete checkpoint, loaded into model and optimiser ({} if
+    none); rank 0 chooses it and every rank loads the same one. A checkpoint of another job (model, its
+    config, features or samples differ) under the same run name is an error, never loaded; training
+    settings and the sharding plan may change."""
+    registered = ray.train.get_checkpoint()
+    chosen = [None]
     if rank == 0:
-        print(f"[lifelong] resumed from {ckpt.path}: epoch {state.get('epoch')} step {state.get('step_in_epoch')} "
+        chosen[0], line = choose_checkpoint(run_dir, registered.path if registered else None)
+        print(line, flush=True)
+    if dist.is_initialized():
+        dist.broadcast_object_list(chosen, src=0)
+    if chosen[0] is None:
+        return {}
+    path = Path(chosen[0])
+    if not path.is_dir():  # remote storage: Ray's registered checkpoint, fetched
+        with registered.as_directory() as d:
+            return _load(model, optimizer, job_dict, Path(d), rank, chosen[0])
+    return _load(model, optimizer, job_dict, path, rank, chosen[0])
+
+
+def _load(model, optimizer, job_dict: dict, d: Path, rank: int, name: str) -> dict:
+    saved, now = checkpoint.read_job(d), json.loads(json.dumps(job_dict))
+    diff = [k for k in ("model", "model_config", "features", "samples") if saved.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"run name already holds a checkpoint of another job (differs in {diff}): "
+                         f"choose another --name, or remove {name}'s run directory")
+    state = checkpoint.load(model, d, optimizer)
+    state["metrics"] = json.loads((d / checkpoint.METRICS_FILE).read_text())
+    state["resumed_from"] = name
+    if rank == 0:
+        print(f"[lifelong] resumed from {name}: epoch {state.get('epoch')} step {state.get('step_in_epoch')} "
               f"(global step {state.get('global_step')})", flush=True)
     return state
 
@@ -142,7 +172,7 @@ def train_loop_per_worker(config: dict) -> None:
     store = load_store(config)
     collate, full_collate = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
     t = job.train
-    state = resume(model, optimizer, config["job"], rank)
+    state = resume(model, optimizer, config["job"], rank, config.get("run_dir"))
     metrics: dict = state.get("metrics", {})
     epoch_losses: list[float] = list(metrics.get("train_loss_epochs", []))
     start_epoch, start_step = state.get("epoch", 0), state.get("step_in_epoch", 0)
@@ -155,7 +185,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
         checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint
-        trainer_state = {"epoch": epoch, "step_in_epoch": step, "epoch_done": done, "global_step": global_step}
+        trainer_state = {"epoch": epoch, "step_in_epoch": step, "epoch_done": done, "global_step": global_step,
+                         "world_size": world}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(model, tmp, config["job"], plan_text, metrics, optimizer, trainer_state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -193,5 +224,9 @@ def train_loop_per_worker(config: dict) -> None:
         if epoch < t.epochs - 1:
             save(metrics, epoch, stats["steps"], True)
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
-    metrics.update(train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state))
+    metrics.update(train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state),
+                   resumed_from=state.get("resumed_from"), resumed_global_step=state.get("global_step"))
+    if start_epoch >= t.epochs:  # a finished run rerun: report its metrics, write no new checkpoint
+        ray.train.report(metrics)
+        return
     save(metrics, t.epochs - 1, metrics.get("train_steps", 0), True)
