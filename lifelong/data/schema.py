@@ -11,6 +11,7 @@ A behaviour log is one row per user event:
 | label       | int8    | CTR label of the event (1 click/positive, 0 not)                |
 | behavior    | int8    | optional behaviour type (dataset specific code, e.g. Taobao pv=0) |
 | dwell       | float32 | optional cross feature (e.g. dwell time); NaN is an error       |
+| basket_id   | int64   | optional visit / basket (events of one basket share a timestamp) |
 
 Vocabulary sizes travel with the log in a `LogMeta` (written as `meta.json` beside Parquet).
 """
@@ -30,7 +31,7 @@ REQUIRED = {
     "timestamp": pa.int64(),
     "label": pa.int8(),
 }
-OPTIONAL = {"behavior": pa.int8(), "dwell": pa.float32()}
+OPTIONAL = {"behavior": pa.int8(), "dwell": pa.float32(), "basket_id": pa.int64()}
 ID_COLUMNS = ("user_id", "item_id", "category_id")
 
 

@@ -13,13 +13,14 @@ from typing import Any, Optional
 import yaml
 
 from lifelong.cluster.connect import ClusterConfig
+from lifelong.data.completejourney import CompleteJourneyConfig
 from lifelong.data.samples import SampleConfig
 from lifelong.data.synthetic import SyntheticConfig
 from lifelong.models.registry import make_config
 from lifelong.trainers.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-FORMATS = ("movielens", "taobao", "parquet", "synthetic")
+FORMATS = ("movielens", "taobao", "parquet", "synthetic", "completejourney")
 RUN_FILE = "run.json"  # the resolved run file, saved in every run's output directory
 
 
@@ -28,7 +29,8 @@ def shared_data() -> Path:
     return Path(os.environ.get("LIFELONG_DATA", REPO.parent / "shared" / "data"))
 
 
-DEFAULT_PATHS = {"movielens": "movielens/ml-latest-small.zip", "taobao": "taobao/UserBehavior_head.csv"}
+DEFAULT_PATHS = {"movielens": "movielens/ml-latest-small.zip", "taobao": "taobao/UserBehavior_head.csv",
+                 "completejourney": "completejourney"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class DataSource:
     format: str = "movielens"
     path: Optional[str] = None  # default: the shared copy for movielens/taobao
     synthetic: dict = field(default_factory=dict)  # SyntheticConfig fields, format=synthetic only
+    completejourney: dict = field(default_factory=dict)  # CompleteJourneyConfig fields, that format only
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -44,7 +47,10 @@ class DataSource:
             raise ValueError("data.path is required for format 'parquet'")
         if self.synthetic and self.format != "synthetic":
             raise ValueError("data.synthetic is only for format 'synthetic'")
+        if self.completejourney and self.format != "completejourney":
+            raise ValueError("data.completejourney is only for format 'completejourney'")
         make_config(SyntheticConfig, self.synthetic, "data.synthetic")
+        make_config(CompleteJourneyConfig, self.completejourney, "data.completejourney")
 
     def resolved_path(self) -> Optional[Path]:
         if self.path:

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from lifelong.data.completejourney import CompleteJourneyConfig, load_completejourney
 from lifelong.data.loaders import LOADERS
 from lifelong.data.samples import build_samples
 from lifelong.data.schema import LogMeta
@@ -21,6 +22,9 @@ def load_log(run: RunFile):
     if run.data.format == "synthetic":
         table, meta = generate(make_config(SyntheticConfig, run.data.synthetic, "data.synthetic"))
         return table, meta, {}
+    if run.data.format == "completejourney":  # negatives' popularity: the samples' train period only
+        cfg = make_config(CompleteJourneyConfig, run.data.completejourney, "data.completejourney")
+        return load_completejourney(run.data.resolved_path(), cfg, run.samples.split[0])
     return LOADERS[run.data.format](run.data.resolved_path())
 
 
