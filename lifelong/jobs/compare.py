@@ -2,8 +2,8 @@
 
 For each lifelong length in `max_lens` (the samples' `max_len`), each model and each seed, one
 `train` run (Ray Train, same run file otherwise); then the popularity and logistic-regression
-baselines on the same samples. Writes, under `<output_dir>/<name>/`: `runs.csv` (one row per
-run), `compare.csv` and `compare.md` (mean ± std over seeds per model and length) and
+baselines and the history-count rules (`trainers/rules.py`) on the same samples. Writes, under
+`<output_dir>/<name>/`: `runs.csv` (one row per run), `compare.csv` and `compare.md` (mean ± std over seeds per model and length) and
 `compare.png` (AUC vs lifelong length; AUC vs training samples/s).
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ from lifelong.jobs.config import RunFile
 from lifelong.jobs.prepare import prepare
 from lifelong.jobs.train import train
 from lifelong.models import entry
+from lifelong.data.store import SequenceStore, store_path
 from lifelong.trainers.baselines import BASELINES, evaluate_baseline
+from lifelong.trainers.rules import evaluate_rules
 
 METRICS = ("valid_auc", "valid_gauc", "valid_logloss", "train_samples_per_s", "train_peak_rss_mb",
            "valid_gsu_recall")
@@ -57,8 +59,18 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
             m = evaluate_baseline(name, tr, va)
             rows.append(_row(name, 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
             bar.update()
+        for name, m in history_rules(samples_dir, base).items():
+            rows.append(_row(f"rule: {name}", 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
     bar.close()
     return rows
+
+
+def history_rules(samples_dir: Path, run: RunFile) -> dict[str, dict]:
+    """The history-count rules on the run's samples: fit on train, scored on valid."""
+    path = store_path(samples_dir, run.samples.layout)
+    store = SequenceStore.read(path) if path else None
+    tr, va = pq.read_table(samples_dir / "train"), pq.read_table(samples_dir / "valid")
+    return evaluate_rules(tr, va, run.samples.max_len, run.samples.short_len, store)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
