@@ -3,8 +3,8 @@
 For each lifelong length in `max_lens` (the samples' `max_len`), each model and each seed, one
 `train` run (Ray Train, same run file otherwise); then the popularity and logistic-regression
 baselines and the history-count rules (`trainers/rules.py`) on the same samples. Writes, under
-`<output_dir>/<name>/`: `runs.csv` (one row per run), `compare.csv` and `compare.md` (mean ± std over seeds per model and length) and
-`compare.png` (AUC vs lifelong length; AUC vs training samples/s).
+`<output_dir>/<name>/`: `runs.csv` (one row per run), `compare.csv` and `compare.md` (mean ± std
+over seeds per model and length) and `compare.png` (AUC vs lifelong length; AUC vs training samples/s).
 """
 from __future__ import annotations
 
