@@ -12,17 +12,21 @@ from lifelong.trainers.model_setup import plain_model
 from lifelong.trainers.worker import make_collator
 from tests.helpers import store_run, tiny_job, tiny_samples
 
-CACHED = ["twin", "lic", "eta"]
+CACHED = ["twin", "twin+match", "lic", "eta"]  # +match: TWIN with the target-match cross feature
 
 
-def _pair(model: str, **train):
-    """(cached model, plain model) with the same weights, the cache freshly refreshed."""
+def _pair(variant: str, **train):
+    """(cached model, plain model) with the same weights, the cache freshly refreshed; TWIN's
+    cross-feature weights β (0 at init) drawn at random so the cross features count."""
     samples, meta = tiny_samples()
-    cfg = {"k": 6}
+    model, *opts = variant.split("+")
+    cfg = {"k": 6, **({"match": True} if "match" in opts else {})}
     fast = tiny_job(model, meta, cfg, users=True, key_cache_every=1, **train)
     ref = tiny_job(model, meta, cfg, users=True)
     torch.manual_seed(0)
     m_fast = plain_model(fast)
+    if hasattr(getattr(m_fast, "attention", None), "beta"):
+        torch.nn.init.normal_(m_fast.attention.beta)
     m_ref = plain_model(ref)
     m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
     m_fast.refresh_keys()

@@ -226,19 +226,53 @@ def test_twin_gsu_topk_equals_topk_of_the_esu_logits_even_after_training():
         opt.step()
 
 
-def test_twin_cross_features_are_scalar_biases():
+def test_twin_cross_features_are_scalar_biases_with_their_own_projection_per_head():
     torch.manual_seed(0)
     att = TwinAttention(8, 8, n_cross=2, cross_dim=4, heads=4, head_dim=3)
+    torch.nn.init.normal_(att.beta)  # β starts at 0; any values will do for the form
     q1, q2 = torch.randn(2, 8), torch.randn(2, 8)
     kh, kc = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
     kc2 = torch.randn(2, 10, 8)
     a = lambda q, c: att(q, torch.cat([kh, c], -1))  # noqa: E731
     # changing the cross features shifts every query's logits by the same per-(behaviour, head) scalar
     assert torch.allclose(a(q1, kc) - a(q1, kc2), a(q2, kc) - a(q2, kc2), atol=1e-5)
-    assert att.w_c.shape == (2, 4) and att.beta.shape == (4, 2)  # one w_j per feature, β per head
-    diff = a(q1, kc) - a(q1, kc2)  # (B, H, L): rank-one in (feature scalars) x β
-    scal = torch.einsum("bljc,jc->blj", (kc - kc2).view(2, 10, 2, 4), att.w_c)
-    assert torch.allclose(diff, torch.einsum("blj,hj->bhl", scal, att.beta), atol=1e-5)
+    assert att.w_c.shape == (4, 2, 4) and att.beta.shape == (4, 2)  # w^a_j and β_a for each head a
+    diff = a(q1, kc) - a(q1, kc2)  # (B, H, L): head a's shift is sum_j β_{a,j} (K_{c,j} w^a_j)
+    for h in range(4):
+        scal = torch.einsum("bljc,jc->blj", (kc - kc2).view(2, 10, 2, 4), att.w_c[h])
+        assert torch.allclose(diff[:, h], scal @ att.beta[h], atol=1e-5)
+    # The heads' cross projections are independent: each head's loss moves only its own w^a.
+    for h in range(4):
+        att.zero_grad()
+        a(q1, kc)[:, h].sum().backward()
+        grads = att.w_c.grad.abs().sum((1, 2))  # (H,)
+        assert grads[h] > 0 and (grads[torch.arange(4) != h] == 0).all(), grads
+
+
+def test_match_buckets_and_the_twin_match_cross_feature():
+    from lifelong.models.layers import match_buckets
+
+    items, cats = torch.tensor([[5, 7, 5, 0]]), torch.tensor([[2, 2, 3, 0]])
+    assert match_buckets(torch.tensor([5]), torch.tensor([2]), items, cats).tolist() == [[3, 1, 2, 0]]
+    samples, meta = tiny_samples()
+    for match in (False, True):
+        torch.manual_seed(0)
+        model = plain_model(tiny_job("twin", meta, {"k": 6, "match": match}))
+        assert model.cross.n_features == 2 + match and model.attention.n_cross == 2 + match
+        batch = make_collator(tiny_job("twin", meta, {"k": 6, "match": match}))(samples.slice(0, 8))
+        emb = model.lookup(batch)
+        if match:  # the match table's rows reach the relevance: changing one moves exactly its behaviours
+            torch.nn.init.normal_(model.attention.beta)
+            buckets = model.match(batch)  # (B, L)
+            b = int(buckets[emb.long_mask].max())
+            assert b > 0  # some behaviour shares the target's category
+            before = model.attention(emb.target, model.all_keys(batch, emb))
+            with torch.no_grad():
+                model.cross.match.weight[b] += 1.0
+            emb = model.lookup(batch)
+            hit = (buckets == b).unsqueeze(1).expand_as(before)  # (B, H, L)
+            moved = (model.attention(emb.target, model.all_keys(batch, emb)) - before).abs() > 1e-6
+            assert hit.any() and torch.equal(moved & emb.long_mask.unsqueeze(1), hit & emb.long_mask.unsqueeze(1))
 
 
 # --- CAIN -------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ class CAIN(TwinFrame):
         self.tcn = nn.ModuleList(TCNLayer(E if n == 0 else D, D, k, s, profile, config.peg_hidden)
                                  for n, (k, s) in enumerate(zip(config.kernels, config.strides)))
         self.cross = CrossFeatures(config.cross_dim, config.cross_buckets)
-        self.attention = TwinAttention(E, D, CrossFeatures.n_features, config.cross_dim, config.heads, config.head_dim)
+        self.attention = TwinAttention(E, D, self.cross.n_features, config.cross_dim, config.heads, config.head_dim)
         self.gsu = RelevanceGSU(self.attention, config.k)
         self.layer_attention = nn.ModuleList(TargetAttention(E, D, D, 1) for _ in config.msia_kernels)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None

@@ -106,33 +106,50 @@ class GapAttention(nn.Module):
         return self.attention(query, self.keys(request_ts, seq, ts), mask)  # (B, model_dim)
 
 
+MATCH_BUCKETS = 4  # (item equal to the target's) x (category equal to the target's)
+
+
+def match_buckets(target_item: torch.Tensor, target_cat: torch.Tensor, items: torch.Tensor, cats: torch.Tensor
+                  ) -> torch.Tensor:
+    """Per behaviour: 2 * (item == target item) + (category == target category); ids (B,) and
+    (B, T) -> (B, T) in 0..3. Padding (id 0) never matches a target (ids start at 1)."""
+    return 2 * (items == target_item.unsqueeze(1)).long() + (cats == target_cat.unsqueeze(1)).long()
+
+
 class CrossFeatures(nn.Module):
     """User-item cross features of lifelong behaviours (TWIN's K_c, also CAIN's): embeddings of the
     log-bucketed time gap to the request and of the log-bucketed distance from the newest
-    behaviour -> (B, T, 2 * dim)."""
+    behaviour and, with `match`, of whether the behaviour's item / category is the target's
+    (`match_buckets`; our addition, see `models/twin.py`) -> (B, T, n_features * dim)."""
 
-    n_features = 2
-
-    def __init__(self, dim: int, buckets: int = 24) -> None:
+    def __init__(self, dim: int, buckets: int = 24, match: bool = False) -> None:
         super().__init__()
         self.gap = TimeGapEmbedding(dim, buckets)
         self.position = nn.Embedding(buckets, dim)
+        self.match = nn.Embedding(MATCH_BUCKETS, dim) if match else None
         self.buckets = buckets
+        self.n_features = 3 if match else 2
 
-    def buckets_of(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor
-                   ) -> list[torch.Tensor]:
+    def buckets_of(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor,
+                   match: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Bucket ids of each feature (each (B, T)) for behaviours at positions pos (B, T) of
-        histories with count (B,) behaviours; ts (B, T)."""
+        histories with count (B,) behaviours; ts (B, T); match (B, T) when the module has it."""
         from_newest = (count.unsqueeze(1) - 1 - pos).clamp(min=0)  # (B, T)
         pos_bucket = torch.log2(from_newest.float() + 1).floor().long().clamp(max=self.buckets - 1)
-        return [self.gap.bucket(request_ts, ts), pos_bucket]
+        out = [self.gap.bucket(request_ts, ts), pos_bucket]
+        if self.match is not None:
+            if match is None:
+                raise ValueError("CrossFeatures(match=True) needs the behaviours' match buckets")
+            out.append(match)
+        return out
 
     def tables(self) -> list[torch.Tensor]:
         """Each feature's embedding table (buckets, dim), in output order."""
-        return [self.gap.emb.weight, self.position.weight]
+        return [self.gap.emb.weight, self.position.weight] + ([self.match.weight] if self.match is not None else [])
 
-    def forward(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor
-                ) -> torch.Tensor:
-        """(B, T, 2 * dim) for behaviours at positions pos (B, T) of histories with count (B,) behaviours."""
-        return torch.cat([nn.functional.embedding(b, w) for b, w in zip(self.buckets_of(request_ts, ts, count, pos),
-                                                             self.tables())], -1)
+    def forward(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor,
+                match: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, n_features * dim) for behaviours at positions pos (B, T) of histories with count (B,)
+        behaviours."""
+        buckets = self.buckets_of(request_ts, ts, count, pos, match)
+        return torch.cat([nn.functional.embedding(b, w) for b, w in zip(buckets, self.tables())], -1)

@@ -2,7 +2,13 @@
 
 Behaviour features: item-inherent `K_h` (item and category embeddings) and cross features `K_c`
 (time gap to the request and distance from the newest behaviour, J = 2 of width `cross_dim`,
-`layers.CrossFeatures`; our logs carry no play time). CP-GSU: the top-k of the ESU's own
+`layers.CrossFeatures`; our logs carry no play time). Each head has its own cross projection
+`W^c_a` and β_a (the seed's eq. 8). Our addition, off by default (`match: true`): a third cross
+feature, the embedding of whether the behaviour's item and category equal the target's
+(`layers.match_buckets`, 4 buckets). It is a user-item cross feature in the paper's sense (it
+needs no lookup, so the key cache's GSU scores it exactly), and it lets the relevance tell a
+repeat of the target from a merely similar item, which dot products of small, freshly initialised
+embeddings cannot (measured on The Complete Journey in BENCHMARKS.md). CP-GSU: the top-k of the ESU's own
 relevance α (head mean), computed with the very parameters the ESU trains, so the two stages
 agree (`gsu/twin.py`). ESU: 4-head softmax attention over the k, `W_o` on the concatenation.
 A DIN unit on the short history runs beside it (`use_short`). With the trainer's key cache the
@@ -33,6 +39,7 @@ class TWINConfig:
     head_dim: int = 8
     cross_dim: int = 8
     cross_buckets: int = 24
+    match: bool = False  # a cross feature: is the behaviour's item / category the target's (our addition)
     use_short: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)
@@ -43,8 +50,8 @@ class TWIN(ProjectedKeys, TwinFrame):
     def __init__(self, config: TWINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
-        self.cross = CrossFeatures(config.cross_dim, config.cross_buckets)
-        self.attention = TwinAttention(E, E, CrossFeatures.n_features, config.cross_dim, config.heads, config.head_dim)
+        self.cross = CrossFeatures(config.cross_dim, config.cross_buckets, match=config.match)
+        self.attention = TwinAttention(E, E, self.cross.n_features, config.cross_dim, config.heads, config.head_dim)
         self.gsu = RelevanceGSU(self.attention, config.k)
         self.projected_gsu = RelevanceGSU(self.attention.projected, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
@@ -73,12 +80,12 @@ class TWIN(ProjectedKeys, TwinFrame):
         lengths = batch.sparse["long_item"].lengths()
         pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
         return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(
-            batch.target_ts, batch.long_ts, lengths, pos))  # (B, L)
+            batch.target_ts, batch.long_ts, lengths, pos, self.match(batch)))  # (B, L)
 
     def extra_keys(self, batch: Batch) -> torch.Tensor:
         lengths = batch.sparse["long_item"].lengths()
         pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
-        return self.cross(batch.target_ts, batch.long_ts, lengths, pos)  # K_c (B, L, J c)
+        return self.cross(batch.target_ts, batch.long_ts, lengths, pos, self.match(batch))  # K_c (B, L, J c)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         parts = [emb.target, self.attention.read(emb.target, self.keys(batch, emb, idx), valid)]

@@ -3,8 +3,8 @@ Lifelong User Behavior Modeling in CTR Prediction at Kuaishou", KDD 2023).
 
 Behaviour features split into item-inherent `K_h` (same for every user; `K_h W_h` is cacheable)
 and user-item cross features `K_c` (J features of width c). Each cross feature compresses to one
-scalar (a diagonal-block projection `K_{c,j} w_j`), so per head
-`α = (K_h W_h)(q W_q)^T / sqrt(d_k) + (K_c W_c) β`. The same module is the CP-GSU's relevance
+scalar per head (a diagonal-block projection `K_{c,j} w^a_j`, each head a its own, the seed's
+eq. 8), so for head a `α_a = (K_h W^h_a)(q W^q_a)^T / sqrt(d_k) + (K_c W^c_a) β_a`. The same module is the CP-GSU's relevance
 (via `RelevanceGSU`, head-mean of α) and the ESU: `softmax(α over the k)^T K W_v`, heads
 concatenated, times `W_o`.
 """
@@ -28,23 +28,23 @@ class TwinAttention(nn.Module):
         self.heads, self.head_dim = heads, head_dim
         self.w_h = nn.Linear(item_dim, heads * head_dim, bias=False)
         self.w_q = nn.Linear(query_dim, heads * head_dim, bias=False)
-        self.w_c = nn.Parameter(torch.randn(n_cross, cross_dim) / math.sqrt(cross_dim))  # one w_j per feature
+        self.w_c = nn.Parameter(torch.randn(heads, n_cross, cross_dim) / math.sqrt(cross_dim))  # w^a_j
         self.beta = nn.Parameter(torch.zeros(heads, n_cross))
         self.w_v = nn.Linear(item_dim + n_cross * cross_dim, heads * head_dim, bias=False)
         self.w_o = nn.Linear(heads * head_dim, heads * head_dim)
         self.out_dim = heads * head_dim
 
     def cross_bias(self, k_c: torch.Tensor) -> torch.Tensor:
-        """(K_c W_c) β: (B, L, J * c) -> (B, H, L)."""
+        """(K_c W^c_a) β_a for every head a: (B, L, J * c) -> (B, H, L)."""
         per_feature = k_c.view(*k_c.shape[:-1], self.n_cross, self.cross_dim)  # (B, L, J, c)
-        scalars = torch.einsum("bljc,jc->blj", per_feature, self.w_c)  # (B, L, J)
-        return torch.einsum("blj,hj->bhl", scalars, self.beta)
+        scalars = torch.einsum("bljc,hjc->bhlj", per_feature, self.w_c)  # (B, H, L, J)
+        return torch.einsum("bhlj,hj->bhl", scalars, self.beta)
 
     def mean_cross_bias(self, tables: list[torch.Tensor], buckets: list[torch.Tensor]) -> torch.Tensor:
         """Head mean of `cross_bias` from the cross features' embedding tables (buckets_j, c) and
-        bucket ids (B, L): each bucket's scalar `e w_j` is computed once per table. -> (B, L)."""
-        beta = self.beta.mean(0)  # (J,)
-        return sum(beta[j] * (tab @ self.w_c[j])[b] for j, (tab, b) in enumerate(zip(tables, buckets)))
+        bucket ids (B, L): each bucket's head-mean scalar is computed once per table. -> (B, L)."""
+        w = (self.beta.unsqueeze(-1) * self.w_c).mean(0)  # (J, c): mean over heads of β_{a,j} w^a_j
+        return sum((tab @ w[j])[b] for j, (tab, b) in enumerate(zip(tables, buckets)))
 
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Relevance logits α: (B, H, L)."""
