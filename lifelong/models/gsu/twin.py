@@ -5,8 +5,8 @@ Behaviour features split into item-inherent `K_h` (same for every user; `K_h W_h
 and user-item cross features `K_c` (J features of width c). Each cross feature compresses to one
 scalar per head (a diagonal-block projection `K_{c,j} w^a_j`, each head a its own, the seed's
 eq. 8), so for head a `α_a = (K_h W^h_a)(q W^q_a)^T / sqrt(d_k) + (K_c W^c_a) β_a`. The same
-module is the CP-GSU's relevance (via `RelevanceGSU`, head-mean of α) and the ESU: `softmax(α over the k)^T K W_v`, heads
-concatenated, times `W_o`.
+module is the CP-GSU's relevance (via `RelevanceGSU`, head-mean of α) and the ESU:
+`softmax(α over the k)^T K W_v`, heads concatenated, times `W_o`.
 """
 from __future__ import annotations
 
