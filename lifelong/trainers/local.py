@@ -42,12 +42,12 @@ def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, fu
 
 
 def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
-    """The job's sparse and dense optimisers over an unsharded model (row-wise Adagrad -> Adagrad)."""
+    """The job's sparse and dense optimisers over an unsharded model: the same optimiser classes the
+    sharded path fuses (TorchRec's RowWiseAdagrad updates exactly the rows the fused kernel does)."""
     emb = model.sparse_parameters()
     cache = list(model.key_cache.parameters()) if getattr(model, "key_cache", None) is not None else []
     dense = [p for p in model.parameters() if all(p is not e for e in emb + cache)]
     cls, extra = SPARSE[job.train.sparse_optimizer]
-    cls = torch.optim.Adagrad if job.train.sparse_optimizer == "rowwise_adagrad" else cls
     dense_opt = DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr)
     return _Both(cls(emb, lr=job.train.sparse_lr, **extra), dense_opt)
 
