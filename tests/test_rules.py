@@ -62,3 +62,12 @@ def test_whole_history_rule_finds_an_old_repeat_signal_the_short_one_cannot():
     got = evaluate_rules(train, valid, 100, 20)
     assert got["item count (L)"]["auc"] > 0.99
     assert abs(got["item count (last S)"]["auc"] - 0.5) < 1e-6  # the old buys are beyond the last 20
+
+
+def test_count_bins_keep_small_counts_and_order_large_ones():
+    from lifelong.trainers.rules import count_bins
+
+    c = np.arange(0, 5000)
+    b = count_bins(c)
+    assert (b[:17] == c[:17]).all() and (np.diff(b) >= 0).all()
+    assert b[32] == 17 + 4 and len(np.unique(b)) < 70  # 16 -> 32 is one octave: 4 bins

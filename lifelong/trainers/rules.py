@@ -19,6 +19,15 @@ from lifelong.data.store import SequenceStore
 from lifelong.trainers.metrics import evaluate_arrays
 
 SHARE_BINS = 100  # a share is binned to 1 / SHARE_BINS
+EXACT_COUNTS = 16  # counts above this share quarter-octave bins (a rule keeps enough train samples per bin)
+
+
+def count_bins(count: np.ndarray) -> np.ndarray:
+    """Counts 0..16 as themselves, larger ones in quarter-octave bins (17, 18, ...)."""
+    big = count > EXACT_COUNTS
+    out = count.astype(np.int64).copy()
+    out[big] = EXACT_COUNTS + 1 + np.floor(4 * np.log2(count[big] / EXACT_COUNTS)).astype(np.int64)
+    return out
 TARGETS = {"item": ("item_id", "hist_item"), "category": ("category_id", "hist_cat")}
 
 
@@ -55,14 +64,14 @@ def reference_occurrences(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, ta
 
 def features(samples: pa.Table, max_len: int, short_len: int, store: Optional[SequenceStore] = None
              ) -> dict[str, np.ndarray]:
-    """Rule name -> (N,) integer feature (counts, or shares binned to 1 / SHARE_BINS)."""
+    """Rule name -> (N,) integer feature (binned counts, or shares binned to 1 / SHARE_BINS)."""
     out = {}
     for what, (target_col, hist_col) in TARGETS.items():
         target = samples.column(target_col).to_numpy()
         for window, length in (("L", max_len), ("last S", short_len)):
             values, lo, hi = _windows(samples, store, hist_col, length)
             count = occurrences(values, lo, hi, target)
-            out[f"{what} count ({window})"] = count
+            out[f"{what} count ({window})"] = count_bins(count)
             share = count / np.maximum(hi - lo, 1)
             out[f"{what} share ({window})"] = np.round(share * SHARE_BINS).astype(np.int64)
     return out
