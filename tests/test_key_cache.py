@@ -15,9 +15,10 @@ from tests.helpers import store_run, tiny_job, tiny_samples
 CACHED = ["twin", "twin+match", "lic", "eta"]  # +match: TWIN with the target-match cross feature
 
 
-def _pair(variant: str, **train):
+def _pair(variant: str, random_beta: bool = True, **train):
     """(cached model, plain model) with the same weights, the cache freshly refreshed; TWIN's
-    cross-feature weights β (0 at init) drawn at random so the cross features count."""
+    cross-feature weights β (0 at init) drawn at random so the cross features count, unless
+    `random_beta` is False (then behaviours with equal keys tie exactly in both paths)."""
     samples, meta = tiny_samples()
     model, *opts = variant.split("+")
     cfg = {"k": 6, **({"match": True} if "match" in opts else {})}
@@ -25,7 +26,7 @@ def _pair(variant: str, **train):
     ref = tiny_job(model, meta, cfg, users=True)
     torch.manual_seed(0)
     m_fast = plain_model(fast)
-    if hasattr(getattr(m_fast, "attention", None), "beta"):
+    if random_beta and hasattr(getattr(m_fast, "attention", None), "beta"):
         torch.nn.init.normal_(m_fast.attention.beta)
     m_ref = plain_model(ref)
     m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
@@ -85,7 +86,9 @@ def test_cached_gsu_picks_the_same_top_k_as_the_live_gsu(model):
 
 
 def test_stale_cache_is_reported_and_refresh_restores_parity():
-    m_fast, m_ref, batch, job = _pair("twin")
+    # β stays 0: after a step, two behaviours of one item can tie within 1e-7 in the live and the
+    # cached scores alike, and top-k may then break the tie either way (seen with random β)
+    m_fast, m_ref, batch, job = _pair("twin", random_beta=False)
     opt = local_optimizer(job, m_fast)
     m_fast(batch).sum().backward()
     opt.step()  # the tables and W_h move; the cache does not

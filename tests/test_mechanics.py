@@ -357,3 +357,27 @@ def test_lic_clock_relevance_uses_the_gap_mlp_and_four_heads():
     E = model.spec.behaviour_dim
     s_diff = (model.clock.s(keys[..., E:]) - model.clock.s(shifted[..., E:])).transpose(1, 2)
     assert torch.allclose(delta, s_diff, atol=1e-5) and delta.abs().max() > 1e-4
+
+
+def test_din_match_features_reach_exactly_the_matching_behaviours_weights():
+    samples, meta = tiny_samples()
+    for name in ("din", "din_full"):
+        job = tiny_job(name, meta, {"match": True})
+        torch.manual_seed(0)
+        model = plain_model(job)
+        batch = make_collator(job)(samples.slice(0, 8))
+        emb = model.lookup(batch)
+        group = "long" if name == "din_full" else "short"
+        keys, mask = (emb.long, emb.long_mask) if group == "long" else (emb.short, emb.short_mask)
+        width = keys.shape[1]
+        match = model.target_match(batch, group, width)  # (B, T)
+        b = int(match[mask].max())
+        assert b > 0
+        weights = []
+        model.unit.net.register_forward_hook(lambda mod, args, out: weights.append(out.squeeze(-1).detach()))
+        model.unit(emb.target, keys, mask, match)
+        with torch.no_grad():
+            model.unit.match.weight[b] += 1.0
+        model.unit(emb.target, keys, mask, match)
+        moved = (weights[1] - weights[0]).abs() > 1e-7  # (B, T)
+        assert torch.equal(moved & mask, (match == b) & mask), name

@@ -17,7 +17,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings.collate import Batch, Prefilter
 from lifelong.embeddings.key_cache import dedup_lookup
-from lifelong.models.layers import mlp
+from lifelong.models.layers import match_buckets, mlp
 from lifelong.embeddings.spec import TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name
 
 
@@ -101,6 +101,15 @@ class CTRModel(nn.Module):
         user = _dense(out[USER], 1).squeeze(1) if self.spec.n_users else target.new_zeros(target.shape[0], 0)
         return Embedded(target, cat("short", batch.short_len), _mask(short_len, batch.short_len),
                         cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat, side, user)
+
+    @staticmethod
+    def target_match(batch: Batch, group: str, width: int) -> torch.Tensor:
+        """Match buckets (B, width) of a sequence group's behaviours against the target: whether each
+        one's item and category are the target's (`layers.match_buckets`), from the raw ids."""
+        sp = batch.sparse
+        ids = lambda t: sp[feature_name(group, t)].to_padded_dense(desired_length=width)  # noqa: E731
+        return match_buckets(sp[feature_name("target", "item")].values(), sp[feature_name("target", "cat")].values(),
+                             ids("item"), ids("cat"))  # (B, width)
 
     def make_head(self, interest_dim: int, hidden: Sequence[int]) -> nn.Module:
         """The shared head: MLP over [interest features, user embedding] -> logit."""

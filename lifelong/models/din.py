@@ -3,7 +3,9 @@ the whole lifelong history (the brute-force reference two-stage models approxima
 
 The activation unit scores each of the last S behaviours against the target with an MLP over
 [e, q, e - q, e * q] and sums them with those weights (no softmax: the interest keeps its
-strength). Head: MLP over [target, interest]. Default activation: PReLU.
+strength). Head: MLP over [target, interest]. Default activation: PReLU. Our addition, off by
+default (`match: true`): the unit also reads whether each behaviour's item / category is the
+target's (`layers.ActivationUnit`), as TWIN's `match` cross feature does.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from lifelong.models.registry import register
 class DINConfig:
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)
+    match: bool = False  # the unit reads target-match features (our addition)
+    match_dim: int = 8
 
 
 @register("din", DINConfig)
@@ -30,11 +34,12 @@ class DIN(CTRModel):
     def __init__(self, config: DINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
-        self.unit = ActivationUnit(E, config.attention_hidden)
+        self.unit = ActivationUnit(E, config.attention_hidden, config.match_dim if config.match else 0)
         self.head = self.make_head(2 * E, config.head_hidden)
 
     def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        return torch.cat([emb.target, self.unit(emb.target, emb.short, emb.short_mask)], -1)  # (B, 2E)
+        match = self.target_match(batch, "short", batch.short_len) if self.config.match else None
+        return torch.cat([emb.target, self.unit(emb.target, emb.short, emb.short_mask, match)], -1)  # (B, 2E)
 
 
 @register("din_full", DINConfig)
@@ -46,4 +51,5 @@ class DINFull(DIN):
         return InputSpec(use_long=True)
 
     def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        return torch.cat([emb.target, self.unit(emb.target, emb.long, emb.long_mask)], -1)  # (B, 2E)
+        match = self.target_match(batch, "long", batch.long_len) if self.config.match else None
+        return torch.cat([emb.target, self.unit(emb.target, emb.long, emb.long_mask, match)], -1)  # (B, 2E)

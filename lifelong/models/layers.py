@@ -26,16 +26,35 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.masked_fill(~mask, MASK_FILL), dim=-1) * mask
 
 
+MATCH_BUCKETS = 4  # (item equal to the target's) x (category equal to the target's)
+
+
+def match_buckets(target_item: torch.Tensor, target_cat: torch.Tensor, items: torch.Tensor, cats: torch.Tensor
+                  ) -> torch.Tensor:
+    """Per behaviour: 2 * (item == target item) + (category == target category); ids (B,) and
+    (B, T) -> (B, T) in 0..3. Padding (id 0) never matches a target (ids start at 1)."""
+    return 2 * (items == target_item.unsqueeze(1)).long() + (cats == target_cat.unsqueeze(1)).long()
+
+
 class ActivationUnit(nn.Module):
-    """DIN: w_j = MLP([e_j, q, e_j - q, e_j * q]), no softmax; interest = sum_j w_j e_j."""
+    """DIN: w_j = MLP([e_j, q, e_j - q, e_j * q]), no softmax; interest = sum_j w_j e_j. With
+    `match_dim` > 0 (our addition) the MLP also reads an embedding of whether behaviour j's item and
+    category are the target's (`match_buckets`), so a weight can single out repeats of the target."""
 
-    def __init__(self, dim: int, hidden: Sequence[int]) -> None:
+    def __init__(self, dim: int, hidden: Sequence[int], match_dim: int = 0) -> None:
         super().__init__()
-        self.net = mlp(4 * dim, hidden, 1)
+        self.match = nn.Embedding(MATCH_BUCKETS, match_dim) if match_dim else None
+        self.net = mlp(4 * dim + match_dim, hidden, 1)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                match: torch.Tensor | None = None) -> torch.Tensor:
         q = query.unsqueeze(1).expand_as(keys)  # (B, T, D)
-        w = self.net(torch.cat([keys, q, keys - q, keys * q], dim=-1)).squeeze(-1)  # (B, T)
+        parts = [keys, q, keys - q, keys * q]
+        if self.match is not None:
+            if match is None:
+                raise ValueError("ActivationUnit(match_dim > 0) needs the behaviours' match buckets")
+            parts.append(self.match(match))  # (B, T, match_dim)
+        w = self.net(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, T)
         w = w * mask
         return torch.einsum("bt,btd->bd", w, keys)  # (B, D)
 
@@ -104,16 +123,6 @@ class GapAttention(nn.Module):
     def forward(self, query: torch.Tensor, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
         return self.attention(query, self.keys(request_ts, seq, ts), mask)  # (B, model_dim)
-
-
-MATCH_BUCKETS = 4  # (item equal to the target's) x (category equal to the target's)
-
-
-def match_buckets(target_item: torch.Tensor, target_cat: torch.Tensor, items: torch.Tensor, cats: torch.Tensor
-                  ) -> torch.Tensor:
-    """Per behaviour: 2 * (item == target item) + (category == target category); ids (B,) and
-    (B, T) -> (B, T) in 0..3. Padding (id 0) never matches a target (ids start at 1)."""
-    return 2 * (items == target_item.unsqueeze(1)).long() + (cats == target_cat.unsqueeze(1)).long()
 
 
 class CrossFeatures(nn.Module):

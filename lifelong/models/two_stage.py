@@ -30,7 +30,7 @@ from lifelong.embeddings.key_cache import CacheTable
 from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name, features
 from lifelong.models.base import CTRModel, Embedded, _mask
 from lifelong.models.gsu.base import GSU, gather_rows, masked_topk, valid_slots
-from lifelong.models.layers import ActivationUnit, GapAttention, match_buckets
+from lifelong.models.layers import ActivationUnit, GapAttention
 
 
 def select_long(batch: Batch, idx: torch.Tensor, valid: torch.Tensor) -> Batch:
@@ -227,12 +227,7 @@ class TwinFrame(TwoStage):
     def match(self, batch: Batch) -> Optional[torch.Tensor]:
         """Match buckets (B, L) of the batch's lifelong behaviours against the target
         (`layers.match_buckets`), when the cross features use them; else None."""
-        if self.cross.match is None:
-            return None
-        sp = batch.sparse
-        ids = lambda t: sp[feature_name("long", t)].to_padded_dense(desired_length=batch.long_len)  # noqa: E731
-        return match_buckets(sp[feature_name("target", "item")].values(), sp[feature_name("target", "cat")].values(),
-                             ids("item"), ids("cat"))  # (B, L)
+        return None if self.cross.match is None else self.target_match(batch, "long", batch.long_len)  # (B, L)
 
     def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
         """[K_h, K_c] of the behaviours at idx (B, T): (B, T, D + J c)."""
