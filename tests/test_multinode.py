@@ -25,6 +25,10 @@ def test_resolve_sizes_workers_from_resources():
     assert resolve(ClusterConfig(num_workers=0), {"CPU": 2.0}).num_workers == 1
     with pytest.raises(ValueError, match="0 GPUs"):
         resolve(ClusterConfig(use_gpu=True), {"CPU": 8.0})
+    # A 2-CPU head with 2 training workers would leave Ray Data's reads waiting for ever: refused.
+    with pytest.raises(ValueError, match="2 CPUs and 2 training workers.*--num-cpus=4"):
+        resolve(ClusterConfig(num_workers=2), {"CPU": 2.0})
+    assert resolve(ClusterConfig(num_workers=2, cpus_per_worker=0.5), {"CPU": 2.0}).num_workers == 2
     with pytest.raises(ValueError, match="resolved"):
         scaling_config(auto)
     with pytest.raises(ValueError, match="placement_strategy"):
@@ -69,3 +73,29 @@ def test_two_node_cluster_spreads_workers_and_trains(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_an_address_with_nothing_listening_fails_at_once_naming_it():
+    import socket
+    import time
+
+    from lifelong.cluster.connect import check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ConnectionError, match=f"no Ray cluster at '{address}'.*ray://host:10001"):
+            check_reachable(address)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ValueError, match="not of the form"):
+        check_reachable("head-without-port")
+
+
+def test_cli_workers_zero_means_auto():
+    from lifelong.jobs.cli import _run_file, parser
+
+    assert _run_file(parser().parse_args(["train", "--workers", "0"])).cluster.num_workers == 0
+    assert _run_file(parser().parse_args(["train", "--workers", "3"])).cluster.num_workers == 3
+    assert _run_file(parser().parse_args(["train"])).cluster.num_workers == 2  # the run file's

@@ -10,6 +10,7 @@ the connected cluster's resources; `scaling_config` makes Ray Train's ScalingCon
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -46,6 +47,7 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
         return "existing"
     env = runtime_env or {"env_vars": {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}}
     if cfg.address:
+        check_reachable(cfg.address)
         ray.init(address=cfg.address, runtime_env=env, log_to_driver=True)
         return "address"
     if os.environ.get("RAY_ADDRESS"):
@@ -59,6 +61,24 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
     return "local"
 
 
+ADDRESS_FORMS = "'ray://host:10001' (Ray Client), 'host:6379' (the head's GCS) or 'auto'"
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, naming the address, when nothing listens there (Ray itself retries for ever)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"cluster address '{address}' is not of the form {ADDRESS_FORMS}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster at '{address}' ({e.strerror or e}); start one "
+                              f"(`ray start --head`) or pass {ADDRESS_FORMS}") from None
+
+
 def resolve(cfg: ClusterConfig, resources: Optional[dict] = None) -> ClusterConfig:
     """The config with auto values filled from `resources` (default: the connected cluster's)."""
     res = resources if resources is not None else ray.cluster_resources()
@@ -69,6 +89,11 @@ def resolve(cfg: ClusterConfig, resources: Optional[dict] = None) -> ClusterConf
                          f"(a worker needs cluster.gpus_per_worker = {cfg.gpus_per_worker:g})")
     workers = cfg.num_workers or (int(gpus // cfg.gpus_per_worker) if use_gpu
                                   else max(1, int((cpus - DATA_CPUS) // cfg.cpus_per_worker)))
+    if cpus - workers * cfg.cpus_per_worker < 1:  # Ray Data's read tasks would wait for ever
+        raise ValueError(f"the cluster has {cpus:g} CPUs and {workers} training workers x "
+                         f"{cfg.cpus_per_worker:g} CPU leave none for Ray Data: give the head more logical "
+                         f"CPUs (`ray start --head --num-cpus={int(workers * cfg.cpus_per_worker) + DATA_CPUS}`), "
+                         "or set cluster.num_workers lower or cluster.cpus_per_worker below 1")
     return replace(cfg, num_workers=workers, use_gpu=use_gpu)
 
 

@@ -17,9 +17,10 @@ def _run_file(args):
     overrides = {"model": getattr(args, "model", None), "name": getattr(args, "name", None),
                  "output_dir": getattr(args, "output_dir", None)}
     run = load_run_file(args.config, overrides)
-    if getattr(args, "address", None) or getattr(args, "workers", None):
+    workers = getattr(args, "workers", None)
+    if getattr(args, "address", None) or workers is not None:  # --workers 0 means auto, not "unset"
         run = replace(run, cluster=replace(run.cluster, address=args.address or run.cluster.address,
-                                           num_workers=args.workers or run.cluster.num_workers))
+                                           num_workers=run.cluster.num_workers if workers is None else workers))
     return run
 
 
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="run YAML (see configs/)")
         s.add_argument("--address", help="Ray cluster address; default: embedded local Ray or the job's cluster")
-        s.add_argument("--workers", type=int, help="number of training workers")
+        s.add_argument("--workers", type=int, help="number of training workers (0: auto, from the cluster's resources)")
         s.add_argument("--output-dir", dest="output_dir", help="where samples, runs and checkpoints go")
         s.add_argument("--name", help="run name")
         if name in ("train", "shard-bench"):
