@@ -31,6 +31,20 @@ def _write(tmp_path, table, name="log.parquet"):
     return tmp_path / name
 
 
+def test_parquet_log_directory_and_missing_paths(tmp_path):
+    """A directory of part files with meta.json inside loads; missing paths say so."""
+    log = _log()
+    _write(tmp_path, log.slice(0, 2), "part-0.parquet")
+    pq.write_table(log.slice(2), tmp_path / "part-1.parquet")
+    table, meta, dropped = load_parquet_log(tmp_path)
+    assert table.num_rows == 4 and meta.n_items == 3 and dropped == {}
+    with pytest.raises(LogSchemaError, match=r"nope\.parquet: not found"):
+        load_parquet_log(tmp_path / "nope.parquet")
+    (tmp_path / "meta.json").unlink()
+    with pytest.raises(LogSchemaError, match="no meta.json inside"):
+        load_parquet_log(tmp_path)
+
+
 def test_corrupt_parquet_names_the_file(tmp_path):
     path = _write(tmp_path, _log())
     path.write_bytes(path.read_bytes()[:40])  # truncated: footer gone

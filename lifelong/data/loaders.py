@@ -128,14 +128,21 @@ def load_taobao(path: str | Path, window: tuple[int, int] | None = TAOBAO_WINDOW
 
 
 def load_parquet_log(path: str | Path) -> Loaded:
-    """A behaviour log already in the schema: a Parquet file or directory with meta.json."""
+    """A behaviour log already in the schema: one Parquet file with `meta.json` beside it, or a
+    directory of `*.parquet` part files with `meta.json` inside it (see the README's log format)."""
     path = Path(path)
+    if not path.exists():
+        raise LogSchemaError(f"{path}: not found (a Parquet file, or a directory of *.parquet files)")
     meta_path = (path if path.is_dir() else path.parent) / "meta.json"
     if not meta_path.exists():
-        raise LogSchemaError(f"{path}: no meta.json beside the Parquet log")
+        raise LogSchemaError(f"{path}: no meta.json {'inside' if path.is_dir() else 'beside'} the Parquet log "
+                             '(vocabulary sizes: {"name", "n_users", "n_items", "n_categories"})')
     meta = LogMeta.load(meta_path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise LogSchemaError(f"{path}: directory holds no *.parquet files")
     try:
-        table = pq.read_table(path)
+        table = pa.concat_tables([pq.read_table(f) for f in files])
     except (pa.ArrowInvalid, OSError) as e:
         raise LogSchemaError(f"{path}: cannot read Parquet: {e}") from e
     return validate_log(table, str(path), meta), meta, {}
