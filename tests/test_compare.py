@@ -34,6 +34,7 @@ def test_compare_two_seeds_then_evaluate_a_checkpoint(ray_local, tmp_path):
     agg = compare(run, ["din"], [0, 1], [32])
     out = tmp_path / "cmp"
     assert {"runs.csv", "compare.csv", "compare.md", "compare.png"} <= {p.name for p in out.iterdir()}
+    assert "at most 8 steps per epoch, batch 256" in (out / "compare.md").read_text()  # the budget is stated
     models = [a["model"] for a in agg]
     assert models[:3] == ["din", "popularity", "logistic"]
     assert {"rule: item count (L)", "rule: category count (last S)"} <= set(models[3:]) and len(models) == 3 + 8

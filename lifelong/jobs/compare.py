@@ -150,9 +150,21 @@ def write(rows: list[dict], out: Path, title: str) -> list[dict]:
     return agg
 
 
+def budget(run: RunFile) -> str:
+    """The training budget every model got, as the report states it."""
+    t = run.train
+    steps = f", at most {t.max_steps} steps per epoch" if t.max_steps else " (whole train split)"
+    return (f"budget per run: {t.epochs} epoch(s){steps}, batch {t.batch_size} per worker x "
+            f"{run.cluster.num_workers or 'auto'} workers, sparse {t.sparse_optimizer} lr {t.sparse_lr}, "
+            f"dense {t.dense_optimizer} lr {t.dense_lr}, no tuning; valid split")
+
+
 def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int]) -> list[dict]:
     rows = run_all(run, models, seeds, max_lens)
     label = run.data.format + (" (SYNTHETIC)" if run.data.format == "synthetic" else "")
-    agg = write(rows, Path(run.output_dir) / run.name, f"{label}: {len(seeds)} seed(s) per model")
-    print((Path(run.output_dir) / run.name / "compare.md").read_text(), flush=True)
+    out = Path(run.output_dir) / run.name
+    agg = write(rows, out, f"{label}: {len(seeds)} seed(s) per model; {budget(run)}")
+    print((out / "compare.md").read_text(), flush=True)
+    files = ", ".join(str(out / f) for f in ("compare.md", "compare.csv", "runs.csv", "compare.png"))
+    print(f"[lifelong] compare wrote {files}", flush=True)
     return agg
