@@ -152,3 +152,26 @@ def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse):
         got = torch.load(out, weights_only=True)
     for name, want in model.state_dict().items():
         assert torch.allclose(got[name], want, atol=1e-5), (name, (got[name] - want).abs().max())
+
+
+def test_grad_clip_bounds_the_dense_step_and_leaves_the_tables_alone():
+    """train.grad_clip clips the dense gradients' global norm only (what DMP's fused path can clip)."""
+    from lifelong.trainers.loop import train_epoch
+
+    samples, meta = tiny_samples()
+    states = {}
+    for clip in (0.0, 1e-3):
+        job = tiny_job("din", meta, sparse_optimizer="sgd", sparse_lr=50.0, dense_optimizer="sgd", dense_lr=1.0,
+                       grad_clip=clip)
+        torch.manual_seed(0)
+        model = plain_model(job)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        train_epoch(model, local_optimizer(job, model), [make_collator(job)(samples.slice(0, 32))],
+                    torch.device("cpu"), show=False, grad_clip=job.train.grad_clip)
+        states[clip] = {k: v - init[k] for k, v in model.state_dict().items()}  # the step
+    tables = [k for k in states[0.0] if k.startswith("embeddings.")]
+    dense = [k for k in states[0.0] if not k.startswith("embeddings.")]
+    for k in tables:
+        assert torch.equal(states[0.0][k], states[1e-3][k]), k
+    norm = lambda st: torch.sqrt(sum((st[k] ** 2).sum() for k in dense))  # noqa: E731
+    assert norm(states[0.0]) > 1e-2 and norm(states[1e-3]) <= 1e-3 * 1.0001

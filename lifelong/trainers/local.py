@@ -65,7 +65,7 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     for epoch in range(job.train.epochs):
         train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
         stats = train_epoch(model, opt, train_batches, device, job.train.max_steps, 0, show=False,
-                            before_step=keys.step)
+                            before_step=keys.step, grad_clip=job.train.grad_clip)
         keys.refresh()
         metrics = evaluate(model, batches(valid, job, job.train.eval_batch_size, None, store=store), device)
         metrics.update(gsu_consistency(model, batches(valid, job, job.train.eval_batch_size, None, True, store),

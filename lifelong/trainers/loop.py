@@ -47,14 +47,16 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
                 max_steps: int = 0, log_every: int = 50, show: bool = True, start: int = 0,
                 every: int = 0, on_checkpoint: Optional[Callable[[int], None]] = None,
                 on_step: Optional[Callable[[int], None]] = None,
-                before_step: Optional[Callable[[Batch], None]] = None) -> dict:
+                before_step: Optional[Callable[[Batch], None]] = None, grad_clip: float = 0.0) -> dict:
     """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
     ranks (the job's throughput).
 
     Resuming: the first `start` batches are passed over (they were trained before the checkpoint).
     `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch)` after each,
-    `before_step(batch)` before each (e.g. `KeyCacheRefresh.step`)."""
+    `before_step(batch)` before each (e.g. `KeyCacheRefresh.step`). `grad_clip` > 0 clips the global
+    norm of the dense gradients (in-process too: under DMP the fused sparse optimiser has stepped
+    the tables in backward already, so both paths clip the same gradients)."""
     model.train()
     batches = itertools.islice(batches, start, None)
     skipped: list[int] = []
@@ -63,6 +65,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     loss_sum, t0 = 0.0, time.perf_counter()
     bar = tqdm(desc="train", unit="batch", disable=not show, mininterval=5)
     rank = dist.get_rank() if dist.is_initialized() else 0
+    sparse = {id(p) for p in (model.module if hasattr(model, "module") else model).sparse_parameters()}
     for batch in in_lockstep(batches, device, skipped):
         batch = batch.to(device, non_blocking=True)
         if before_step is not None:
@@ -73,6 +76,9 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
             raise NonFiniteLoss(f"rank {rank}: non-finite loss {loss.item()} at step {steps}")
         optimizer.zero_grad()
         loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None
+                                            and id(p) not in sparse], grad_clip)
         optimizer.step()
         steps += 1
         samples += batch.size

@@ -208,7 +208,7 @@ def train_loop_per_worker(config: dict) -> None:
                             on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
                                                              "train_loss_epochs": list(epoch_losses)},
                                                             epoch, step, False),
-                            on_step=on_step, before_step=keys.step)
+                            on_step=on_step, before_step=keys.step, grad_clip=t.grad_clip)
         valid_batches = lambda fn: valid_shard.iter_torch_batches(  # noqa: E731
             batch_size=t.eval_batch_size, collate_fn=fn, prefetch_batches=t.prefetch_batches, device="cpu")
         keys.refresh()  # evaluation reads fresh keys
