@@ -37,6 +37,8 @@ class TrainConfig:
     key_cache_every: int = 0  # refresh cached GSU keys every N steps (ETA, TWIN, LIC); 0 = GSU on live embeddings
     dedup_ids: bool = False  # look each distinct id of a batch's feature up once
     grad_clip: float = 0.0  # clip the dense gradients' global L2 norm to this (FuxiCTR uses 10); 0 = off
+    patience: int = 0  # early stopping: stop once valid AUC has not improved for this many epochs and
+    #                    restore the best epoch's weights; 0 = off (every epoch, the last weights)
 
     def __post_init__(self) -> None:
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
@@ -51,8 +53,8 @@ class TrainConfig:
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
         if self.key_cache_every < 0:
             raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
-        if self.grad_clip < 0:
-            raise ValueError("train.grad_clip must be >= 0 (0 = off)")
+        if self.grad_clip < 0 or self.patience < 0:
+            raise ValueError("train.grad_clip and train.patience must be >= 0 (0 = off)")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("train.batch_size and train.epochs must be >= 1")
 

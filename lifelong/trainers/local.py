@@ -4,6 +4,7 @@ For unit tests, quick experiments and as the reference the sharded path is check
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterator, Optional
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from lifelong.data.store import SequenceStore
 from lifelong.embeddings.collate import Batch
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
 from lifelong.trainers.worker import make_collator
 
@@ -55,13 +56,17 @@ def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
 def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[SequenceStore] = None
               ) -> tuple[torch.nn.Module, list[dict]]:
     """Train `job.train.epochs` epochs; returns the model and per-epoch metrics (samples in the
-    store layout read their histories from `store`)."""
+    store layout read their histories from `store`). With `train.patience` the run stops early,
+    the model holds the best epoch's weights and the last entry is that epoch's metrics with
+    `best_epoch`, `stopped_early` and `epochs_trained`."""
     torch.manual_seed(job.train.seed)
     model = plain_model(job)
     opt = local_optimizer(job, model)
     history = []
     device = torch.device("cpu")
     keys = KeyCacheRefresh(model, job.train.key_cache_every)
+    stopper = EarlyStopping(job.train.patience) if job.train.patience else None
+    best_state: dict = {}
     for epoch in range(job.train.epochs):
         train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
         stats = train_epoch(model, opt, train_batches, device, job.train.max_steps, 0, show=False,
@@ -72,4 +77,13 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
                                        device, job.train.diagnostic_batches))
         history.append({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
                         **{f"valid_{k}": v for k, v in metrics.items()}, **keys.metrics()})
+        if stopper is not None:
+            if stopper.update(epoch, history[-1]):
+                best_state = copy.deepcopy(model.state_dict())
+            if stopper.stop:
+                break
+    if stopper is not None:
+        if stopper.best_epoch != epoch:
+            model.load_state_dict(best_state)
+        history.append({**stopper.best_metrics, **stopper.final(epoch, job.train.epochs)})
     return model, history

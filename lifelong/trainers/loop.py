@@ -109,6 +109,41 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
             "skipped_batches": max(skipped[0], 0) if skipped else 0}
 
 
+class EarlyStopping:
+    """Early stopping on valid AUC: `update` after each epoch says whether it is the best so far;
+    `stop` once `patience` epochs in a row were not. Its `state()` travels in checkpoints, so a
+    resumed run keeps counting."""
+
+    def __init__(self, patience: int, state: Optional[dict] = None) -> None:
+        self.patience = patience
+        s = state or {}
+        self.best_auc: float = s.get("best_auc", -math.inf)
+        self.best_epoch: int = s.get("best_epoch", -1)
+        self.bad_epochs: int = s.get("bad_epochs", 0)
+        self.best_metrics: dict = s.get("best_metrics", {})
+
+    def update(self, epoch: int, metrics: dict) -> bool:
+        auc = metrics["valid_auc"]
+        if auc > self.best_auc:  # NaN never improves
+            self.best_auc, self.best_epoch, self.bad_epochs, self.best_metrics = auc, epoch, 0, dict(metrics)
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state(self) -> dict:
+        return {"best_auc": self.best_auc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_metrics": self.best_metrics}
+
+    def final(self, last_epoch: int, epochs: int) -> dict:
+        """What the run reports about it: the best epoch, and whether it stopped before `epochs`."""
+        return {"best_epoch": self.best_epoch, "stopped_early": last_epoch < epochs - 1,
+                "epochs_trained": last_epoch + 1}
+
+
 class KeyCacheRefresh:
     """Refreshes a model's cached GSU keys every `every` training steps (counted from the job's
     `global_step`, so a resumed run refreshes on the same steps) and before each evaluation, and

@@ -22,7 +22,7 @@ from lifelong.embeddings.plan import describe
 from lifelong.models import entry
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
 from lifelong.trainers.model_setup import sharded_model
 
 
@@ -156,6 +156,9 @@ def _load(model, optimizer, job_dict: dict, d: Path, rank: int, name: str) -> di
     return state
 
 
+BEST_DIR = "best"  # inside the run directory: the best epoch's weights under early stopping
+
+
 def train_loop_per_worker(config: dict) -> None:
     job = JobSpec.from_dict(config["job"])
     started = time.perf_counter()
@@ -182,11 +185,13 @@ def train_loop_per_worker(config: dict) -> None:
     keys = KeyCacheRefresh(model, t.key_cache_every, global_step)
     if state.get("key_cache_loaded") is False:  # resumed from a checkpoint written without the cache
         keys.refresh()
+    stopper = EarlyStopping(t.patience, state.get("early_stopping")) if t.patience else None
+    best_dir = Path(config.get("run_dir") or tempfile.mkdtemp()) / BEST_DIR  # the best epoch's weights (DCP)
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
         checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint
         trainer_state = {"epoch": epoch, "step_in_epoch": step, "epoch_done": done, "global_step": global_step,
-                         "world_size": world}
+                         "world_size": world, **({"early_stopping": stopper.state()} if stopper else {})}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(model, tmp, config["job"], plan_text, metrics, optimizer, trainer_state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -221,8 +226,23 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"[lifelong] epoch {epoch} at {time.perf_counter() - started:.1f}s: " + " ".join(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
-        if epoch < t.epochs - 1:
+        stop = False
+        if stopper is not None:
+            if stopper.update(epoch, metrics):  # every rank writes its shards of the best weights
+                checkpoint.save(model, best_dir, config["job"], plan_text, metrics)
+            stop = stopper.stop
+        if epoch < t.epochs - 1 and not stop:
             save(metrics, epoch, stats["steps"], True)
+        if stop:
+            break
+    if stopper is not None and start_epoch < t.epochs:
+        if stopper.best_epoch != epoch:  # the final checkpoint holds the best epoch's weights
+            checkpoint.load(model, best_dir)
+            if rank == 0:
+                print(f"[lifelong] early stopping: restored epoch {stopper.best_epoch}'s weights "
+                      f"(valid AUC {stopper.best_auc:.4f})", flush=True)
+        metrics = {**stopper.best_metrics, **stopper.final(epoch, t.epochs), "global_step": global_step,
+                   "train_loss_epochs": list(epoch_losses)}  # the best epoch's metrics, the steps really run
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
     metrics.update(train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state),
                    resumed_from=state.get("resumed_from"), resumed_global_step=state.get("global_step"))

@@ -1,0 +1,68 @@
+"""Training that generalises: early stopping on valid AUC with the best epoch's weights restored,
+in process (scripted validation scores) and on Ray (the same rule through the worker and DCP)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lifelong.trainers.local as local
+from lifelong.trainers.loop import EarlyStopping
+from tests.helpers import store_run, tiny_job, tiny_samples
+
+
+def test_early_stopping_counts_epochs_without_improvement_and_survives_a_restart():
+    s = EarlyStopping(2)
+    assert s.update(0, {"valid_auc": 0.70}) and not s.stop
+    assert not s.update(1, {"valid_auc": 0.69}) and not s.stop
+    assert s.update(2, {"valid_auc": 0.71}) and s.bad_epochs == 0  # an improvement resets the count
+    assert not s.update(3, {"valid_auc": float("nan")})  # NaN never improves
+    again = EarlyStopping(2, s.state())  # as after a resume from a checkpoint
+    assert not again.update(4, {"valid_auc": 0.70}) and again.stop and again.best_epoch == 2
+    assert again.final(4, 10) == {"best_epoch": 2, "stopped_early": True, "epochs_trained": 5}
+
+
+@pytest.mark.parametrize("patience,scores,stop_after,best", [
+    (1, [0.70, 0.60, 0.90, 0.95], 1, 0),  # one bad epoch stops at once
+    (2, [0.70, 0.60, 0.80, 0.75, 0.74, 0.99], 4, 2),  # the count restarts after epoch 2
+    (3, [0.70, 0.72, 0.74], 2, 2),  # never stops: the last epoch is the best
+])
+def test_fit_local_stops_early_and_restores_the_best_epochs_weights(monkeypatch, patience, scores, stop_after, best):
+    samples, meta = tiny_samples()
+    split = samples.num_rows // 2
+    job = tiny_job("din", meta, epochs=len(scores), patience=patience, batch_size=32, sparse_lr=0.5,
+                   diagnostic_batches=0)
+    seen = []  # weights at each validation
+
+    def scripted(model, batches, device):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"auc": scores[len(seen) - 1]}
+
+    monkeypatch.setattr(local, "evaluate", scripted)
+    model, history = local.fit_local(job, samples.slice(0, split), samples.slice(split))
+    assert len(seen) == stop_after + 1  # validated epochs 0..stop_after, then stopped
+    assert history[-1]["best_epoch"] == best and history[-1]["valid_auc"] == scores[best]
+    assert history[-1]["stopped_early"] == (stop_after < len(scores) - 1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[best][k]), k
+    assert not torch.equal(seen[0]["embeddings.embeddings.item.weight"], seen[1]["embeddings.embeddings.item.weight"])
+
+
+@pytest.mark.ray
+def test_early_stopping_on_ray_stops_restores_and_reports(ray_local, tmp_path):
+    """Learning rates 0: valid AUC cannot improve after epoch 0, so patience 1 stops after epoch 1 of
+    3 and the run reports epoch 0's metrics, written as the final checkpoint; the best weights
+    live in the run directory (DCP, every rank's shards)."""
+    from lifelong.jobs.train import train
+    from lifelong.trainers import checkpoint
+
+    run = store_run(tmp_path, "stops", "din", {}, epochs=3, patience=1, max_steps=3, sparse_lr=0.0, dense_lr=0.0,
+                    diagnostic_batches=0)
+    s = train(run)
+    assert s["best_epoch"] == 0 and s["stopped_early"] and s["epochs_trained"] == 2, s
+    assert s["global_step"] == 6 and s["epoch"] == 0
+    best = tmp_path / "stops" / "best"
+    assert checkpoint.incomplete(best) is not None  # no trainer state: never a resume candidate ...
+    assert json.loads((best / checkpoint.METRICS_FILE).read_text())["epoch"] == 0  # ... but epoch 0's weights
+    assert checkpoint.latest(tmp_path / "stops", log=lambda _: None).parent == tmp_path / "stops"
