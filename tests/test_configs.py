@@ -72,3 +72,18 @@ def test_embedding_init_flows_from_the_run_file_to_the_tables():
     assert {t.weight_init_max for t in job_spec(run_file({"model": "din"}), meta).features.tables()} == {None}
     with pytest.raises(ValueError, match="init bound must be >= 0"):
         job_spec(run_file({"model": "din", "embedding_init": -1}), meta)
+
+
+def test_cli_errors_are_one_line_naming_the_file_and_key_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    from lifelong.jobs.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: twin\nmodel_config: {k: 10, heads_typo: 4}\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "heads_typo" in err[0], err
+    assert not ray.is_initialized()  # validated before Ray started or samples were built
+    with pytest.raises(ValueError, match="heads_typo"):
+        main(["--debug", "train", "--config", str(bad)])

@@ -62,6 +62,7 @@ def cmd_evaluate(args) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, help_ in (("train", cmd_train, "train one model"),
                             ("compare", cmd_compare, "train several models x seeds, plus baselines; table + plot"),
@@ -93,8 +94,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an error is one line naming what is wrong (the traceback with --debug)."""
     args = parser().parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"lifelong {args.command}: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -16,7 +16,7 @@ from lifelong.cluster.connect import ClusterConfig
 from lifelong.data.completejourney import CompleteJourneyConfig
 from lifelong.data.samples import SampleConfig
 from lifelong.data.synthetic import SyntheticConfig
-from lifelong.models.registry import make_config
+from lifelong.models.registry import make_config, model_config
 from lifelong.trainers.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,13 +78,20 @@ SECTIONS = {"data": DataSource, "samples": SampleConfig, "train": TrainConfig, "
 
 
 def run_file(values: dict[str, Any] | None, where: str = "run config") -> RunFile:
+    """The validated run file: every section, and the model's config against its dataclass, so a
+    misspelt key fails here, before Ray starts or samples are built."""
     values = dict(values or {})
     if values.get("model", RunFile.model) != RunFile.model:
         values.setdefault("model_config", {})  # the default model_config is SIM-hard's
     for key, cls in SECTIONS.items():
         if key in values:
             values[key] = make_config(cls, values[key], f"{where}: section '{key}'")
-    return make_config(RunFile, values, where)
+    run = make_config(RunFile, values, where)
+    try:
+        model_config(run.model, run.model_config)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
+    return run
 
 
 def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None = None) -> RunFile:
