@@ -20,8 +20,8 @@ def _col(t: pa.Table, name: str) -> np.ndarray:
     return t.column(name).to_numpy()
 
 
-def _rate(keys: np.ndarray, labels: np.ndarray, query: np.ndarray, prior_rate: np.ndarray, prior: float
-          ) -> np.ndarray:
+def smoothed_rate(keys: np.ndarray, labels: np.ndarray, query: np.ndarray, prior_rate: np.ndarray | float,
+                  prior: float) -> np.ndarray:
     """Smoothed per-key rate at `query` keys: (clicks + prior * prior_rate) / (n + prior)."""
     size = int(max(keys.max(initial=0), query.max(initial=0))) + 1
     clicks = np.bincount(keys, weights=labels, minlength=size)
@@ -29,13 +29,18 @@ def _rate(keys: np.ndarray, labels: np.ndarray, query: np.ndarray, prior_rate: n
     return (clicks[query] + prior * prior_rate) / (n[query] + prior)
 
 
+def logits(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) with p kept off 0 and 1."""
+    p = p.clip(1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def popularity(train: pa.Table, test: pa.Table, prior: float = 20.0) -> np.ndarray:
     """Logits of the smoothed item click rate with category back-off."""
     y = _col(train, "label").astype(np.float64)
     base = np.full(test.num_rows, y.mean())
-    cat = _rate(_col(train, "category_id"), y, _col(test, "category_id"), base, prior)
-    p = _rate(_col(train, "item_id"), y, _col(test, "item_id"), cat, prior).clip(1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+    cat = smoothed_rate(_col(train, "category_id"), y, _col(test, "category_id"), base, prior)
+    return logits(smoothed_rate(_col(train, "item_id"), y, _col(test, "item_id"), cat, prior))
 
 
 def _ids(t: pa.Table, buckets: int) -> np.ndarray:

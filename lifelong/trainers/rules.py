@@ -16,9 +16,11 @@ import pyarrow as pa
 
 from lifelong.data.samples import list_arrays
 from lifelong.data.store import SequenceStore
+from lifelong.trainers.baselines import logits, smoothed_rate
 from lifelong.trainers.metrics import evaluate_arrays
 
 SHARE_BINS = 100  # a share is binned to 1 / SHARE_BINS
+PRIOR = 20.0  # pseudo-samples at the global click rate behind each value's rate (as the popularity baseline)
 EXACT_COUNTS = 16  # counts above this share quarter-octave bins (a rule keeps enough train samples per bin)
 
 
@@ -28,24 +30,25 @@ def count_bins(count: np.ndarray) -> np.ndarray:
     out = count.astype(np.int64).copy()
     out[big] = EXACT_COUNTS + 1 + np.floor(4 * np.log2(count[big] / EXACT_COUNTS)).astype(np.int64)
     return out
+
+
 TARGETS = {"item": ("item_id", "hist_item"), "category": ("category_id", "hist_cat")}
 
 
-def _windows(samples: pa.Table, store: Optional[SequenceStore], column: str, length: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat history values and each sample's [lo, hi) window over them: its last `length` events."""
+def _histories(samples: pa.Table, store: Optional[SequenceStore], column: str
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat history values and each sample's whole history [base, hi) over them."""
     if "hist_end" in samples.column_names:
         if store is None:
             raise ValueError("store-layout samples need their sequence store")
         users = samples.column("user_id").to_numpy().astype(np.int64)
-        rows = store.row[users]
-        hi = store.offsets[rows] + samples.column("hist_end").to_numpy().astype(np.int64)
-        base = store.offsets[rows]
+        base = store.offsets[store.row[users]]
+        hi = base + samples.column("hist_end").to_numpy().astype(np.int64)
         values = store.values[column]
     else:
         offsets, values = list_arrays(samples.column(column))
         base, hi = offsets[:-1], offsets[1:]
-    return values, np.maximum(hi - length, base), hi
+    return values, base, hi
 
 
 def occurrences(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -66,25 +69,18 @@ def features(samples: pa.Table, max_len: int, short_len: int, store: Optional[Se
              ) -> dict[str, np.ndarray]:
     """Rule name -> (N,) integer feature (binned counts, or shares binned to 1 / SHARE_BINS)."""
     out = {}
+    windows = (("L", max_len), ("last S", short_len))
     for what, (target_col, hist_col) in TARGETS.items():
         target = samples.column(target_col).to_numpy()
-        for window, length in (("L", max_len), ("last S", short_len)):
-            values, lo, hi = _windows(samples, store, hist_col, length)
-            count = occurrences(values, lo, hi, target)
+        values, base, hi = _histories(samples, store, hist_col)
+        lo = [np.maximum(hi - length, base) for _, length in windows]
+        # both windows in one call: the history values are sorted once per column
+        counts = np.split(occurrences(values, np.concatenate(lo), np.tile(hi, 2), np.tile(target, 2)), 2)
+        for (window, _), count, start in zip(windows, counts, lo):
             out[f"{what} count ({window})"] = count_bins(count)
-            share = count / np.maximum(hi - lo, 1)
+            share = count / np.maximum(hi - start, 1)
             out[f"{what} share ({window})"] = np.round(share * SHARE_BINS).astype(np.int64)
     return out
-
-
-def _fit(feature: np.ndarray, labels: np.ndarray, query: np.ndarray, prior: float = 20.0) -> np.ndarray:
-    """Logits of the smoothed train click rate per feature value (unseen values: the global rate)."""
-    size = int(max(feature.max(initial=0), query.max(initial=0))) + 1
-    rate = labels.mean()
-    clicks = np.bincount(feature, weights=labels, minlength=size)
-    n = np.bincount(feature, minlength=size)
-    p = ((clicks[query] + prior * rate) / (n[query] + prior)).clip(1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def evaluate_rules(train: pa.Table, valid: pa.Table, max_len: int, short_len: int,
@@ -95,4 +91,5 @@ def evaluate_rules(train: pa.Table, valid: pa.Table, max_len: int, short_len: in
     y = train.column("label").to_numpy().astype(np.float64)
     y_valid = valid.column("label").to_numpy().astype(np.float64)
     users = valid.column("user_id").to_numpy().astype(np.int64)
-    return {name: evaluate_arrays(_fit(f_train[name], y, f_valid[name]), y_valid, users) for name in f_train}
+    fit = lambda name: logits(smoothed_rate(f_train[name], y, f_valid[name], y.mean(), PRIOR))  # noqa: E731
+    return {name: evaluate_arrays(fit(name), y_valid, users) for name in f_train}
