@@ -131,9 +131,8 @@ def load_completejourney(path: str | Path, cfg: CompleteJourneyConfig = Complete
     sampled = np.ones(len(user), bool) if cfg.last_n == 0 else rank_from_end < cfg.last_n
     behavior = np.where(sampled, SAMPLED_PURCHASE, PURCHASE).astype(np.int8)
     c0 = int(np.quantile(ts[sampled], train_fraction, method="higher"))  # split_cutoffs' train cutoff
-    neg_item = _negatives(item, basket, sampled, ts < c0, len(items_raw), cfg)
-    pos = np.flatnonzero(sampled)
-    pos_rep = np.repeat(pos, cfg.negatives)
+    pos_rep = np.repeat(np.flatnonzero(sampled), cfg.negatives)  # (P * n,) each negative's positive
+    neg_item = _negatives(item, basket, basket[pos_rep], ts < c0, len(items_raw), cfg)
     cols = {
         "user_id": np.concatenate([user, user[pos_rep]]),
         "item_id": np.concatenate([item, neg_item]),
@@ -149,18 +148,16 @@ def load_completejourney(path: str | Path, cfg: CompleteJourneyConfig = Complete
     return validate_log(table, str(tx_src), meta), meta, report
 
 
-def _negatives(item: np.ndarray, basket: np.ndarray, sampled: np.ndarray, in_train: np.ndarray,
+def _negatives(item: np.ndarray, basket: np.ndarray, own: np.ndarray, in_train: np.ndarray,
                n_items: int, cfg: CompleteJourneyConfig) -> np.ndarray:
-    """`negatives` items per sampled purchase, drawn by training-period purchase counts, redrawn
-    while any is an item of the purchase's own basket."""
+    """One item per entry of `own` (each negative's basket), drawn by training-period purchase
+    counts, redrawn while any is an item of its own basket."""
     counts = np.bincount(item[in_train], minlength=n_items + 1).astype(np.float64)
     counts[0] = 0.0
     if counts.sum() == 0:
         raise LogSchemaError("completejourney: no purchase before the train cutoff to draw negatives from")
     cdf = np.cumsum(counts / counts.sum())
     rng = np.random.default_rng(cfg.seed)
-    pos = np.flatnonzero(sampled)
-    own = np.repeat(basket[pos], cfg.negatives)  # (P * n,) each negative's basket
     basket_items = np.unique(basket * (n_items + 1) + item)  # every (basket, item) bought
     out = np.empty(len(own), np.int64)
     todo = np.arange(len(own))

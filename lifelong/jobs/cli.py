@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, ConnectionError, OSError) as e:
+    except (ValueError, KeyError, OSError) as e:  # OSError: missing files, unreachable addresses
         if args.debug:
             raise
         print(f"lifelong {args.command}: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}",

@@ -53,24 +53,17 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
                 rows.append(_row(model, seed, max_len, train(r)))
                 bar.update()
         samples_dir, _, _ = prepare(base)
-        tr = pq.read_table(samples_dir / "train", columns=BASELINE_COLUMNS)
-        va = pq.read_table(samples_dir / "valid", columns=BASELINE_COLUMNS)
+        tr, va = pq.read_table(samples_dir / "train"), pq.read_table(samples_dir / "valid")
         for name in BASELINES:
-            m = evaluate_baseline(name, tr, va)
+            m = evaluate_baseline(name, tr.select(BASELINE_COLUMNS), va.select(BASELINE_COLUMNS))
             rows.append(_row(name, 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
             bar.update()
-        for name, m in history_rules(samples_dir, base).items():
+        path = store_path(samples_dir, base.samples.layout)
+        rules = evaluate_rules(tr, va, max_len, base.samples.short_len, SequenceStore.read(path) if path else None)
+        for name, m in rules.items():
             rows.append(_row(f"rule: {name}", 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
     bar.close()
     return rows
-
-
-def history_rules(samples_dir: Path, run: RunFile) -> dict[str, dict]:
-    """The history-count rules on the run's samples: fit on train, scored on valid."""
-    path = store_path(samples_dir, run.samples.layout)
-    store = SequenceStore.read(path) if path else None
-    tr, va = pq.read_table(samples_dir / "train"), pq.read_table(samples_dir / "valid")
-    return evaluate_rules(tr, va, run.samples.max_len, run.samples.short_len, store)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:

@@ -35,7 +35,7 @@ def train(run: RunFile) -> dict:
     out = Path(run.output_dir) / run.name
     # The newest complete checkpoint on disk: a finished run that is rerun writes none, and Ray Train's
     # controller may not have registered the one a resumed run started from.
-    newest = checkpoint.latest(out, log=lambda _: None) if out.is_dir() else None
+    newest = checkpoint.latest(out, log=lambda _: None)
     ckpt = str(newest) if newest else (result.checkpoint.path if result.checkpoint else None)
     summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic,
                "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": ckpt, **result.metrics}

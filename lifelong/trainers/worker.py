@@ -186,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
     if state.get("key_cache_loaded") is False:  # resumed from a checkpoint written without the cache
         keys.refresh()
     stopper = EarlyStopping(t.patience, state.get("early_stopping")) if t.patience else None
-    best_dir = Path(config.get("run_dir") or tempfile.mkdtemp()) / BEST_DIR  # the best epoch's weights (DCP)
+    best_dir = Path(config["run_dir"]) / BEST_DIR  # the best epoch's weights (DCP), beside the checkpoints
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
         checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint

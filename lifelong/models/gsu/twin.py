@@ -34,16 +34,19 @@ class TwinAttention(nn.Module):
         self.w_o = nn.Linear(heads * head_dim, heads * head_dim)
         self.out_dim = heads * head_dim
 
+    def cross_weight(self) -> torch.Tensor:
+        """β_{a,j} w^a_j for every head a and cross feature j: (H, J, c)."""
+        return self.beta.unsqueeze(-1) * self.w_c
+
     def cross_bias(self, k_c: torch.Tensor) -> torch.Tensor:
         """(K_c W^c_a) β_a for every head a: (B, L, J * c) -> (B, H, L)."""
         per_feature = k_c.view(*k_c.shape[:-1], self.n_cross, self.cross_dim)  # (B, L, J, c)
-        scalars = torch.einsum("bljc,hjc->bhlj", per_feature, self.w_c)  # (B, H, L, J)
-        return torch.einsum("bhlj,hj->bhl", scalars, self.beta)
+        return torch.einsum("bljc,hjc->bhl", per_feature, self.cross_weight())
 
     def mean_cross_bias(self, tables: list[torch.Tensor], buckets: list[torch.Tensor]) -> torch.Tensor:
         """Head mean of `cross_bias` from the cross features' embedding tables (buckets_j, c) and
         bucket ids (B, L): each bucket's head-mean scalar is computed once per table. -> (B, L)."""
-        w = (self.beta.unsqueeze(-1) * self.w_c).mean(0)  # (J, c): mean over heads of β_{a,j} w^a_j
+        w = self.cross_weight().mean(0)  # (J, c)
         return sum((tab @ w[j])[b] for j, (tab, b) in enumerate(zip(tables, buckets)))
 
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
