@@ -1,58 +1,100 @@
-"""Every model, in one process, on the planted SYNTHETIC log (tests/test_planted.py's setting).
+"""Models on the planted SYNTHETIC log (`lifelong/data/synthetic.py`), beside the Bayes ceiling of
+the information each one sees.
 
-Prints one Markdown table: valid AUC after each epoch, train loss, GSU consistency recall and
-wall time per model. Single process, unsharded (`trainers/local.py`), so it isolates the models
-from Ray and sharding. Usage:
+One seeded log (old interests > `guard` events back, nothing planted in the recent window),
+samples split by time into train / valid / test. First the ceilings: each statistic of the target
+in the history mapped to P(click) by its train click rate (`trainers/rules.py`), AUC on valid and
+test: the target category's count in the last S events (what DIN-short sees), over the whole L
+(exact category search, what SIM-hard sees) and the target *cluster's* count over L (the planted
+label's own statistic: the oracle). Then each variant trains in one process, unsharded
+(`trainers/local.py`), once per seed, up to `--epochs` with early stopping on valid AUC
+(`--patience`, best epoch restored); its test AUC is read once, after training. Usage:
 
-    .venv/bin/python benchmarks/zoo_planted.py [--users 300] [--seq-len 1000] [--epochs 2] [--models a,b]
+    .venv/bin/python benchmarks/zoo_planted.py [--users 300] [--seq-len 1000] [--sibling 0.5] \
+        [--variants din,sim_hard,twin+match] [--seeds 0,1,2] [--epochs 4] [--patience 1]
+
+A variant is a model name, `+match` for the target-match features (DIN, din_full, TWIN).
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from lifelong.data.samples import SampleConfig, build_local
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.embeddings.spec import FeatureSpec
-from lifelong.models import entry, names
+from lifelong.models import entry
 from lifelong.models.two_stage import TwoStage
 from lifelong.trainers.config import JobSpec, TrainConfig
-from lifelong.trainers.local import fit_local
+from lifelong.trainers.local import batches, fit_local
+from lifelong.trainers.loop import evaluate
+from lifelong.trainers.rules import evaluate_rules
+
+CEILINGS = {  # rule of `trainers/rules.py` -> whose information it is
+    "category count (last S)": "last S events (DIN-short)",
+    "category count (L)": "exact category over L (SIM-hard)",
+    "cluster count (L)": "target cluster over L (oracle)",
+}
 
 
-def samples(users: int, seq_len: int, seed: int) -> tuple[pa.Table, object, SampleConfig]:
-    log, meta = generate(SyntheticConfig(n_users=users, seq_len=seq_len, seed=seed))
-    sc = SampleConfig(max_len=seq_len, short_len=50, sample_behaviors=(1,), history_behaviors=(0,))
-    return build_local(log, sc), meta, sc
+def pm(xs: list[float]) -> str:
+    return f"{np.mean(xs):.4f}" + (f" ± {np.std(xs, ddof=1):.4f}" if len(xs) > 1 else "")
+
+
+def split(s: pa.Table) -> list[pa.Table]:
+    return [s.filter(pc.equal(s["split"], code)) for code in (0, 1, 2)]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--seq-len", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--short-len", type=int, default=50)
+    p.add_argument("--sibling", type=float, default=0.0, help="share of interest impressions from an unseen sibling")
+    p.add_argument("--data-seed", type=int, default=1)
+    p.add_argument("--variants", default="din,din_full,sim_hard,sim_soft,eta,twin,twin+match,lic")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--patience", type=int, default=1)
     p.add_argument("--k", type=int, default=50)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--models", default=",".join(names()))
+    p.add_argument("--batch-size", type=int, default=128)
     a = p.parse_args()
-    s, meta, sc = samples(a.users, a.seq_len, a.seed)
-    train, valid = s.filter(pc.equal(s["split"], 0)), s.filter(pc.not_equal(s["split"], 0))
-    print(f"SYNTHETIC planted log: {a.users} users, L={a.seq_len}; {train.num_rows} train / "
-          f"{valid.num_rows} valid samples; {a.epochs} epochs, batch 128, seed 0, one process\n")
-    print("| model | valid AUC per epoch | train loss | GSU recall | wall s |\n|---|---|---|---|---|")
-    for name in a.models.split(","):
-        cfg = {"k": a.k} if issubclass(entry(name).module, TwoStage) else {}
-        job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16), sc,
-                      TrainConfig(epochs=a.epochs, batch_size=128, seed=0, diagnostic_batches=2))
-        t = time.perf_counter()
-        _, h = fit_local(job, train, valid)
-        recall = h[-1].get("valid_gsu_recall")
-        aucs = " / ".join("%.4f" % e["valid_auc"] for e in h)
-        shown = "–" if recall is None else "%.3f" % recall
-        print(f"| {name} | {aucs} | {h[-1]['train_loss']:.4f} | {shown} | {time.perf_counter() - t:.0f} |", flush=True)
+    syn = SyntheticConfig(n_users=a.users, seq_len=a.seq_len, sibling=a.sibling, seed=a.data_seed)
+    log, meta = generate(syn)
+    sc = SampleConfig(max_len=a.seq_len, short_len=a.short_len, sample_behaviors=(1,), history_behaviors=(0,))
+    train, valid, test = split(build_local(log, sc))
+    print(f"SYNTHETIC planted log v2 (sibling {a.sibling}): {a.users} users, L = {a.seq_len}, S = {a.short_len}; "
+          f"{train.num_rows} train / {valid.num_rows} valid / {test.num_rows} test samples\n")
+    clusters = syn.cluster(np.arange(syn.n_categories + 1))
+    ceil = [evaluate_rules(train, part, a.seq_len, a.short_len, clusters=clusters) for part in (valid, test)]
+    print("| Bayes ceiling of | valid AUC | test AUC |\n|---|---|---|")
+    for rule, who in CEILINGS.items():
+        print(f"| {who} | {ceil[0][rule]['auc']:.4f} | {ceil[1][rule]['auc']:.4f} |")
+    print(f"\n{a.epochs} epochs max, patience {a.patience}, batch {a.batch_size}, k = {a.k}, "
+          "one process; test read once per run\n")
+    print("| variant | seeds | valid AUC | test AUC | epochs (best) | s per run |\n|---|---|---|---|---|---|")
+    for variant in a.variants.split(","):
+        name, *opts = variant.split("+")
+        cfg = ({"k": a.k} if issubclass(entry(name).module, TwoStage) else {}) | ({"match": True} if opts else {})
+        runs = []
+        for seed in (int(s) for s in a.seeds.split(",")):
+            job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16), sc,
+                          TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=seed, patience=a.patience,
+                                      diagnostic_batches=0))
+            t = time.perf_counter()
+            model, h = fit_local(job, train, valid)
+            test_auc = evaluate(model, batches(test, job, job.train.eval_batch_size, None),
+                                torch.device("cpu"))["auc"]
+            runs.append((h[-1]["valid_auc"], test_auc, h[-1].get("epochs_trained", len(h)),
+                         h[-1].get("best_epoch", len(h) - 1), time.perf_counter() - t))
+        valid_aucs, test_aucs, ep, best, wall = zip(*runs)
+        print(f"| {variant} | {len(runs)} | {pm(valid_aucs)} | {pm(test_aucs)} | "
+              f"{'/'.join(f'{e}({b + 1})' for e, b in zip(ep, best))} | {np.mean(wall):.0f} |", flush=True)
 
 
 if __name__ == "__main__":

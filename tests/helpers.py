@@ -9,8 +9,10 @@ from lifelong.trainers.config import JobSpec, TrainConfig
 
 
 def tiny_samples(n_users: int = 12, seq_len: int = 300, seed: int = 0, max_len: int = 64, short_len: int = 8):
-    syn = SyntheticConfig(n_users=n_users, seq_len=seq_len, n_impressions=20, n_categories=30,
-                          items_per_category=5, guard=40, bursts_per_interest=2, burst=3, seed=seed)
+    # dense old interests (2 x 60 events, none in the last 8) so that short windows of the tiny
+    # histories hold many events of a target's category
+    syn = SyntheticConfig(n_users=n_users, seq_len=seq_len, n_impressions=20, n_categories=32, n_background=8,
+                          items_per_category=5, n_interests=2, interest_events=60, guard=8, seed=seed)
     log, meta = generate(syn)
     samples = build_local(log, SampleConfig(max_len=max_len, short_len=short_len,
                                             sample_behaviors=(1,), history_behaviors=(0,)))

@@ -10,7 +10,7 @@ import pytest
 from lifelong.data.loaders import load_movielens, load_taobao
 from lifelong.data.samples import SampleConfig, build_local, split_cutoffs, user_samples
 from lifelong.data.schema import LogMeta, LogSchemaError, validate_log
-from lifelong.data.synthetic import KINDS, SyntheticConfig, generate
+from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.jobs.config import shared_data
 
 ML = shared_data() / "movielens" / "ml-latest-small.zip"
@@ -111,28 +111,37 @@ def test_random_logs_history_is_exactly_the_strict_past():
 
 
 def test_time_split_is_ordered():
-    log, _ = generate(SyntheticConfig(n_users=5, seq_len=300, n_impressions=30, n_categories=30, guard=40,
-                                      bursts_per_interest=2, burst=3))
+    log, _ = generate(SyntheticConfig(n_users=5, seq_len=300, n_impressions=30, n_categories=32, n_background=8,
+                                      guard=40))
     s = build_local(log, SampleConfig(max_len=50, short_len=10, sample_behaviors=(1,), history_behaviors=(0,)))
     ts, split = s.column("timestamp").to_numpy(), s.column("split").to_numpy()
     assert set(split) == {0, 1, 2}
     assert ts[split == 0].max() <= ts[split == 1].min() and ts[split == 1].max() <= ts[split == 2].min()
 
 
-def test_synthetic_planted_signals():
-    cfg = SyntheticConfig(n_users=30, seq_len=600, n_impressions=30, guard=80)
-    log, meta = generate(cfg, with_kind=True)
-    again, _ = generate(cfg, with_kind=True)
-    assert log.equals(again) and meta.synthetic
-    kind, label = log.column("kind").to_numpy(), log.column("label").to_numpy()
-    rate = {k: label[kind == i].mean() for i, k in enumerate(KINDS)}
-    assert rate["strong"] > rate["noise"] + 0.4 and rate["habit_now"] > rate["habit_other"] + 0.3
-    s = build_local(log, SampleConfig(max_len=600, short_len=50, sample_behaviors=(1,), history_behaviors=(0,)))
-    for k in range(0, s.num_rows, 7):
-        hist = s.column("hist_cat")[k].as_py()
-        target = s.column("category_id")[k].as_py()
-        users = log.column("user_id").to_numpy()
-        same_time = log.column("timestamp").to_numpy() == s.column("timestamp")[k].as_py()
-        imp_kind = kind[(users == s.column("user_id")[k].as_py()) & same_time]
-        if imp_kind[0] in (0, 1):  # strong or noise: in the lifelong history, absent from the last guard events
-            assert target in hist[:-cfg.guard] and target not in hist[-cfg.guard:]
+def test_synthetic_planted_signal_is_old_balanced_and_seeded():
+    for sibling in (0.0, 0.5):
+        cfg = SyntheticConfig(n_users=30, seq_len=600, n_impressions=30, guard=80, sibling=sibling)
+        log, meta = generate(cfg, with_kind=True)
+        again, _ = generate(cfg, with_kind=True)
+        assert log.equals(again) and meta.synthetic
+        kind, label = log.column("kind").to_numpy(), log.column("label").to_numpy()
+        imp = log.column("behavior").to_numpy() == 1
+        assert (kind[~imp] == -1).all() and ((kind[imp] == 1).mean() > 0.15) == (sibling > 0)
+        interest = imp & (kind < 2)
+        assert interest.sum() == (kind == 2).sum()  # every interest impression has its unseen pair
+        assert label[interest].mean() > label[kind == 2].mean() + 0.5
+        # every category is shown as often as (a sibling of) an interest as unseen
+        cat = log.column("category_id").to_numpy()
+        assert (np.bincount(cat[interest], minlength=201) == np.bincount(cat[kind == 2], minlength=201)).all()
+        s = build_local(log, SampleConfig(max_len=600, short_len=50, sample_behaviors=(1,), history_behaviors=(0,)))
+        users, ts = log.column("user_id").to_numpy(), log.column("timestamp").to_numpy()
+        for k in range(0, s.num_rows, 7):
+            hist = s.column("hist_cat")[k].as_py()
+            target = s.column("category_id")[k].as_py()
+            imp_kind = kind[(users == s.column("user_id")[k].as_py()) & (ts == s.column("timestamp")[k].as_py())]
+            assert target not in hist[-cfg.guard:]  # nothing of any target in the last guard events
+            assert set(hist[-cfg.guard:]) <= set(range(1, cfg.n_background + 1))
+            old_cluster = set(cfg.cluster(np.array(hist[:-cfg.guard])).tolist())
+            assert (target in hist) == (imp_kind[0] == 0)  # only an interest's own category was seen
+            assert (int(cfg.cluster(target)) in old_cluster) == (imp_kind[0] < 2)  # its cluster: siblings too

@@ -12,13 +12,13 @@ from lifelong.trainers.model_setup import plain_model
 from lifelong.trainers.worker import make_collator
 from tests.helpers import store_run, tiny_job, tiny_samples
 
-CACHED = ["twin", "twin+match", "lic", "eta"]  # +match: TWIN with the target-match cross feature
+CACHED = ["twin", "twin+match", "lic", "lic+match", "eta", "eta+match"]  # +match: the target-match features
 
 
 def _pair(variant: str, random_beta: bool = True, **train):
     """(cached model, plain model) with the same weights, the cache freshly refreshed; TWIN's
-    cross-feature weights β (0 at init) drawn at random so the cross features count, unless
-    `random_beta` is False (then behaviours with equal keys tie exactly in both paths)."""
+    cross-feature weights β drawn at random, unless `random_beta` is False (then β = 0 and the
+    cross features drop out: behaviours with equal keys tie exactly in both paths)."""
     samples, meta = tiny_samples()
     model, *opts = variant.split("+")
     cfg = {"k": 6, **({"match": True} if "match" in opts else {})}
@@ -26,8 +26,10 @@ def _pair(variant: str, random_beta: bool = True, **train):
     ref = tiny_job(model, meta, cfg, users=True)
     torch.manual_seed(0)
     m_fast = plain_model(fast)
-    if random_beta and hasattr(getattr(m_fast, "attention", None), "beta"):
-        torch.nn.init.normal_(m_fast.attention.beta)
+    if hasattr(getattr(m_fast, "attention", None), "beta"):
+        (torch.nn.init.normal_ if random_beta else torch.nn.init.zeros_)(m_fast.attention.beta)
+    if getattr(getattr(m_fast, "clock", None), "m", None) is not None:
+        torch.nn.init.normal_(m_fast.clock.m)  # LIC's match bias (0 at init) counts too
     m_ref = plain_model(ref)
     m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
     m_fast.refresh_keys()
@@ -86,7 +88,7 @@ def test_cached_gsu_picks_the_same_top_k_as_the_live_gsu(model):
 
 
 def test_stale_cache_is_reported_and_refresh_restores_parity():
-    # β stays 0: after a step, two behaviours of one item can tie within 1e-7 in the live and the
+    # β = 0: after a step, two behaviours of one item can tie within 1e-7 in the live and the
     # cached scores alike, and top-k may then break the tie either way (seen with random β)
     m_fast, m_ref, batch, job = _pair("twin", random_beta=False)
     opt = local_optimizer(job, m_fast)
@@ -145,13 +147,14 @@ def test_key_cache_config_errors_and_models_without_cache():
 def test_training_with_the_key_cache_reports_drift_and_learns():
     samples, meta = tiny_samples()
     train, valid = samples.slice(0, 160), samples.slice(160)
-    job = tiny_job("twin", meta, {"k": 6}, users=True, key_cache_every=3, batch_size=16, epochs=1)
+    job = tiny_job("twin", meta, {"k": 6}, users=True, key_cache_every=3, batch_size=16, epochs=3)
     _, hist = fit_local(job, train, valid)
-    h = hist[-1]
-    assert h["key_cache_refreshes"] == 4 + 1  # steps 0, 3, 6, 9 of 10, then before evaluation
-    assert 0 < h["key_cache_rel_change"] < 1
-    assert 0 < h["key_cache_topk_overlap"] <= 1
-    assert h["train_loss_end"] < h["train_loss_start"]
+    assert hist[0]["key_cache_refreshes"] == 4 + 1  # steps 0, 3, 6, 9 of 10, then before evaluation
+    assert hist[-1]["key_cache_refreshes"] == 10 + 3  # global steps 0, 3, ..., 27, and three evaluations
+    for h in hist:
+        assert 0 < h["key_cache_rel_change"] < 1
+        assert 0 < h["key_cache_topk_overlap"] <= 1
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
 
 
 def test_topk_overlap_counts_shared_valid_positions():

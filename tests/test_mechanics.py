@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from lifelong.models import model_config
@@ -229,7 +230,7 @@ def test_twin_gsu_topk_equals_topk_of_the_esu_logits_even_after_training():
 def test_twin_cross_features_are_scalar_biases_with_their_own_projection_per_head():
     torch.manual_seed(0)
     att = TwinAttention(8, 8, n_cross=2, cross_dim=4, heads=4, head_dim=3)
-    torch.nn.init.normal_(att.beta)  # β starts at 0; any values will do for the form
+    torch.nn.init.normal_(att.beta)  # β starts at 1; any values will do for the form
     q1, q2 = torch.randn(2, 8), torch.randn(2, 8)
     kh, kc = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
     kc2 = torch.randn(2, 10, 8)
@@ -273,6 +274,27 @@ def test_match_buckets_and_the_twin_match_cross_feature():
             hit = (buckets == b).unsqueeze(1).expand_as(before)  # (B, H, L)
             moved = (model.attention(emb.target, model.all_keys(batch, emb)) - before).abs() > 1e-6
             assert hit.any() and torch.equal(moved & emb.long_mask.unsqueeze(1), hit & emb.long_mask.unsqueeze(1))
+
+
+@pytest.mark.parametrize("name,k", [("sim_hard", 6), ("sim_soft", 64), ("eta", 6)])  # SIM-soft's untrained
+def test_gap_search_esu_reads_the_match_of_exactly_the_selected_behaviours(name, k):  # GSU: take them all
+    samples, meta = tiny_samples()
+    job = tiny_job(name, meta, {"k": k, "match": True})
+    torch.manual_seed(0)
+    model = plain_model(job)
+    batch = make_collator(job)(samples.slice(0, 8))
+    emb = model.lookup(batch)
+    idx, valid = model.select(batch, emb)
+    buckets = model.gather(model.long_match(batch), idx)  # (B, k) of the selected behaviours
+    b = int(buckets[valid].max())
+    assert b > 0  # some selected behaviour shares the target's category
+    before = model(batch)
+    with torch.no_grad():  # move one match bucket's row: only rows that selected such a behaviour change
+        model.esu.match.weight[b] += 1.0
+    moved = (model(batch) - before).abs() > 1e-6
+    assert torch.equal(moved, ((buckets == b) & valid).any(1))
+    plain = plain_model(tiny_job(name, meta, {"k": k}))
+    assert plain.esu.match is None and plain.esu.attention.k.in_features + 8 == model.esu.attention.k.in_features
 
 
 # --- CAIN -------------------------------------------------------------------------------------
@@ -319,12 +341,14 @@ def test_cain_peg_filters_differ_per_user_and_replace_the_global_filter():
     torch.manual_seed(0)
     model: CAIN = plain_model(job)
     assert all(layer.weight is None for layer in model.tcn)  # no global W_C when PEG is on
-    batch = make_collator(job)(samples.slice(0, 16))
+    batch = make_collator(job)(samples.take(list(range(0, 16 * 9, 9))))  # rows of several users
     emb = model.lookup(batch)
     profile = model.profile(emb)
     filters = model.tcn[0].filters(profile)  # (B, kernel, E, D)
     assert filters.shape[:2] == (16, 5)
-    assert (filters[0] - filters[1]).abs().max() > 1e-4
+    users = batch.user_ids
+    other = int((users != users[0]).nonzero()[0])  # a row of another user (rows of one user may share a history)
+    assert (filters[0] - filters[other]).abs().max() > 1e-4
     assert len(model.layer_attention) == 2 and [p[0].shape[1] for p in model.pyramid(emb)] == [64, 32, 16]
 
 
@@ -360,9 +384,9 @@ def test_lic_clock_relevance_uses_the_gap_mlp_and_four_heads():
 
 
 def test_din_match_features_reach_exactly_the_matching_behaviours_weights():
-    samples, meta = tiny_samples()
+    samples, meta = tiny_samples(short_len=64)  # the planted log keeps targets out of the last 40 events
     for name in ("din", "din_full"):
-        job = tiny_job(name, meta, {"match": True})
+        job = tiny_job(name, meta, {"match": True}, short_len=64)
         torch.manual_seed(0)
         model = plain_model(job)
         batch = make_collator(job)(samples.slice(0, 8))

@@ -1,10 +1,11 @@
-"""On planted synthetic data, SIM-hard (lifelong) beats DIN (short history) in a seeded run; the
-embedding tables' initial range decides whether a learned attention matches categories at all.
+"""On planted synthetic data, SIM-hard and a learned relevance with target-match features
+(lifelong) beat DIN (short history) in seeded runs; the embedding tables' initial range decides
+whether a learned attention matches categories at all.
 
-The generator's strong old interests never appear in the last `guard` >= 50 events, so the
-short-history model cannot see them (it should sit near AUC 0.5), while category search over
-the lifelong history finds them. A margin of 0.03 AUC on ~3,000 validation samples is about
-3x the standard error of an AUC near 0.55 (~0.01).
+The generator's old interests never appear in the last `guard` >= 50 events and every category is
+impressed as often each way, so the short-history model sits at AUC 0.5 by construction, while
+category search over the lifelong history finds them. A margin of 0.03 AUC on ~1,200 validation
+samples is about 2x the standard error of an AUC near 0.55 (~0.016).
 """
 from __future__ import annotations
 
@@ -29,8 +30,21 @@ def test_sim_hard_beats_din_short_on_planted_data():
                       TrainConfig(epochs=2, batch_size=128, seed=0))
         _, history = fit_local(job, train, valid)
         auc[name] = history[-1]["valid_auc"]
-    assert auc["din"] < 0.54, auc  # nothing planted in the short window
-    assert auc["sim_hard"] > auc["din"] + 0.03, auc
+    assert auc["din"] < 0.56, auc  # nothing planted in the short window
+    assert auc["sim_hard"] > 0.8 and auc["sim_hard"] > auc["din"] + 0.03, auc  # the ceiling is ~0.85
+
+
+def test_learned_relevance_with_match_features_finds_the_old_interests():
+    """din_full's activation unit with target-match features learns to weigh the old events of the
+    target's category; without them it stays near chance (BENCHMARKS.md has TWIN, ETA, LIC too)."""
+    log, meta = generate(SyntheticConfig(n_users=200, seq_len=400, guard=50, seed=2))
+    sc = SampleConfig(max_len=400, short_len=20, sample_behaviors=(1,), history_behaviors=(0,))
+    s = build_local(log, sc)
+    train, valid = s.filter(pc.equal(s["split"], 0)), s.filter(pc.not_equal(s["split"], 0))
+    job = JobSpec("din_full", {"match": True}, FeatureSpec(meta.n_items, meta.n_categories, 16), sc,
+                  TrainConfig(epochs=2, batch_size=128, seed=0, diagnostic_batches=0))
+    _, history = fit_local(job, train, valid)
+    assert history[-1]["valid_auc"] > 0.75, [h["valid_auc"] for h in history]
 
 
 def test_embedding_init_range_decides_whether_attention_learns_category_presence():

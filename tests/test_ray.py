@@ -20,8 +20,7 @@ SORT = [("user_id", "ascending"), ("timestamp", "ascending"), ("item_id", "ascen
 def test_same_samples_on_one_or_two_workers(ray_local, tmp_path):
     from lifelong.data.samples import build_samples
 
-    log, _ = generate(SyntheticConfig(n_users=40, seq_len=300, n_impressions=20, n_categories=40, guard=40,
-                                      bursts_per_interest=2, burst=3, seed=4))
+    log, _ = generate(SyntheticConfig(n_users=40, seq_len=300, n_impressions=20, n_categories=40, guard=40, seed=4))
     cfg = SampleConfig(max_len=64, short_len=8, sample_behaviors=(1,), history_behaviors=(0,))
     reports = {n: build_samples(log, cfg, tmp_path / str(n), num_workers=n) for n in (1, 2)}
     sizes = [r.pop("bytes") for r in reports.values()]  # file sizes depend on the partitioning

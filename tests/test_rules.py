@@ -23,8 +23,8 @@ def test_occurrences_equal_the_plain_loop():
 
 
 def test_copy_and_store_layouts_give_the_same_features():
-    log, _ = generate(SyntheticConfig(n_users=6, seq_len=300, n_impressions=20, n_categories=30, items_per_category=5,
-                                      guard=40, bursts_per_interest=2, burst=3, seed=0))
+    log, _ = generate(SyntheticConfig(n_users=6, seq_len=300, n_impressions=20, n_categories=32, n_background=8,
+                                      items_per_category=5, guard=40, seed=0))
     copy_cfg = SampleConfig(max_len=64, short_len=8, sample_behaviors=(1,), history_behaviors=(0,))
     store_cfg = replace(copy_cfg, layout="store")
     store_samples = build_local(log, store_cfg)
@@ -35,6 +35,12 @@ def test_copy_and_store_layouts_give_the_same_features():
     for name in copy:
         assert (copy[name] == stored[name]).all(), name
     assert copy["category count (L)"].max() > 0
+    # a cluster map adds the same rules for the target's cluster: never fewer hits than its category
+    clustered = features(store_samples, 64, 8, store, clusters=np.arange(33) // 16)  # two coarse clusters
+    assert clustered.keys() == copy.keys() | {f"cluster {r}" for r in ("count (L)", "share (L)", "count (last S)",
+                                                                        "share (last S)")}
+    assert (clustered["cluster count (L)"] >= clustered["category count (L)"]).all()
+    assert (clustered["cluster count (L)"] > clustered["category count (L)"]).any()
 
 
 def _repeat_log(n_users=300, seed=0):

@@ -21,8 +21,8 @@ STORE = replace(COPY, layout="store")
 
 @pytest.fixture(scope="module")
 def log():
-    return generate(SyntheticConfig(n_users=20, seq_len=300, n_impressions=20, n_categories=30,
-                                    items_per_category=5, guard=40, bursts_per_interest=2, burst=3, seed=3))
+    return generate(SyntheticConfig(n_users=20, seq_len=300, n_impressions=20, n_categories=32, n_background=8,
+                                    items_per_category=5, guard=40, seed=3))
 
 
 def test_store_layout_expands_to_the_copy_layout(log):

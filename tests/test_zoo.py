@@ -126,7 +126,8 @@ def test_gsu_recall_is_a_fraction_and_twin_is_consistent(name):
 @pytest.mark.parametrize("name", ALL)
 def test_loss_falls(name):
     samples, meta = tiny_samples(n_users=24)
-    job = tiny_job(name, meta, cfg(name), epochs=3, batch_size=64, dense_lr=3e-3, diagnostic_batches=1)
+    lr = 1e-3 if name == "cain" else 3e-3  # CAIN (TCN, pyramid and TWIN attention) overshoots at 3e-3 here
+    job = tiny_job(name, meta, cfg(name), epochs=3, batch_size=64, dense_lr=lr, diagnostic_batches=1)
     _, history = fit_local(job, samples, samples.slice(0, 128))
     losses = [h["train_loss"] for h in history]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses

@@ -1,21 +1,25 @@
-"""Seeded synthetic behaviour logs with planted lifelong signals (always labelled synthetic).
+"""Seeded synthetic behaviour logs with a planted lifelong signal (always labelled synthetic).
 
-Each user has a lifelong behaviour sequence (behavior=0, label=1) and, near its end, impressions
-(behavior=1) whose click label depends on signals only a lifelong model can see:
+Categories 1..n_categories form global clusters of `cluster_size` consecutive ids. Each user has
+a lifelong behaviour sequence (behavior=0, label=1) and, near its end, impressions (behavior=1):
 
-- strong old interests: categories that occur in bursts of `burst` consecutive events, only
-  far back (never within `guard` events of any impression). Impressions of these click often.
-- noise categories: the same number of events as a strong interest, but isolated (single events
-  between other categories). Only neighbouring events (context) tell them from strong ones;
-  impressions of these click at the base rate.
-- time-of-day habits: one habit category per 6-hour slot, frequent at that time of day.
-  An impression of the habit category of the impression's own slot clicks often; of another
-  slot's habit, at the base rate.
-- filler categories fill the rest (and the recent past); random unseen categories also appear
-  as impressions.
+- old interests: `n_interests` categories, each from its own cluster, with `interest_events`
+  single events scattered over the old part of the history, never within `guard` events of any
+  impression (so never in a short window of S <= guard events).
+- background: every other history position (old and recent) is a category drawn at random from
+  the first `n_background` categories (whole clusters, shared by all users, never impressed), so
+  the recent window says nothing about a target, nor which user it is.
+- impressions: half of an old interest (with probability `sibling`, an unseen sibling of it: a
+  category of the same cluster the user never touched), half of a category from a cluster the user
+  never touched, paired across users so every category is shown as often each way
+  (`_impressions`). P(click) is `interest_p` for a (sibling of an) old interest, `unseen_p` otherwise:
+  monotone in the count of the target's cluster among events older than the short window, and
+  independent of everything in the last `guard` events, so a short-history model sits at AUC 0.5
+  by construction. With `sibling = 0` exact category search sees all of it; with `sibling > 0`
+  only a relevance that learns which categories are siblings does (`ceilings` prints both).
 
-A short-history model sees only filler and habit categories, so it cannot separate strong from
-noise or unseen impressions. Samples use behavior=1 rows; history uses behavior=0 rows.
+Samples use behavior=1 rows; history uses behavior=0 rows. `generate(..., with_kind=True)` adds
+the impression kind and its true P(click) for diagnostics.
 """
 from __future__ import annotations
 
@@ -27,8 +31,7 @@ import pyarrow as pa
 from lifelong.data.schema import LogMeta, validate_log
 
 DAY = 86400
-# Impression kinds and their click logits.
-KINDS = ("strong", "noise", "habit_now", "habit_other", "filler", "unseen")
+KINDS = ("interest", "sibling", "unseen")  # impression kinds (the `kind` column's codes)
 
 
 @dataclass(frozen=True)
@@ -40,106 +43,118 @@ class SyntheticConfig:
     n_impressions: int = 40
     n_categories: int = 200
     items_per_category: int = 20
-    n_strong: int = 3
-    n_noise: int = 3
-    n_filler: int = 6
-    burst: int = 4
-    bursts_per_interest: int = 4
+    cluster_size: int = 4
+    n_interests: int = 3
+    interest_events: int = 16
+    n_background: int = 20
     guard: int = 100
-    habit_prob: float = 0.5
+    interest_p: float = 0.8
+    unseen_p: float = 0.1
+    sibling: float = 0.0
     days: int = 360
-    base_logit: float = -1.5
-    strong_logit: float = 3.0
-    habit_logit: float = 2.5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        need = self.n_strong + self.n_noise + 4 + self.n_filler + 1
-        if self.n_categories < need:
-            raise ValueError(f"n_categories={self.n_categories} < {need} needed per user")
-        # Bursts of burst events for every strong and noise interest, plus the noise interests'
-        # remaining events scattered singly, all in the first seq_len - 2 * guard positions.
-        old = ((self.n_strong + self.n_noise) * self.burst + self.n_noise * (self.burst - 1)) * self.bursts_per_interest
-        if old > self.seq_len - 2 * self.guard:
-            raise ValueError(f"seq_len={self.seq_len} too short for {old} planted events and guard={self.guard}")
+        if self.n_categories % self.cluster_size:
+            raise ValueError(f"n_categories={self.n_categories} is not a multiple of cluster_size={self.cluster_size}")
+        if self.sibling > 0 and self.cluster_size < 2:
+            raise ValueError("sibling > 0 needs cluster_size >= 2")
+        if self.n_background < 1 or self.n_background % self.cluster_size:
+            raise ValueError(f"n_background={self.n_background} must be a positive multiple of cluster_size")
+        need = self.n_background // self.cluster_size + self.n_interests + 1
+        if self.n_categories // self.cluster_size < need:
+            raise ValueError(f"{self.n_categories // self.cluster_size} clusters < {need} needed (background, "
+                             "each interest's own, one unseen)")
+        if self.n_interests * self.interest_events > self.seq_len - 2 * self.guard:
+            raise ValueError(f"seq_len={self.seq_len} too short for {self.n_interests * self.interest_events} "
+                             f"old-interest events and guard={self.guard}")
+        for name in ("interest_p", "unseen_p", "sibling"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
+
+    def cluster(self, category: np.ndarray) -> np.ndarray:
+        """Cluster of each category id (>= 1)."""
+        return (np.asarray(category) - 1) // self.cluster_size
 
 
 def _user(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    L, n_imp = cfg.seq_len, cfg.n_impressions
-    cats = rng.choice(np.arange(1, cfg.n_categories + 1), cfg.n_strong + cfg.n_noise + 4 + cfg.n_filler,
-                      replace=False)
-    strong, rest = cats[:cfg.n_strong], cats[cfg.n_strong:]
-    noise, rest = rest[:cfg.n_noise], rest[cfg.n_noise:]
-    habit, filler = rest[:4], rest[4:]
+    """One user's history, its interests and siblings, and its impression slots' times."""
+    L, n_imp, cs = cfg.seq_len, cfg.n_impressions, cfg.cluster_size
+    clusters = cfg.n_background // cs + rng.permutation(cfg.n_categories // cs - cfg.n_background // cs)
+    own = clusters[:cfg.n_interests]
+    members = own[:, None] * cs + 1 + np.array([rng.permutation(cs) for _ in own])  # (n_interests, cs)
     # Timeline: L history events and n_imp impressions; impressions fall after the first
-    # L - guard history events, so the planted old events are always > guard events back.
+    # L - guard history events, so the old-interest events are always > guard events back.
     ts = np.sort(rng.integers(0, cfg.days * DAY, L + n_imp))
     is_imp = np.zeros(L + n_imp, bool)
     tail = np.arange(L - cfg.guard + 1, L + n_imp)  # positions after the (L-guard)-th history event
     is_imp[rng.choice(tail, n_imp, replace=False)] = True
-    hist_ts, imp_ts = ts[~is_imp], ts[is_imp]
-    slot = (hist_ts % DAY) // (6 * 3600)
-    cat = np.where(rng.random(L) < cfg.habit_prob, habit[slot], rng.choice(filler, L))
-    # Planted old events in the first L - 2*guard positions: strong bursts and isolated noise.
-    n_b = cfg.bursts_per_interest
-    limit = L - 2 * cfg.guard
-    starts = np.sort(rng.choice(limit // cfg.burst, (cfg.n_strong + cfg.n_noise) * n_b, replace=False))
-    starts = rng.permutation(starts) * cfg.burst
-    for j, c in enumerate(strong):
-        for s in starts[j * n_b:(j + 1) * n_b]:
-            cat[s:s + cfg.burst] = c  # (burst,) consecutive events of one strong interest
-    for j, c in enumerate(noise):
-        for s in starts[(cfg.n_strong + j) * n_b:(cfg.n_strong + j + 1) * n_b]:
-            cat[s + rng.integers(0, cfg.burst)] = c  # one isolated event per block
-    # Noise gets the same number of events as a strong interest: scatter the remainder singly.
-    free = np.setdiff1d(np.arange(limit), np.concatenate([np.arange(s, s + cfg.burst) for s in starts]))
-    for c in noise:
-        extra = rng.choice(free, n_b * (cfg.burst - 1), replace=False)
-        free = np.setdiff1d(free, extra)
-        cat[extra] = c
-    # Impressions.
-    kind = rng.integers(0, len(KINDS), n_imp)
-    imp_slot = (imp_ts % DAY) // (6 * 3600)
-    other = (imp_slot + rng.integers(1, 4, n_imp)) % 4
-    unseen_pool = np.setdiff1d(np.arange(1, cfg.n_categories + 1), cats)
-    choices = {
-        0: rng.choice(strong, n_imp), 1: rng.choice(noise, n_imp), 2: habit[imp_slot],
-        3: habit[other], 4: rng.choice(filler, n_imp), 5: rng.choice(unseen_pool, n_imp),
-    }
-    imp_cat = np.select([kind == k for k in range(len(KINDS))], [choices[k] for k in range(len(KINDS))])
-    logit = cfg.base_logit + cfg.strong_logit * (kind == 0) + cfg.habit_logit * (kind == 2)
-    imp_label = (rng.random(n_imp) < 1 / (1 + np.exp(-logit))).astype(np.int8)
-    all_cat = np.concatenate([cat, imp_cat])
-    item = (all_cat - 1) * cfg.items_per_category + rng.integers(1, cfg.items_per_category + 1, L + n_imp)
-    return {
-        "item_id": item, "category_id": all_cat,
-        "timestamp": np.concatenate([hist_ts, imp_ts]),
-        "label": np.concatenate([np.ones(L, np.int8), imp_label]),
-        "behavior": np.concatenate([np.zeros(L, np.int8), np.ones(n_imp, np.int8)]),
-        "kind": np.concatenate([np.full(L, -1, np.int8), kind.astype(np.int8)]),
-    }
+    cat = rng.integers(1, cfg.n_background + 1, L)
+    spots = rng.choice(L - 2 * cfg.guard, cfg.n_interests * cfg.interest_events, replace=False)
+    cat[spots] = np.repeat(members[:, 0], cfg.interest_events)  # single events, scattered
+    return {"own": own, "interests": members[:, 0], "siblings": members[:, 1:], "hist_ts": ts[~is_imp],
+            "hist_cat": cat, "imp_ts": ts[is_imp]}
+
+
+def _impressions(cfg: SyntheticConfig, users: list[dict], rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Every impression slot's (kind, category), slots walked in time order across users: a slot
+    either pairs with the oldest waiting (sibling of an) interest impression of another user whose
+    clusters exclude that category, and shows that category as unseen, or becomes an interest
+    impression that waits for its pair. So every category is shown as often unseen as as an
+    interest, at nearly the same time: its click rate alone says nothing (DIN-short's 0.5)."""
+    owner = np.repeat(np.arange(len(users)), cfg.n_impressions)
+    t = np.concatenate([u["imp_ts"] for u in users])
+    kind, cat = np.full(len(t), 2, np.int8), np.zeros(len(t), np.int64)
+    waiting: list[tuple[int, int]] = []  # (user, category) of interest impressions without a pair
+    for slot in np.lexsort((rng.random(len(t)), t)):
+        u = users[owner[slot]]
+        pair = next((j for j, (v, c) in enumerate(waiting)
+                     if v != owner[slot] and cfg.cluster(c) not in u["own"]), None)
+        if pair is not None:
+            cat[slot] = waiting.pop(pair)[1]
+            continue
+        which = rng.integers(cfg.n_interests)
+        if rng.random() < cfg.sibling:
+            kind[slot], cat[slot] = 1, u["siblings"][which, rng.integers(cfg.cluster_size - 1)]
+        else:
+            kind[slot], cat[slot] = 0, u["interests"][which]
+        waiting.append((int(owner[slot]), int(cat[slot])))
+    return kind, cat
 
 
 def generate(cfg: SyntheticConfig, with_kind: bool = False) -> tuple[pa.Table, LogMeta]:
-    """Build the log for all users; `with_kind` adds the impression kind (for diagnostics only)."""
+    """Build the log for all users; `with_kind` adds the impression kind and its true P(click)
+    (diagnostics only: no model may read them)."""
     rng = np.random.default_rng(cfg.seed)
-    parts = [_user(cfg, np.random.default_rng(rng.integers(2**63))) for _ in range(cfg.n_users)]
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    n = cfg.seq_len + cfg.n_impressions
-    user = np.repeat(np.arange(1, cfg.n_users + 1, dtype=np.int64), n)
+    users = [_user(cfg, np.random.default_rng(rng.integers(2**63))) for _ in range(cfg.n_users)]
+    kind, imp_cat = _impressions(cfg, users, rng)
+    p = np.where(kind < 2, cfg.interest_p, cfg.unseen_p)
+    imp_label = (rng.random(len(kind)) < p).astype(np.int8)
+    L, n_imp = cfg.seq_len, cfg.n_impressions
+    per_user = lambda key, imp: np.concatenate(  # noqa: E731  (B users) x [L history, n_imp impressions]
+        [np.concatenate([u[key], imp[i * n_imp:(i + 1) * n_imp]]) for i, u in enumerate(users)])
+    cat = per_user("hist_cat", imp_cat)
+    item = (cat - 1) * cfg.items_per_category + rng.integers(1, cfg.items_per_category + 1, len(cat))
+    is_hist = np.tile(np.arange(L + n_imp) < L, cfg.n_users)
+    label = np.ones(len(cat), np.int8)
+    label[~is_hist] = imp_label
+    user = np.repeat(np.arange(1, cfg.n_users + 1, dtype=np.int64), L + n_imp)
     base = 1_500_000_000  # arbitrary epoch offset, aligned to a day so hours are meaningful
     base -= base % DAY
     table = pa.table({
-        "user_id": user, "item_id": cols["item_id"].astype(np.int64),
-        "category_id": cols["category_id"].astype(np.int64),
-        "timestamp": cols["timestamp"].astype(np.int64) + base,
-        "label": cols["label"], "behavior": cols["behavior"],
+        "user_id": user, "item_id": item.astype(np.int64), "category_id": cat.astype(np.int64),
+        "timestamp": per_user("hist_ts", np.concatenate([u["imp_ts"] for u in users])).astype(np.int64) + base,
+        "label": label, "behavior": (~is_hist).astype(np.int8),
     })
     meta = LogMeta(f"synthetic(L={cfg.seq_len},seed={cfg.seed})", cfg.n_users,
                    cfg.n_categories * cfg.items_per_category, cfg.n_categories, synthetic=True)
     table = validate_log(table, meta.name, meta)
     if with_kind:
-        table = table.append_column("kind", pa.array(cols["kind"]))
+        full_kind, full_p = np.full(len(cat), -1, np.int8), np.full(len(cat), np.nan)
+        full_kind[~is_hist], full_p[~is_hist] = kind, p
+        table = table.append_column("kind", pa.array(full_kind))
+        table = table.append_column("p_click", pa.array(full_p, mask=is_hist))
     return table, meta
 
 

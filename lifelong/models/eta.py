@@ -9,6 +9,8 @@ fixed and seeded (`hash_seed`) and saved with the model; it is block-diagonal ov
 category embeddings (bits / 2 hyperplanes each), so with the trainer's key cache each id's bits
 come from a cache table (`item_sig`, `cat_sig`, 16 bits per float) and only the k selected
 behaviours are looked up in full.
+Our addition, off by default (`match: true`): the ESU's keys and values also carry whether each
+behaviour's item and category are the target's (`layers.GapAttention`), as TWIN's `match` does.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class ETAConfig:
     attention_dim: int = 32
     gap_dim: int = 8
     gap_buckets: int = 24
+    match: bool = False  # the ESU reads target-match features (our addition, `layers.GapAttention`)
+    match_dim: int = 8
     use_short: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)

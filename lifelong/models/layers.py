@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -105,24 +105,34 @@ class TimeGapEmbedding(nn.Module):
 
 class GapAttention(nn.Module):
     """SIM's ESU (also SIM-soft's and ETA's): each behaviour concatenated with the embedding of its
-    log-bucketed time gap to the request, then multi-head target attention."""
+    log-bucketed time gap to the request, then multi-head target attention. With `match_dim` > 0
+    (our addition) each behaviour also carries an embedding of its match with the target
+    (`match_buckets`), in its attention key and its value."""
 
-    def __init__(self, dim: int, gap_dim: int, gap_buckets: int, model_dim: int, heads: int) -> None:
+    def __init__(self, dim: int, gap_dim: int, gap_buckets: int, model_dim: int, heads: int, match_dim: int = 0
+                 ) -> None:
         super().__init__()
         self.gap = TimeGapEmbedding(gap_dim, gap_buckets)
-        self.attention = TargetAttention(dim, dim + gap_dim, model_dim, heads)
+        self.match = nn.Embedding(MATCH_BUCKETS, match_dim) if match_dim else None
+        self.attention = TargetAttention(dim, dim + gap_dim + match_dim, model_dim, heads)
         self.out_dim = model_dim
 
-    def keys(self, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        return torch.cat([seq, self.gap(request_ts, ts)], -1)  # (B, T, D + gap_dim)
+    def keys(self, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor,
+             match: Optional[torch.Tensor] = None) -> torch.Tensor:
+        parts = [seq, self.gap(request_ts, ts)]
+        if self.match is not None:
+            if match is None:
+                raise ValueError("GapAttention(match_dim > 0) needs the behaviours' match buckets")
+            parts.append(self.match(match))  # (B, T, match_dim)
+        return torch.cat(parts, -1)  # (B, T, D + gap_dim [+ match_dim])
 
-    def logits(self, query: torch.Tensor, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor
-               ) -> torch.Tensor:
-        return self.attention.logits(query, self.keys(request_ts, seq, ts))  # (B, H, T)
+    def logits(self, query: torch.Tensor, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor,
+               match: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.attention.logits(query, self.keys(request_ts, seq, ts, match))  # (B, H, T)
 
     def forward(self, query: torch.Tensor, request_ts: torch.Tensor, seq: torch.Tensor, ts: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        return self.attention(query, self.keys(request_ts, seq, ts), mask)  # (B, model_dim)
+                mask: torch.Tensor, match: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.attention(query, self.keys(request_ts, seq, ts, match), mask)  # (B, model_dim)
 
 
 class CrossFeatures(nn.Module):

@@ -7,12 +7,15 @@ the same four Δ features fused into each selected behaviour, 4 heads each with 
 W_q, W_v (and its own output of s), fused by a two-layer MLP h. A DIN unit on the short history
 runs beside it (`use_short`). Time of day is taken in UTC shifted by `tz_offset_min`. With the
 trainer's key cache the Clock-GSU reads `W_b b` and `W_q q` per id from cache tables
-(`ProjectedKeys`).
+(`ProjectedKeys`). Our addition, off by default (`match: true`): each behaviour's target match
+(`layers.match_buckets`) joins Z and adds a learned per-head bias to α (`gsu/clock.py`), as
+TWIN's `match` cross feature does; it needs no lookup, so the key cache's GSU scores it exactly.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -22,7 +25,7 @@ from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.clock import DAY_MIN, ClockAttention, circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import RelevanceGSU
-from lifelong.models.layers import ActivationUnit
+from lifelong.models.layers import MATCH_BUCKETS, ActivationUnit
 from lifelong.models.registry import register
 from lifelong.models.two_stage import ProjectedKeys, TwoStage
 
@@ -36,6 +39,7 @@ class LICConfig:
     out_hidden: tuple[int, ...] = (64,)
     out_dim: int = 32
     tz_offset_min: int = 0
+    match: bool = False  # target-match features in α and Z (our addition)
     use_short: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)
@@ -47,7 +51,7 @@ class LIC(ProjectedKeys, TwoStage):
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.clock = ClockAttention(E, config.heads, config.head_dim, config.gap_hidden, config.out_hidden,
-                                    config.out_dim)
+                                    config.out_dim, config.match)
         self.gsu = RelevanceGSU(self.clock, config.k)
         self.projected_gsu = RelevanceGSU(self.clock.projected, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
@@ -81,23 +85,37 @@ class LIC(ProjectedKeys, TwoStage):
     def extra_relevance(self, batch: Batch) -> torch.Tensor:
         per_minute = torch.arange(DAY_MIN // 2 + 1, device=batch.long_ts.device)  # every possible Δ
         table = self.clock.s(gap_features(per_minute)).mean(-1)  # (721,) head mean of s(Δ)
-        return table[self.delta(batch, batch.long_ts)]  # (B, L)
+        out = table[self.delta(batch, batch.long_ts)]  # (B, L)
+        return out if self.clock.m is None else out + self.clock.m.mean(-1)[self.long_match(batch)]
 
-    def keys(self, batch: Batch, seq: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        """[b, Δ features]: (B, T, E + 4)."""
-        return torch.cat([seq, self.gaps(batch, ts)], -1)
+    def long_match(self, batch: Batch) -> Optional[torch.Tensor]:
+        """Match buckets (B, L) of the batch's lifelong behaviours against the target, with `match`."""
+        return self.target_match(batch, "long", batch.long_len) if self.config.match else None
+
+    def keys(self, batch: Batch, seq: torch.Tensor, ts: torch.Tensor, match: Optional[torch.Tensor]
+             ) -> torch.Tensor:
+        """[b, Δ features [, one-hot match]] of behaviours seq (B, T, E) at ts with match (B, T)."""
+        return torch.cat([seq, self.extra(batch, ts, match)], -1)  # (B, T, E + n_extra)
+
+    def extra(self, batch: Batch, ts: torch.Tensor, match: Optional[torch.Tensor]) -> torch.Tensor:
+        """[Δ features [, one-hot match]] (B, T, n_extra)."""
+        if self.clock.m is None:
+            return self.gaps(batch, ts)  # (B, T, 4)
+        return torch.cat([self.gaps(batch, ts), nn.functional.one_hot(match, MATCH_BUCKETS).float()], -1)
 
     def extra_keys(self, batch: Batch) -> torch.Tensor:
-        return self.gaps(batch, batch.long_ts)  # (B, L, 4)
+        return self.extra(batch, batch.long_ts, self.long_match(batch))  # (B, L, n_extra)
 
     def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
-        return emb.target, self.keys(batch, emb.long, batch.long_ts)
+        return emb.target, self.keys(batch, emb.long, batch.long_ts, self.long_match(batch))
 
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.clock(*self.gsu_inputs(batch, emb)).mean(1)  # (B, L)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        z = self.keys(batch, self.gather(emb.long, idx), self.gather(batch.long_ts, idx))  # (B, k, E + 4)
+        match = self.long_match(batch)
+        z = self.keys(batch, self.gather(emb.long, idx), self.gather(batch.long_ts, idx),
+                      None if match is None else self.gather(match, idx))  # (B, k, E + n_extra)
         parts = [emb.target, self.clock.read(emb.target, z, valid)]
         if self.unit is not None:
             parts.append(self.unit(emb.target, emb.short, emb.short_mask))

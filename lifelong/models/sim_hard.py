@@ -7,6 +7,8 @@ longer sequence arrives, the same rule runs here on the looked-up ids (the refer
 ESU: each selected behaviour is concatenated with an embedding of its log-bucketed time gap to
 the request, then multi-head target attention. A DIN unit over the short history runs beside it
 (`use_short`), as in the paper's deployed model. Head: MLP over [target, short, long interest].
+Our addition, off by default (`match: true`): the ESU's keys and values also carry whether each
+behaviour's item and category are the target's (`layers.GapAttention`), as TWIN's `match` does.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class SIMHardConfig:
     attention_dim: int = 32
     gap_dim: int = 8
     gap_buckets: int = 24
+    match: bool = False  # the ESU reads target-match features (our addition, `layers.GapAttention`)
+    match_dim: int = 8
     use_short: bool = True
     gsu_in_collate: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)

@@ -7,6 +7,8 @@ an auxiliary CTR head on the pooled lifelong sequence, as the paper's joint auxi
 pool twice, plain mean (the paper's sum pooling, scaled) and r-softmax weighted, so that W_a and
 W_b are trained too (top-k itself passes no gradient). ESU: SIM's time-gap target attention.
 Total loss = CTR + aux_weight * aux CTR.
+Our addition, off by default (`match: true`): the ESU's keys and values also carry whether each
+behaviour's item and category are the target's (`layers.GapAttention`), as TWIN's `match` does.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ class SIMSoftConfig:
     attention_dim: int = 32
     gap_dim: int = 8
     gap_buckets: int = 24
+    match: bool = False  # the ESU reads target-match features (our addition, `layers.GapAttention`)
+    match_dim: int = 8
     use_short: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)

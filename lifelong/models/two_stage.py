@@ -193,22 +193,31 @@ class TwoStage(CTRModel):
 class GapSearch(TwoStage):
     """Two-stage models whose ESU is SIM's (`GapAttention`: behaviour ⊕ time-gap embedding, multi-head
     target attention) with an optional DIN unit on the short history: SIM hard/soft and ETA. The
-    config needs heads, attention_dim, gap_dim, gap_buckets, use_short, attention_hidden, head_hidden;
-    a subclass sets `self.gsu` and `gsu_inputs`. `extra_dim` widens the head for its own parts."""
+    config needs heads, attention_dim, gap_dim, gap_buckets, match, match_dim, use_short,
+    attention_hidden, head_hidden; a subclass sets `self.gsu` and `gsu_inputs`. With `match` (our
+    addition) the ESU's keys and values carry each behaviour's target-match embedding."""
 
     def __init__(self, config, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
-        self.esu = GapAttention(E, config.gap_dim, config.gap_buckets, config.attention_dim, config.heads)
+        self.esu = GapAttention(E, config.gap_dim, config.gap_buckets, config.attention_dim, config.heads,
+                                config.match_dim if config.match else 0)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + config.attention_dim + (E if config.use_short else 0), config.head_hidden)
 
+    def long_match(self, batch: Batch) -> Optional[torch.Tensor]:
+        """Match buckets (B, L) of the lifelong behaviours in the batch when the ESU reads them."""
+        return self.target_match(batch, "long", batch.long_len) if self.config.match else None
+
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
-        return self.esu.logits(emb.target, batch.target_ts, emb.long, batch.long_ts).mean(1)  # (B, L)
+        return self.esu.logits(emb.target, batch.target_ts, emb.long, batch.long_ts,
+                               self.long_match(batch)).mean(1)  # (B, L)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         seq, ts = self.gather(emb.long, idx), self.gather(batch.long_ts, idx)  # (B, k, E), (B, k)
-        parts = [emb.target, self.esu(emb.target, batch.target_ts, seq, ts, valid)]
+        match = self.long_match(batch)
+        match = None if match is None else self.gather(match, idx)  # (B, k)
+        parts = [emb.target, self.esu(emb.target, batch.target_ts, seq, ts, valid, match)]
         if self.unit is not None:
             parts.append(self.unit(emb.target, emb.short, emb.short_mask))
         return torch.cat(parts, -1)

@@ -65,14 +65,18 @@ def reference_occurrences(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, ta
     return np.array([(values[a:b] == t).sum() for a, b, t in zip(lo, hi, target)], np.int64)
 
 
-def features(samples: pa.Table, max_len: int, short_len: int, store: Optional[SequenceStore] = None
-             ) -> dict[str, np.ndarray]:
-    """Rule name -> (N,) integer feature (binned counts, or shares binned to 1 / SHARE_BINS)."""
+def features(samples: pa.Table, max_len: int, short_len: int, store: Optional[SequenceStore] = None,
+             clusters: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """Rule name -> (N,) integer feature (binned counts, or shares binned to 1 / SHARE_BINS).
+    `clusters` (category id -> cluster id) adds the same rules for the target's cluster."""
     out = {}
     windows = (("L", max_len), ("last S", short_len))
-    for what, (target_col, hist_col) in TARGETS.items():
+    targets = dict(TARGETS, **({"cluster": TARGETS["category"]} if clusters is not None else {}))
+    for what, (target_col, hist_col) in targets.items():
         target = samples.column(target_col).to_numpy()
         values, base, hi = _histories(samples, store, hist_col)
+        if what == "cluster":
+            target, values = clusters[target], clusters[values]
         lo = [np.maximum(hi - length, base) for _, length in windows]
         # both windows in one call: the history values are sorted once per column
         counts = np.split(occurrences(values, np.concatenate(lo), np.tile(hi, 2), np.tile(target, 2)), 2)
@@ -84,10 +88,10 @@ def features(samples: pa.Table, max_len: int, short_len: int, store: Optional[Se
 
 
 def evaluate_rules(train: pa.Table, valid: pa.Table, max_len: int, short_len: int,
-                   store: Optional[SequenceStore] = None) -> dict[str, dict]:
+                   store: Optional[SequenceStore] = None, clusters: Optional[np.ndarray] = None) -> dict[str, dict]:
     """Rule name -> metrics on `valid` (AUC, GAUC, logloss), each rule fit on `train`."""
-    f_train = features(train, max_len, short_len, store)
-    f_valid = features(valid, max_len, short_len, store)
+    f_train = features(train, max_len, short_len, store, clusters)
+    f_valid = features(valid, max_len, short_len, store, clusters)
     y = train.column("label").to_numpy().astype(np.float64)
     y_valid = valid.column("label").to_numpy().astype(np.float64)
     users = valid.column("user_id").to_numpy().astype(np.int64)

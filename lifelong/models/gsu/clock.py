@@ -6,6 +6,8 @@ Relative time of day: `g(t)` minutes since midnight (UTC shifted by `tz_offset_m
 Per head i: `α_i = (W_b^i b)·(W_q^i q)/sqrt(d) + s_i(Δ)`, s a two-layer MLP on the normalised
 `[Δ, √Δ, Δ², log(Δ+1)]`. The GSU ranks by the head mean of α; the ESU reads per head
 `softmax(α_i)^T Z W_v^i` with `Z = [b, Δ features]`, and `h` (two-layer MLP) fuses the heads.
+With `match` (our addition) Z also carries the one-hot target match (`layers.match_buckets`) and
+α_i gains a learned per-head bias for it, `m_i(match)`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lifelong.models.layers import masked_softmax, mlp
+from lifelong.models.layers import MATCH_BUCKETS, masked_softmax, mlp
 
 DAY_MIN = 1440
 N_GAP_FEATURES = 4
@@ -39,34 +41,41 @@ def gap_features(delta: torch.Tensor) -> torch.Tensor:
 
 
 class ClockAttention(nn.Module):
-    """candidates: (B, L, E + 4) = [b, Δ features]; query (B, E)."""
+    """candidates: (B, L, E + n_extra) = [b, Δ features (4) [, one-hot match (4)]]; query (B, E)."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, gap_hidden: int, out_hidden: Sequence[int],
-                 out_dim: int) -> None:
+                 out_dim: int, match: bool = False) -> None:
         super().__init__()
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
+        self.n_extra = N_GAP_FEATURES + (MATCH_BUCKETS if match else 0)
         self.w_b = nn.Linear(dim, heads * head_dim, bias=False)
         self.w_q = nn.Linear(dim, heads * head_dim, bias=False)
         self.s = mlp(N_GAP_FEATURES, (gap_hidden,), heads)  # s_i(Δ), one output per head
-        self.w_v = nn.Linear(dim + N_GAP_FEATURES, heads * head_dim, bias=False)
+        self.m = nn.Parameter(torch.zeros(MATCH_BUCKETS, heads)) if match else None  # m_i(match)
+        self.w_v = nn.Linear(dim + self.n_extra, heads * head_dim, bias=False)
         self.h = mlp(heads * head_dim, out_hidden, out_dim)
         self.out_dim = out_dim
 
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """α: (B, H, L)."""
-        b, gaps = candidates.split([self.dim, N_GAP_FEATURES], -1)
-        return self.projected(self.w_q(query), torch.cat([self.w_b(b), gaps], -1))
+        b, extra = candidates.split([self.dim, self.n_extra], -1)
+        return self.projected(self.w_q(query), torch.cat([self.w_b(b), extra], -1))
+
+    def bias(self, extra: torch.Tensor) -> torch.Tensor:
+        """s(Δ) [+ m(match)] per head from the extra features (B, L, n_extra): (B, L, H)."""
+        out = self.s(extra[..., :N_GAP_FEATURES])
+        return out if self.m is None else out + extra[..., N_GAP_FEATURES:] @ self.m
 
     def projected(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """α from the projections: W_q q (B, H * d) and [W_b b, Δ features] (B, L, H * d + 4)."""
-        kb, gaps = candidates.split([self.heads * self.head_dim, N_GAP_FEATURES], -1)
+        """α from the projections: W_q q (B, H * d) and [W_b b, extra] (B, L, H * d + n_extra)."""
+        kb, extra = candidates.split([self.heads * self.head_dim, self.n_extra], -1)
         kb = kb.view(*kb.shape[:-1], self.heads, self.head_dim)  # (B, L, H, d)
         q = q_proj.view(-1, self.heads, self.head_dim)  # (B, H, d)
         dot = torch.einsum("blhd,bhd->bhl", kb, q) / math.sqrt(self.head_dim)
-        return dot + self.s(gaps).transpose(1, 2)  # (B, H, L)
+        return dot + self.bias(extra).transpose(1, 2)  # (B, H, L)
 
     def read(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Clock-ESU over selected keys (B, k, E + 4) -> (B, out_dim)."""
+        """Clock-ESU over selected keys (B, k, E + n_extra) -> (B, out_dim)."""
         B, T, _ = keys.shape
         w = masked_softmax(self(query, keys), mask.unsqueeze(1))  # (B, H, k)
         v = self.w_v(keys).view(B, T, self.heads, self.head_dim)  # (B, k, H, d)

@@ -29,7 +29,10 @@ class TwinAttention(nn.Module):
         self.w_h = nn.Linear(item_dim, heads * head_dim, bias=False)
         self.w_q = nn.Linear(query_dim, heads * head_dim, bias=False)
         self.w_c = nn.Parameter(torch.randn(heads, n_cross, cross_dim) / math.sqrt(cross_dim))  # w^a_j
-        self.beta = nn.Parameter(torch.zeros(heads, n_cross))
+        # β starts at 1 (our choice; the paper gives no init): at 0, β w^a sits at a saddle where w^a
+        # and the cross embeddings get no gradient through α, and TWIN + match stayed at chance on
+        # planted data (BENCHMARKS.md)
+        self.beta = nn.Parameter(torch.ones(heads, n_cross))
         self.w_v = nn.Linear(item_dim + n_cross * cross_dim, heads * head_dim, bias=False)
         self.w_o = nn.Linear(heads * head_dim, heads * head_dim)
         self.out_dim = heads * head_dim
