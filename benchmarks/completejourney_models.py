@@ -28,6 +28,9 @@ VARIANTS = {  # name -> (model, model_config, train overrides)
     "din": ("din", {}, {}),
     "din+match": ("din", {"match": True}, {}),
     "sim_hard": ("sim_hard", {"k": 100}, {}),
+    "sim_hard+match": ("sim_hard", {"k": 100, "match": True}, {}),
+    "eta+match": ("eta", {"k": 100, "match": True}, CACHE),
+    "lic+match": ("lic", {"k": 100, "match": True}, CACHE),
     "twin": ("twin", {"k": 100}, CACHE),
     "twin+match": ("twin", {"k": 100, "match": True}, CACHE),
 }
