@@ -50,7 +50,8 @@ def test_learned_relevance_with_match_features_finds_the_old_interests():
 def test_embedding_init_range_decides_whether_attention_learns_category_presence():
     """The control task (click iff the target's category occurs earlier in the history): with
     rows starting in ±1, din_full's attention learns it; TorchRec's default ±sqrt(1 / rows)
-    (±0.07 for 200 categories) leaves it near chance after the same two epochs."""
+    (±0.07 for 200 categories) leaves it far behind after the same two epochs (measured on planted
+    v2: 0.80 vs 1.00; on v1's denser histories it stayed near chance)."""
     log, meta = generate(SyntheticConfig(n_users=200, seq_len=300, guard=50, seed=1))
     log = presence_labels(log)
     sc = SampleConfig(max_len=300, short_len=20, sample_behaviors=(1,), history_behaviors=(0,))
@@ -62,8 +63,8 @@ def test_embedding_init_range_decides_whether_attention_learns_category_presence
                       TrainConfig(epochs=2, batch_size=64, seed=0))
         _, history = fit_local(job, train, valid)
         auc[bound] = history[-1]["valid_auc"]
-    assert auc[1.0] > 0.9, auc
-    assert auc[1.0] > auc[0.0] + 0.2, auc
+    assert auc[1.0] > 0.95, auc
+    assert auc[1.0] > auc[0.0] + 0.1, auc
 
 
 def test_embedding_init_range_reaches_the_tables():
