@@ -264,7 +264,7 @@ def test_match_buckets_and_the_twin_match_cross_feature():
         emb = model.lookup(batch)
         if match:  # the match table's rows reach the relevance: changing one moves exactly its behaviours
             torch.nn.init.normal_(model.attention.beta)
-            buckets = model.match(batch)  # (B, L)
+            buckets = model.long_match(batch)  # (B, L)
             b = int(buckets[emb.long_mask].max())
             assert b > 0  # some behaviour shares the target's category
             before = model.attention(emb.target, model.all_keys(batch, emb))

@@ -88,9 +88,9 @@ class LIC(ProjectedKeys, TwoStage):
         out = table[self.delta(batch, batch.long_ts)]  # (B, L)
         return out if self.clock.m is None else out + self.clock.m.mean(-1)[self.long_match(batch)]
 
-    def long_match(self, batch: Batch) -> Optional[torch.Tensor]:
-        """Match buckets (B, L) of the batch's lifelong behaviours against the target, with `match`."""
-        return self.target_match(batch, "long", batch.long_len) if self.config.match else None
+    @property
+    def reads_match(self) -> bool:
+        return self.config.match
 
     def keys(self, batch: Batch, seq: torch.Tensor, ts: torch.Tensor, match: Optional[torch.Tensor]
              ) -> torch.Tensor:
@@ -107,15 +107,14 @@ class LIC(ProjectedKeys, TwoStage):
         return self.extra(batch, batch.long_ts, self.long_match(batch))  # (B, L, n_extra)
 
     def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
-        return emb.target, self.keys(batch, emb.long, batch.long_ts, self.long_match(batch))
+        return emb.target, self.keys(batch, emb.long, batch.long_ts, self.match_of(batch, emb))
 
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.clock(*self.gsu_inputs(batch, emb)).mean(1)  # (B, L)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        match = self.long_match(batch)
         z = self.keys(batch, self.gather(emb.long, idx), self.gather(batch.long_ts, idx),
-                      None if match is None else self.gather(match, idx))  # (B, k, E + n_extra)
+                      self.match_of(batch, emb, idx))  # (B, k, E + n_extra)
         parts = [emb.target, self.clock.read(emb.target, z, valid)]
         if self.unit is not None:
             parts.append(self.unit(emb.target, emb.short, emb.short_mask))

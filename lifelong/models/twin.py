@@ -80,12 +80,12 @@ class TWIN(ProjectedKeys, TwinFrame):
         lengths = batch.sparse["long_item"].lengths()
         pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
         return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(
-            batch.target_ts, batch.long_ts, lengths, pos, self.match(batch)))  # (B, L)
+            batch.target_ts, batch.long_ts, lengths, pos, self.long_match(batch)))  # (B, L)
 
     def extra_keys(self, batch: Batch) -> torch.Tensor:
         lengths = batch.sparse["long_item"].lengths()
         pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
-        return self.cross(batch.target_ts, batch.long_ts, lengths, pos, self.match(batch))  # K_c (B, L, J c)
+        return self.cross(batch.target_ts, batch.long_ts, lengths, pos, self.long_match(batch))  # K_c (B, L, J c)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         parts = [emb.target, self.attention.read(emb.target, self.keys(batch, emb, idx), valid)]

@@ -120,6 +120,20 @@ class TwoStage(CTRModel):
         """Row-aligned keys and queries (N, dim): (N,)."""
         raise NotImplementedError
 
+    reads_match = False  # a subclass whose GSU / ESU reads target-match features says so
+
+    def long_match(self, batch: Batch) -> Optional[torch.Tensor]:
+        """Match buckets (B, L) of the batch's lifelong behaviours against the target
+        (`layers.match_buckets`) when the model reads them, else None."""
+        return self.target_match(batch, "long", batch.long_len) if self.reads_match else None
+
+    def match_of(self, batch: Batch, emb: Embedded, idx: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """`long_match` computed once per batch (kept in `emb.cache`), at positions idx (B, T) if given."""
+        if "match" not in emb.cache:
+            emb.cache["match"] = self.long_match(batch)
+        match = emb.cache["match"]
+        return match if match is None or idx is None else self.gather(match, idx)
+
     def extra_relevance(self, batch: Batch) -> torch.Tensor | float:
         """The score's lookup-free term over the full history (B, L), or 0."""
         return 0.0
@@ -205,18 +219,17 @@ class GapSearch(TwoStage):
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + config.attention_dim + (E if config.use_short else 0), config.head_hidden)
 
-    def long_match(self, batch: Batch) -> Optional[torch.Tensor]:
-        """Match buckets (B, L) of the lifelong behaviours in the batch when the ESU reads them."""
-        return self.target_match(batch, "long", batch.long_len) if self.config.match else None
+    @property
+    def reads_match(self) -> bool:
+        return self.config.match
 
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.esu.logits(emb.target, batch.target_ts, emb.long, batch.long_ts,
-                               self.long_match(batch)).mean(1)  # (B, L)
+                               self.match_of(batch, emb)).mean(1)  # (B, L)
 
     def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         seq, ts = self.gather(emb.long, idx), self.gather(batch.long_ts, idx)  # (B, k, E), (B, k)
-        match = self.long_match(batch)
-        match = None if match is None else self.gather(match, idx)  # (B, k)
+        match = self.match_of(batch, emb, idx)  # (B, k) or None
         parts = [emb.target, self.esu(emb.target, batch.target_ts, seq, ts, valid, match)]
         if self.unit is not None:
             parts.append(self.unit(emb.target, emb.short, emb.short_mask))
@@ -233,20 +246,15 @@ class TwinFrame(TwoStage):
         """Per-behaviour item-inherent keys (B, L, D)."""
         raise NotImplementedError
 
-    def match(self, batch: Batch) -> Optional[torch.Tensor]:
-        """Match buckets (B, L) of the batch's lifelong behaviours against the target
-        (`layers.match_buckets`), when the cross features use them; else None."""
-        return None if self.cross.match is None else self.target_match(batch, "long", batch.long_len)  # (B, L)
+    @property
+    def reads_match(self) -> bool:
+        return self.cross.match is not None
 
     def keys(self, batch: Batch, emb: Embedded, idx: torch.Tensor) -> torch.Tensor:
         """[K_h, K_c] of the behaviours at idx (B, T): (B, T, D + J c)."""
         pos = idx if batch.long_pos is None else self.gather(batch.long_pos, idx)
         count = emb.long_mask.sum(1) if batch.long_count is None else batch.long_count
-        if "match" not in emb.cache:
-            emb.cache["match"] = self.match(batch)
-        match = emb.cache["match"]
-        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), count, pos,
-                         None if match is None else self.gather(match, idx))
+        k_c = self.cross(batch.target_ts, self.gather(batch.long_ts, idx), count, pos, self.match_of(batch, emb, idx))
         return torch.cat([self.gather(self.item_keys(emb), idx), k_c], -1)
 
     def all_keys(self, batch: Batch, emb: Embedded) -> torch.Tensor:
