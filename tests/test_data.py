@@ -22,6 +22,7 @@ def test_movielens_real_file():
     assert table.num_rows == 100_836 and meta.n_users == 610 and meta.n_items == 9_724
     assert dropped == {}
     assert 0.47 < table.column("label").to_numpy().mean() < 0.49  # rating >= 4: 48%
+    assert table.column("behavior").equals(table.column("label"))  # liked: history_behaviors [1] filters on it
     items = table.column("item_id").to_numpy()
     assert items.min() == 1 and items.max() == meta.n_items == len(np.unique(items))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import tempfile
 
 import pytest
@@ -11,6 +12,7 @@ import torch.multiprocessing as mp
 
 from lifelong.embeddings.state import gather_full_state, load_full_state
 from lifelong.trainers.local import local_optimizer
+from lifelong.trainers.loop import EarlyStopping, lr_groups
 from lifelong.trainers.model_setup import plain_model, sharded_model
 from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
@@ -111,9 +113,12 @@ def test_sharded_equals_unsharded_after_one_step(model, sharding):
         assert torch.allclose(r0["state"][name], ref, atol=1e-5), (name, (r0["state"][name] - ref).abs().max())
 
 
-def _fused_steps(rank, init_file, job, init, tables, out):
+def _fused_steps(rank, init_file, job, init, tables, out, lr_scale=1.0):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=1)
     model, opt, _ = sharded_model(job, torch.device("cpu"), dist.group.WORLD)
+    if lr_scale != 1.0:  # as after lr_decay on a plateau (both the fused and the dense optimiser)
+        stopper = EarlyStopping(2, {"decays": 1}, lr_decay=lr_scale)
+        stopper.set_lr(model, opt, [g["lr"] for g in lr_groups(model, opt)])
     load_full_state(model, init)
     collate = make_collator(job)
     for t in tables:
@@ -126,12 +131,15 @@ def _fused_steps(rank, init_file, job, init, tables, out):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sparse", ["rowwise_adagrad", "adagrad"])
-def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse):
+@pytest.mark.parametrize("sparse,lr_scale", [("rowwise_adagrad", 1.0), ("adagrad", 1.0), ("rowwise_adagrad", 0.25)])
+def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse, lr_scale):
     """The in-process trainer and the DMP path train the same model: after 3 steps of row-wise (or
-    per-element) Adagrad + Adam, every table and dense weight agrees."""
+    per-element) Adagrad + Adam, every table and dense weight agrees. With lr_scale, the DMP run's
+    rates are decayed through its optimiser's param groups (train.lr_decay's path) and must step
+    like a local run configured with the decayed rates."""
     samples, meta = tiny_samples()
-    job = tiny_job("twin", meta, {"k": 6}, users=True, sparse_optimizer=sparse, sparse_lr=0.3, dense_lr=1e-2)
+    job = tiny_job("twin", meta, {"k": 6}, users=True, sparse_optimizer=sparse, sparse_lr=0.3 * lr_scale,
+                   dense_lr=1e-2 * lr_scale)
     tables = [samples.slice(16 * i, 16) for i in range(3)]
     torch.manual_seed(0)
     model = plain_model(job)
@@ -147,8 +155,9 @@ def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse):
     assert moved.abs().max() > 1e-2
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "state")
-        mp.start_processes(_fused_steps, args=(os.path.join(tmp, "pg"), job, init, tables, out), nprocs=1,
-                           start_method="spawn")
+        fused_job = replace(job, train=replace(job.train, sparse_lr=0.3, dense_lr=1e-2))
+        mp.start_processes(_fused_steps, args=(os.path.join(tmp, "pg"), fused_job, init, tables, out, lr_scale),
+                           nprocs=1, start_method="spawn")
         got = torch.load(out, weights_only=True)
     for name, want in model.state_dict().items():
         assert torch.allclose(got[name], want, atol=1e-5), (name, (got[name] - want).abs().max())

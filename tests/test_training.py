@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lifelong.trainers.local as local
+from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping
 from tests.helpers import store_run, tiny_job, tiny_samples
 
@@ -21,6 +22,30 @@ def test_early_stopping_counts_epochs_without_improvement_and_survives_a_restart
     again = EarlyStopping(2, s.state())  # as after a resume from a checkpoint
     assert not again.update(4, {"valid_auc": 0.70}) and again.stop and again.best_epoch == 2
     assert again.final(4, 10) == {"best_epoch": 2, "stopped_early": True, "epochs_trained": 5}
+
+
+def test_lr_decay_scales_every_group_on_each_plateau_epoch_that_does_not_stop():
+    s = EarlyStopping(3, lr_decay=0.5)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.2}, {"params": model[1].parameters(), "lr": 0.01}])
+    base = [g["lr"] for g in opt.param_groups]
+    for epoch, auc in enumerate([0.60, 0.50, 0.55, 0.70, 0.40]):  # bad, bad, best, bad
+        s.update(epoch, {"valid_auc": auc})
+        s.set_lr(model, opt, base)
+    assert s.decays == 3 and s.lr_scale == 0.125
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.2 * 0.125, 0.01 * 0.125])
+    again = EarlyStopping(3, s.state(), lr_decay=0.5)  # resumed: the decay is not lost
+    assert not again.update(5, {"valid_auc": 0.3}) and not again.stop and again.decays == 4
+    assert not again.update(6, {"valid_auc": 0.3}) and again.stop and again.decays == 4  # stopping epochs never decay
+    with pytest.raises(ValueError, match="base learning rates"):
+        s.set_lr(model, opt, base[:1])
+
+
+def test_lr_decay_needs_patience():
+    with pytest.raises(ValueError, match="patience >= 2"):
+        tiny_job("din", tiny_samples(n_users=2)[1], lr_decay=0.1, patience=1)
+    with pytest.raises(ValueError, match="lr_decay"):
+        tiny_job("din", tiny_samples(n_users=2)[1], lr_decay=0.0, patience=2)
 
 
 @pytest.mark.parametrize("patience,scores,stop_after,best", [
@@ -47,6 +72,20 @@ def test_fit_local_stops_early_and_restores_the_best_epochs_weights(monkeypatch,
     for k, v in model.state_dict().items():
         assert torch.equal(v, seen[best][k]), k
     assert not torch.equal(seen[0]["embeddings.embeddings.item.weight"], seen[1]["embeddings.embeddings.item.weight"])
+
+
+def test_fit_local_decays_the_learning_rates_on_a_plateau(monkeypatch):
+    samples, meta = tiny_samples()
+    split = samples.num_rows // 2
+    job = tiny_job("din", meta, epochs=4, patience=3, lr_decay=0.5, batch_size=32, diagnostic_batches=0)
+    scores = iter([0.70, 0.60, 0.65, 0.80])
+    monkeypatch.setattr(local, "evaluate", lambda model, batches, device: {"auc": next(scores)})
+    made = []
+    monkeypatch.setattr(local, "local_optimizer", lambda job, model: made.append(real(job, model)) or made[-1])
+    real = local_optimizer
+    _, history = local.fit_local(job, samples.slice(0, split), samples.slice(split))
+    assert [h["lr_scale"] for h in history[:4]] == [1.0, 0.5, 0.25, 0.25]
+    assert [g["lr"] for g in made[0].param_groups] == pytest.approx([job.train.sparse_lr / 4, job.train.dense_lr / 4])
 
 
 @pytest.mark.ray

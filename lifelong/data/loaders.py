@@ -54,7 +54,9 @@ def remap(ids: np.ndarray) -> tuple[np.ndarray, int]:
 def load_movielens(path: str | Path, click_threshold: float = 4.0) -> Loaded:
     """MovieLens ratings.csv + movies.csv (a directory or the official zip).
 
-    label = rating >= click_threshold; category = the movie's first listed genre.
+    label = rating >= click_threshold; category = the movie's first listed genre; `behavior` = the
+    label too (1 liked, 0 not), so `samples.history_behaviors: [1]` builds histories of liked movies
+    only (each strictly before its sample, so no sample sees its own label).
     """
     path = Path(path)
     if path.suffix == ".zip":
@@ -85,10 +87,10 @@ def load_movielens(path: str | Path, click_threshold: float = 4.0) -> Loaded:
     users, n_users = remap(ratings.column("userId").to_numpy())
     items, n_items = remap(raw_items)
     cats, n_cats = remap(cat_names)
+    liked = (ratings.column("rating").to_numpy() >= click_threshold).astype(np.int8)
     table = pa.table({
         "user_id": users, "item_id": items, "category_id": cats,
-        "timestamp": ratings.column("timestamp"),
-        "label": (ratings.column("rating").to_numpy() >= click_threshold).astype(np.int8),
+        "timestamp": ratings.column("timestamp"), "label": liked, "behavior": liked,
     })
     meta = LogMeta("movielens", n_users, n_items, n_cats)
     return validate_log(table, ratings_src, meta), meta, {}

@@ -39,6 +39,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip the dense gradients' global L2 norm to this (FuxiCTR uses 10); 0 = off
     patience: int = 0  # early stopping: stop once valid AUC has not improved for this many epochs and
     #                    restore the best epoch's weights; 0 = off (every epoch, the last weights)
+    lr_decay: float = 1.0  # multiply both learning rates by this after each epoch that did not improve
+    #                        valid AUC and did not stop the run (FuxiCTR: 0.1); 1 = off; needs patience >= 2
 
     def __post_init__(self) -> None:
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
@@ -55,6 +57,11 @@ class TrainConfig:
             raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
         if self.grad_clip < 0 or self.patience < 0:
             raise ValueError("train.grad_clip and train.patience must be >= 0 (0 = off)")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"train.lr_decay must be in (0, 1] (1 = off), got {self.lr_decay}")
+        if self.lr_decay < 1 and self.patience < 2:
+            raise ValueError("train.lr_decay < 1 needs train.patience >= 2 (a plateau epoch that does not stop "
+                             "the run is where the rate decays)")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("train.batch_size and train.epochs must be >= 1")
 

@@ -14,7 +14,8 @@ import torch
 from lifelong.data.store import SequenceStore
 from lifelong.embeddings.collate import Batch
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.loop import (EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups,
+                                    train_epoch)
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
 from lifelong.trainers.worker import make_collator
 
@@ -32,6 +33,10 @@ class _Both:
     def step(self) -> None:
         for o in self.opts:
             o.step()
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.opts for g in o.param_groups]
 
 
 def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, full_history: bool = False,
@@ -65,7 +70,8 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     history = []
     device = torch.device("cpu")
     keys = KeyCacheRefresh(model, job.train.key_cache_every)
-    stopper = EarlyStopping(job.train.patience) if job.train.patience else None
+    stopper = EarlyStopping(job.train.patience, lr_decay=job.train.lr_decay) if job.train.patience else None
+    base_lr = [g["lr"] for g in lr_groups(model, opt)]
     best_state: dict = {}
     for epoch in range(job.train.epochs):
         train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
@@ -82,6 +88,8 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
                 best_state = copy.deepcopy(model.state_dict())
             if stopper.stop:
                 break
+            stopper.set_lr(model, opt, base_lr)
+            history[-1]["lr_scale"] = stopper.lr_scale  # the rate the next epoch trains at
     if stopper is not None:
         if stopper.best_epoch != epoch:
             model.load_state_dict(best_state)

@@ -110,16 +110,19 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
 
 
 class EarlyStopping:
-    """Early stopping on valid AUC: `update` after each epoch says whether it is the best so far;
-    `stop` once `patience` epochs in a row were not. Its `state()` travels in checkpoints, so a
-    resumed run keeps counting."""
+    """Early stopping on valid AUC, with learning-rate decay on a plateau: `update` after each epoch
+    says whether it is the best so far; `stop` once `patience` epochs in a row were not; each such
+    epoch that does not stop the run multiplies the learning rates by `lr_decay` (`lr_scale` is the
+    product so far; 1 = off). Its `state()` travels in checkpoints, so a resumed run keeps counting."""
 
-    def __init__(self, patience: int, state: Optional[dict] = None) -> None:
+    def __init__(self, patience: int, state: Optional[dict] = None, lr_decay: float = 1.0) -> None:
         self.patience = patience
+        self.lr_decay = lr_decay
         s = state or {}
         self.best_auc: float = s.get("best_auc", -math.inf)
         self.best_epoch: int = s.get("best_epoch", -1)
         self.bad_epochs: int = s.get("bad_epochs", 0)
+        self.decays: int = s.get("decays", 0)
         self.best_metrics: dict = s.get("best_metrics", {})
 
     def update(self, epoch: int, metrics: dict) -> bool:
@@ -128,7 +131,13 @@ class EarlyStopping:
             self.best_auc, self.best_epoch, self.bad_epochs, self.best_metrics = auc, epoch, 0, dict(metrics)
             return True
         self.bad_epochs += 1
+        if self.lr_decay < 1 and not self.stop:
+            self.decays += 1
         return False
+
+    @property
+    def lr_scale(self) -> float:
+        return self.lr_decay ** self.decays
 
     @property
     def stop(self) -> bool:
@@ -136,12 +145,37 @@ class EarlyStopping:
 
     def state(self) -> dict:
         return {"best_auc": self.best_auc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "best_metrics": self.best_metrics}
+                "decays": self.decays, "best_metrics": self.best_metrics}
+
+    def set_lr(self, model: torch.nn.Module, optimizer, base: list[float]) -> None:
+        """Set each of the model's param groups (`lr_groups`) to its base rate times `lr_scale`, in
+        effect from the next forward pass: TorchRec's fused table optimisers copy their group's rate
+        into the kernel at `zero_grad`/`step`, and a step updates the tables at the rate its forward
+        pass saw, so this calls `zero_grad` (between steps it discards nothing)."""
+        groups = lr_groups(model, optimizer)
+        if len(groups) != len(base):
+            raise ValueError(f"{len(base)} base learning rates for {len(groups)} param groups")
+        for g, lr in zip(groups, base):
+            g["lr"] = lr * self.lr_scale
+        optimizer.zero_grad()
 
     def final(self, last_epoch: int, epochs: int) -> dict:
         """What the run reports about it: the best epoch, and whether it stopped before `epochs`."""
         return {"best_epoch": self.best_epoch, "stopped_early": last_epoch < epochs - 1,
                 "epochs_trained": last_epoch + 1}
+
+
+def lr_groups(model: torch.nn.Module, optimizer) -> list[dict]:
+    """Every param group that sets a learning rate of the model: the optimiser's (TorchRec's fused
+    table optimisers read their group's rate at each `zero_grad`/`step`) and, under DMP, the
+    in-backward optimisers TorchRec attaches to data-parallel tables, which no optimiser wraps."""
+    groups, seen = list(optimizer.param_groups), set()
+    for p in model.parameters():
+        for o in getattr(p, "_in_backward_optimizers", ()):
+            if id(o) not in seen:
+                seen.add(id(o))
+                groups += o.param_groups
+    return groups
 
 
 class KeyCacheRefresh:

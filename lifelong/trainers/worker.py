@@ -22,7 +22,8 @@ from lifelong.embeddings.plan import describe
 from lifelong.models import entry
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.loop import (EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups,
+                                    train_epoch)
 from lifelong.trainers.model_setup import sharded_model
 
 
@@ -185,7 +186,10 @@ def train_loop_per_worker(config: dict) -> None:
     keys = KeyCacheRefresh(model, t.key_cache_every, global_step)
     if state.get("key_cache_loaded") is False:  # resumed from a checkpoint written without the cache
         keys.refresh()
-    stopper = EarlyStopping(t.patience, state.get("early_stopping")) if t.patience else None
+    stopper = EarlyStopping(t.patience, state.get("early_stopping"), t.lr_decay) if t.patience else None
+    if stopper is not None:  # optimiser checkpoints keep no learning rates: a resumed run gets its decay back
+        base_lr = [g["lr"] for g in lr_groups(model, optimizer)]
+        stopper.set_lr(model, optimizer, base_lr)
     best_dir = Path(config["run_dir"]) / BEST_DIR  # the best epoch's weights (DCP), beside the checkpoints
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
@@ -231,6 +235,9 @@ def train_loop_per_worker(config: dict) -> None:
             if stopper.update(epoch, metrics):  # every rank writes its shards of the best weights
                 checkpoint.save(model, best_dir, config["job"], plan_text, metrics)
             stop = stopper.stop
+            if not stop:
+                stopper.set_lr(model, optimizer, base_lr)
+                metrics["lr_scale"] = stopper.lr_scale  # the rate the next epoch trains at
         if epoch < t.epochs - 1 and not stop:
             save(metrics, epoch, stats["steps"], True)
         if stop:
