@@ -1,5 +1,6 @@
 """`ray job submit` for real: a local token-auth head on 127.0.0.1, a `lifelong train` job with a
-working dir, SUCCEEDED, metrics read back, head stopped."""
+working dir, SUCCEEDED, metrics read back, the head's listening sockets checked against README,
+head stopped."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,55 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Processes of a head that listen beyond loopback, as README's "Submitting a Ray job" lists them
+# (Ray 2.60 binds these to every interface whatever --node-ip-address says); besides them, every
+# Ray worker process ("ray::<actor or task>", the dashboard and runtime-env agents included).
+EXPOSED = {"gcs_server", "raylet", "ray.util.client.server", "monitor.py", "dashboard.py"}
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _addr(hexaddr: str) -> str:
+    raw = bytes.fromhex(hexaddr.split(":")[0])
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+
+
+def _label(proc: Path) -> str:
+    """A process's binary name, or for Python its script's file name or `-m` module."""
+    comm = (proc / "comm").read_text().strip()
+    if not comm.startswith("python"):
+        return comm
+    argv = (proc / "cmdline").read_bytes().decode().split("\0")[1:]
+    for i, arg in enumerate(argv):
+        if arg == "-m":
+            return argv[i + 1]
+        if not arg.startswith("-"):
+            return Path(arg).name
+    return comm
+
+
+def listening_sockets(marker: str) -> set[tuple[str, str, int]]:
+    """(process, bound address, port) of every TCP socket in LISTEN state held by a process whose
+    environment holds `marker` (here: this head's token), read from /proc."""
+    owner = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                label = _label(proc)
+                owner.update({os.readlink(fd)[8:-1]: label for fd in (proc / "fd").iterdir()
+                              if os.readlink(fd).startswith("socket:[")})
+        except OSError:  # the process ended meanwhile
+            continue
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in owner:  # 0A: LISTEN
+                out.add((owner[f[9]], _addr(f[1]), int(f[1].split(":")[1], 16)))
+    return out
 
 
 def test_ray_job_submit_trains_and_reports(tmp_path):
@@ -59,5 +109,11 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
                                   env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
                                   capture_output=True, text=True)
         assert no_token.returncode != 0  # the job server refuses callers without the token
+        if sys.platform == "linux":  # what README says the head exposes
+            socks = listening_sockets(env["RAY_AUTH_TOKEN"])
+            assert {(a, p) for _, a, p in socks if p == dash} == {("127.0.0.1", dash)}  # job API: loopback only
+            assert any(name == "gcs_server" and p == gcs for name, _, p in socks), socks
+            beyond = {name for name, a, _ in socks if a not in LOOPBACK and not name.startswith("ray::")}
+            assert beyond <= EXPOSED, f"listening beyond loopback, not in README: {beyond - EXPOSED}"
     finally:
         run("stop", "--force")
