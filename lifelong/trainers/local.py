@@ -71,7 +71,7 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     device = torch.device("cpu")
     keys = KeyCacheRefresh(model, job.train.key_cache_every)
     stopper = EarlyStopping(job.train.patience, lr_decay=job.train.lr_decay) if job.train.patience else None
-    base_lr = [g["lr"] for g in lr_groups(model, opt)]
+    base_lr = [g["lr"] for g in lr_groups(model, opt)] if stopper is not None else []
     best_state: dict = {}
     for epoch in range(job.train.epochs):
         train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
