@@ -9,6 +9,7 @@ the connected cluster's resources; `scaling_config` makes Ray Train's ScalingCon
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, replace
@@ -17,7 +18,12 @@ from typing import Optional
 import ray
 from ray.train import ScalingConfig
 
+from lifelong.cluster.logs import quiet_driver, verbose
+
 PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# Ray Train's workers, Ray Data's tasks and actors start together at a run's start; on a small
+# machine Ray's default (one worker start per CPU at a time) makes the raylet warn on every run.
+STARTUP = {"worker_maximum_startup_concurrency": 16}
 DATA_CPUS = 2  # CPUs left free for Ray Data's read/collate tasks when num_workers is auto
 
 
@@ -42,22 +48,25 @@ class ClusterConfig:
 
 
 def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
-    """Initialise Ray once; returns 'address', 'job', 'local' or 'existing'."""
+    """Initialise Ray once; returns 'address', 'job', 'local' or 'existing'. Unless `--verbose`, Ray
+    does not forward the workers' output (lifelong relays its own lines, see `logs`)."""
+    quiet_driver()
     if ray.is_initialized():
         return "existing"
     env = runtime_env or {"env_vars": {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}}
+    out = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
     if cfg.address:
         check_reachable(cfg.address)
-        ray.init(address=cfg.address, runtime_env=env, log_to_driver=True)
+        ray.init(address=cfg.address, runtime_env=env, **out)
         return "address"
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # inside `ray job submit`: keep the job's runtime env (working_dir, env vars)
+        ray.init(**out)  # inside `ray job submit`: keep the job's runtime env (working_dir, env vars)
         return "job"
     # Workers each hold cpus_per_worker; Ray Data's read/collate tasks need CPUs beside them,
     # so the embedded Ray advertises at least num_workers + 2 logical CPUs.
     cpus = cfg.local_cpus or max(os.cpu_count() or 1, int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + DATA_CPUS)
-    ray.init(num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-             runtime_env=env, log_to_driver=True)
+    ray.init(num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1", _system_config=STARTUP,
+             runtime_env=env, **out)
     return "local"
 
 

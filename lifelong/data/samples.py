@@ -148,7 +148,8 @@ def build_samples(log: pa.Table, cfg: SampleConfig, out_dir: str | Path, num_wor
     cutoffs = split_cutoffs(log, cfg)
     ds = ray.data.from_arrow(log).repartition(max(num_workers, 1))
     samples = ds.groupby("user_id", num_partitions=max(num_workers, 1)).map_groups(
-        user_samples, fn_args=(cfg, cutoffs), batch_format="pyarrow", concurrency=max(num_workers, 1))
+        user_samples, fn_args=(cfg, cutoffs), batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=max(num_workers, 1)))
     out_dir = Path(out_dir)
     samples = samples.materialize()
     counts = {}
@@ -163,7 +164,8 @@ def build_samples(log: pa.Table, cfg: SampleConfig, out_dir: str | Path, num_wor
               "cutoffs": list(cutoffs)}
     if cfg.layout == "store":
         store = ds.groupby("user_id", num_partitions=max(num_workers, 1)).map_groups(
-            user_sequence, fn_args=(cfg,), batch_format="pyarrow", concurrency=max(num_workers, 1))
+            user_sequence, fn_args=(cfg,), batch_format="pyarrow",
+            compute=ray.data.TaskPoolStrategy(size=max(num_workers, 1)))
         store.write_parquet(str(out_dir / STORE_DIR), mode="overwrite")
     report["bytes"] = {d.name: sum(f.stat().st_size for f in d.rglob("*.parquet"))
                        for d in sorted(out_dir.iterdir()) if d.is_dir()}

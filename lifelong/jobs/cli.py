@@ -6,7 +6,10 @@ import json
 import sys
 from dataclasses import replace
 
+from ray.train import TrainingFailedError
+
 from lifelong.cluster.connect import connect
+from lifelong.cluster.logs import set_verbose, verbose
 from lifelong.jobs.config import load_run_file
 from lifelong.jobs.prepare import prepare
 from lifelong.jobs.train import train
@@ -21,6 +24,8 @@ def _run_file(args):
     if getattr(args, "address", None) or workers is not None:  # --workers 0 means auto, not "unset"
         run = replace(run, cluster=replace(run.cluster, address=args.address or run.cluster.address,
                                            num_workers=run.cluster.num_workers if workers is None else workers))
+    if getattr(args, "max_steps", None) is not None:
+        run = replace(run, train=replace(run.train, max_steps=args.max_steps))
     return run
 
 
@@ -60,9 +65,18 @@ def cmd_evaluate(args) -> dict:
     return evaluate(args.checkpoint, args.split)
 
 
+def common(s: argparse.ArgumentParser) -> None:
+    """--debug and --verbose also after the command (`lifelong train --verbose`)."""
+    for flag in ("--debug", "--verbose"):
+        s.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=f"as `lifelong {flag}`")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's, Ray Data's and TorchRec's own logs "
+                   "and every worker's output (default: lifelong's lines only; Ray's logs stay in "
+                   "/tmp/ray/session_latest/logs)")
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, help_ in (("train", cmd_train, "train one model"),
                             ("compare", cmd_compare, "train several models x seeds, plus baselines; table + plot"),
@@ -76,6 +90,10 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="run name")
         if name in ("train", "shard-bench"):
             s.add_argument("--model", help=f"one of: {', '.join(names())}")
+        if name in ("train", "compare"):
+            s.add_argument("--max-steps", dest="max_steps", type=int,
+                           help="cap every epoch at this many steps (train.max_steps; 0: whole epochs), "
+                           "e.g. for a quick smoke run")
         if name == "compare":
             s.add_argument("--models", default=",".join(names()), help="comma-separated model names (default: all)")
             s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -85,7 +103,9 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--steps", type=int, default=20, help="timed steps per plan")
             s.add_argument("--warmup", type=int, default=3, help="untimed steps per plan")
         s.set_defaults(fn=fn)
+        common(s)
     s = sub.add_parser("evaluate", help="re-score a saved checkpoint on a split (one process)")
+    common(s)
     s.add_argument("--checkpoint", required=True, help="a run directory (runs/<name>: its newest complete checkpoint) "
                    "or one checkpoint directory in it")
     s.add_argument("--split", default="valid", help="train, valid or test")
@@ -96,15 +116,26 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; an error is one line naming what is wrong (the traceback with --debug)."""
     args = parser().parse_args(argv)
+    set_verbose(args.verbose or verbose())
     try:
         args.fn(args)
-    except (ValueError, KeyError, OSError) as e:  # OSError: missing files, unreachable addresses
+    except (ValueError, KeyError, OSError, TrainingFailedError) as e:  # OSError: missing files, addresses
         if args.debug:
             raise
-        print(f"lifelong {args.command}: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}",
-              file=sys.stderr)
+        what = training_error(e) if isinstance(e, TrainingFailedError) else \
+            e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"lifelong {args.command}: error: {what}", file=sys.stderr)
         return 2
     return 0
+
+
+def training_error(e: TrainingFailedError) -> str:
+    """A Ray Train failure in one line: the failing ranks and the last line of the first one's error."""
+    failures = getattr(e, "worker_failures", None) or {}
+    ranks = sorted(failures)
+    lines = [line for line in str(failures[ranks[0]] if ranks else e).splitlines() if line.strip()]
+    where = f"training worker rank(s) {ranks}" if ranks else "Ray Train"
+    return f"{where}: {lines[-1].strip() if lines else type(e).__name__} (`lifelong --debug ...` for the traceback)"
 
 
 if __name__ == "__main__":

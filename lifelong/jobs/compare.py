@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
         entry(m)  # unknown names fail before any training
     connect(run.cluster)
     rows: list[dict] = []
-    bar = tqdm(total=len(max_lens) * (len(models) * len(seeds) + len(BASELINES)), desc="compare", unit="run")
+    bar = tqdm(total=len(max_lens) * (len(models) * len(seeds) + len(BASELINES)), desc="compare", unit="run",
+               disable=not sys.stderr.isatty())
     for max_len in max_lens:
         base = replace(run, samples=replace(run.samples, max_len=max_len))
         for model in models:
@@ -50,7 +52,10 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
                 r = replace(base, model=model, model_config=dict(run.model_config) if model == run.model else {},
                             name=f"{run.name}.L{max_len}.{model}.s{seed}", train=replace(run.train, seed=seed))
                 bar.set_postfix_str(f"L={max_len} {model} seed {seed}")
-                rows.append(_row(model, seed, max_len, train(r)))
+                summary = train(r, show=False)
+                rows.append(_row(model, seed, max_len, summary))
+                print(f"[lifelong] compare: L={max_len} {model} seed {seed}: valid_auc "
+                      f"{summary.get('valid_auc', math.nan):.4f} in {summary.get('wall_s')} s", flush=True)
                 bar.update()
         samples_dir, _, _ = prepare(base)
         tr, va = pq.read_table(samples_dir / "train"), pq.read_table(samples_dir / "valid")

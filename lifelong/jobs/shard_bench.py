@@ -4,24 +4,26 @@ device allows, at each world size; a table (Markdown + CSV + JSON) and a plot pe
 Each world size is one Ray Train run whose workers read the same batches once and then train
 them under each plan in turn (`lifelong.trainers.bench`). Written under `<output_dir>/<name>/`:
 `shard_bench.json` (everything, plan texts included), `shard_bench.csv`, `shard_bench.md`,
-`shard_bench.png`.
+`shard_bench.png` and `plans.txt` (each plan that ran).
 """
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from lifelong.cluster.connect import connect
+from lifelong.cluster.logs import relayed
 from lifelong.jobs.config import RunFile
 from lifelong.jobs.prepare import prepare
 from lifelong.jobs.train import job_spec
 from lifelong.trainers.bench import ROWS_FILE, bench_loop_per_worker
 from lifelong.trainers.trainer import make_trainer
 
+PLANS_FILE = "plans.txt"  # every plan that ran, as TorchRec describes it
+FILES = ("shard_bench.md", "shard_bench.csv", "shard_bench.json", "shard_bench.png", PLANS_FILE)
 COLUMNS = ("world_size", "plan", "samples_per_s", "step_ms", "est_ms", "emb_mb", "est_mb",
            "a2a_mb_per_step", "allreduce_mb_per_step", "error")
 
@@ -31,15 +33,19 @@ def shard_bench(run: RunFile, world_sizes: list[int], steps: int = 20, warmup: i
     connect(run.cluster)
     samples_dir, meta, _ = prepare(run)
     job = job_spec(run, meta)
+    out = Path(run.output_dir) / run.name
     rows: list[dict] = []
-    for world in tqdm(world_sizes, desc="shard-bench", unit="world size"):
-        trainer = make_trainer(job, samples_dir, replace(run.cluster, num_workers=world),
-                               f"{run.name}.w{world}", run.output_dir, loop=bench_loop_per_worker,
-                               loop_config={"steps": steps, "warmup": warmup})
-        result = trainer.fit()
+    for world in world_sizes:
+        scratch = out / f"w{world}"  # Ray Train's run dir, holding only the rows; removed once read
+        with relayed() as relay:
+            trainer = make_trainer(job, samples_dir, replace(run.cluster, num_workers=world), scratch.name, out,
+                                   loop=bench_loop_per_worker, loop_config={"steps": steps, "warmup": warmup},
+                                   relay=relay)
+            result = trainer.fit()
         rows += json.loads((Path(result.checkpoint.path) / ROWS_FILE).read_text())
+        shutil.rmtree(scratch, ignore_errors=True)
     label = f"{run.model} on {meta.name}" + (" (SYNTHETIC)" if meta.synthetic else "")
-    write(rows, Path(run.output_dir) / run.name, f"shard-bench: {label}, batch {run.train.batch_size}, "
+    write(rows, out, f"shard-bench: {label}, batch {run.train.batch_size}, "
           f"dim {run.embedding_dim}, {steps} timed steps")
     return rows
 
@@ -94,5 +100,8 @@ def write(rows: list[dict], out: Path, title: str) -> None:
         w.writeheader()
         w.writerows({c: _cell(r.get(c)) for c in COLUMNS} for r in rows)
     (out / "shard_bench.md").write_text(markdown(rows, title))
+    (out / PLANS_FILE).write_text("".join(f"# world {r['world_size']}, {r['plan']}\n{r['plan_text']}\n"
+                                          for r in rows if r.get("plan_text")))
     plot(rows, out / "shard_bench.png", title)
     print((out / "shard_bench.md").read_text(), flush=True)
+    print(f"[lifelong] shard-bench wrote {', '.join(str(out / f) for f in FILES)}", flush=True)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lifelong.cluster.connect import connect
+from lifelong.cluster.logs import relayed
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.jobs.config import RUN_FILE, RunFile
 from lifelong.jobs.prepare import prepare
@@ -23,15 +24,27 @@ def job_spec(run: RunFile, meta) -> JobSpec:
                    samples=run.samples, train=run.train, sharding=dict(run.sharding))
 
 
-def train(run: RunFile) -> dict:
-    """Train `run.model`; returns (and writes to <output>/<name>/summary.json) the final metrics."""
+def _short(v):
+    """A value as the console shows it (summary.json keeps full precision)."""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    if isinstance(v, list):
+        return "[" + ", ".join(str(_short(x)) for x in v) + "]"
+    return v
+
+
+def train(run: RunFile, show: bool = True) -> dict:
+    """Train `run.model`; returns (and writes to <output>/<name>/summary.json) the final metrics,
+    printed as a block when `show`."""
     t0 = time.perf_counter()
     mode = connect(run.cluster)
     samples_dir, meta, report = prepare(run)
     label = " (SYNTHETIC data)" if meta.synthetic else ""
     print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} "
           f"dropped={report['dropped']}", flush=True)
-    result = make_trainer(job_spec(run, meta), samples_dir, run.cluster, run.name, run.output_dir).fit()
+    with relayed() as relay:
+        result = make_trainer(job_spec(run, meta), samples_dir, run.cluster, run.name, run.output_dir,
+                              relay=relay).fit()
     out = Path(run.output_dir) / run.name
     # The newest complete checkpoint on disk: a finished run that is rerun writes none, and Ray Train's
     # controller may not have registered the one a resumed run started from.
@@ -44,5 +57,7 @@ def train(run: RunFile) -> dict:
     (out / RUN_FILE).write_text(json.dumps(asdict(run), indent=2))  # for `lifelong evaluate`
     if ckpt:  # the chosen plan is saved with the run's outputs, not only inside the checkpoint
         (out / PLAN_FILE).write_text((Path(ckpt) / PLAN_FILE).read_text())
-    print("[lifelong] result:\n" + "\n".join(f"  {k:28s} {v}" for k, v in summary.items()), flush=True)
+    if show:
+        print("[lifelong] result (all of it in " + str(out / "summary.json") + "):\n"
+              + "\n".join(f"  {k:28s} {_short(v)}" for k, v in summary.items()), flush=True)
     return summary

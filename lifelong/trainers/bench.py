@@ -22,7 +22,8 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from lifelong.embeddings.plan import allowed_types, describe, estimates, planner, sharders
+from lifelong.cluster import logs
+from lifelong.embeddings.plan import allowed_types, describe, estimates, planner, sharders, table_names
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.loop import in_lockstep
 from lifelong.trainers.model_setup import build, sharded_model
@@ -99,11 +100,13 @@ def _plan(job: JobSpec, constraints, min_partition, device: torch.device, pg):
     box: list = [None]
     if dist.get_rank(pg) == 0:
         try:
-            p = planner(world, device.type, job.train.batch_size, constraints, min_partition)
-            plan = p.plan(build(job, "meta"), sharders())
+            module = build(job, "meta")
+            p = planner(world, device.type, job.train.batch_size, constraints, min_partition, table_names(module))
+            plan = p.plan(module, sharders())
             box = [(plan, estimates(p, world, device.type), None)]
         except Exception as e:  # the planner can refuse a forced plan (e.g. no fit): reported, not fatal
-            box = [(None, None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")]
+            why = str(e).splitlines()[0][:200]
+            box = [(None, None, why if isinstance(e, ValueError) else f"{type(e).__name__}: {why}")]
     dist.broadcast_object_list(box, src=0, group=pg)
     return box[0]
 
@@ -141,6 +144,7 @@ def bench_plan(job: JobSpec, plan, batches: list, device: torch.device, pg, warm
 def bench_loop_per_worker(config: dict) -> None:
     """Ray Train worker: read warmup + steps batches once, then run every plan on them."""
     job = JobSpec.from_dict(config["job"])
+    logs.use(config.get("relay"))
     warmup, steps = config["warmup"], config["steps"]
     device, pg = ray.train.torch.get_device(), dist.group.WORLD
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -181,8 +185,10 @@ def bench_loop_per_worker(config: dict) -> None:
                      "samples_per_s": min(g["samples_per_s"] for g in gathered),
                      "loss": gathered[0]["loss"]})
         if rank == 0:
-            print(f"[shard-bench] world={world} {name}: {rows[-1]['samples_per_s']:.0f} samples/s "
-                  f"emb MB/rank {['%.2f' % x for x in rows[-1]['emb_mb']]}", flush=True)
+            if name == "planner":
+                logs.say(f"[shard-bench] world={world}: the planner's plan\n{rows[-1]['plan_text']}")
+            logs.say(f"[shard-bench] world={world} {name}: {rows[-1]['samples_per_s']:.0f} samples/s "
+                     f"emb MB/rank {['%.2f' % x for x in rows[-1]['emb_mb']]}")
     # Ray Train keeps a result's metrics with its checkpoint: the rows travel as a file in one.
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / ROWS_FILE).write_text(json.dumps(rows))

@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from lifelong.cluster.logs import say
+
 JOB_FILE = "job.json"
 PLAN_FILE = "plan.txt"
 METRICS_FILE = "metrics.json"
@@ -134,7 +136,7 @@ def _order(path: Path) -> tuple:
     return state.get("global_step", 0), bool(state.get("epoch_done")), path.name
 
 
-def latest(run_dir: str | Path, log: Callable[[str], None] = print) -> Optional[Path]:
+def latest(run_dir: str | Path, log: Callable[[str], None] = say) -> Optional[Path]:
     """The newest complete checkpoint under a run directory, whether or not Ray Train registered it;
     each incomplete one is named through `log` and skipped. None if there is no complete one."""
     run_dir = Path(run_dir)
@@ -148,7 +150,7 @@ def latest(run_dir: str | Path, log: Callable[[str], None] = print) -> Optional[
     return max(complete, key=_order) if complete else None
 
 
-def resolve(path: str | Path, log: Callable[[str], None] = print) -> Path:
+def resolve(path: str | Path, log: Callable[[str], None] = say) -> Path:
     """A checkpoint directory (checked complete) or a run directory (its newest complete checkpoint)."""
     path = Path(path)
     if not path.is_dir():

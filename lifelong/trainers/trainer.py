@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import ray.data
+from ray.actor import ActorHandle
 from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -26,14 +27,16 @@ def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
                  storage_path: str | Path, max_failures: Optional[int] = None,
                  loop: Callable[[dict], None] = train_loop_per_worker,
-                 loop_config: Optional[dict] = None) -> TorchTrainer:
-    """A TorchTrainer running `loop` (default: training) on the job's sample splits."""
+                 loop_config: Optional[dict] = None, relay: Optional[ActorHandle] = None) -> TorchTrainer:
+    """A TorchTrainer running `loop` (default: training) on the job's sample splits; its workers say
+    their lines through `relay` (`lifelong.cluster.logs.relayed`) when one is given."""
     cluster = resolve(cluster)
     store = store_path(samples_dir, job.samples.layout)  # workers read it from shared storage
     return TorchTrainer(
         loop,
         train_loop_config={"job": job.to_dict(), "store": str(store) if store else None,
-                           "run_dir": str(Path(storage_path).resolve() / name), **(loop_config or {})},
+                           "run_dir": str(Path(storage_path).resolve() / name), "relay": relay,
+                           **(loop_config or {})},
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),

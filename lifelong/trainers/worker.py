@@ -16,6 +16,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from lifelong.cluster import logs
 from lifelong.data.store import SequenceStore
 from lifelong.embeddings.collate import Collator
 from lifelong.embeddings.plan import describe
@@ -100,7 +101,7 @@ def maybe_inject_fault(job: JobSpec, rank: int, world: int, global_step: int) ->
         name = f"lifelong-fault-{ray.train.get_context().get_experiment_name()}"
         counter = FaultCounter.options(name=name, get_if_exists=True, lifetime="detached").remote()
         if ray.get(counter.claim.remote()):
-            print(f"[lifelong] injected fault: rank {rank} {job.train.fault}s at step {global_step}", flush=True)
+            logs.say(f"[lifelong] injected fault: rank {rank} {job.train.fault}s at step {global_step}")
             if job.train.fault == "hang":
                 time.sleep(24 * 3600)  # the other ranks wait in their next collective until its timeout
             os._exit(1)
@@ -130,7 +131,7 @@ def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str]) 
     chosen = [None]
     if rank == 0:
         chosen[0], line = choose_checkpoint(run_dir, registered.path if registered else None)
-        print(line, flush=True)
+        logs.say(line)
     if dist.is_initialized():
         dist.broadcast_object_list(chosen, src=0)
     if chosen[0] is None:
@@ -152,16 +153,30 @@ def _load(model, optimizer, job_dict: dict, d: Path, rank: int, name: str) -> di
     state["metrics"] = json.loads((d / checkpoint.METRICS_FILE).read_text())
     state["resumed_from"] = name
     if rank == 0:
-        print(f"[lifelong] resumed from {name}: epoch {state.get('epoch')} step {state.get('step_in_epoch')} "
-              f"(global step {state.get('global_step')})", flush=True)
+        logs.say(f"[lifelong] resumed from {name}: epoch {state.get('epoch')} step {state.get('step_in_epoch')} "
+                 f"(global step {state.get('global_step')})")
     return state
 
 
+EPOCH_METRICS = ("train_loss", "valid_auc", "valid_gauc", "valid_logloss", "valid_gsu_recall",
+                 "train_samples_per_s", "key_cache_refreshes")
+
+
+def epoch_line(epoch: int, elapsed: float, metrics: dict) -> str:
+    """The one console line per epoch: the metrics people watch (every metric is in the checkpoint's
+    metrics.json and the run's summary.json)."""
+    cells = [f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) and abs(metrics[k]) < 100
+             else f"{k}={metrics[k]:.0f}" for k in EPOCH_METRICS if metrics.get(k) is not None]
+    return f"[lifelong] epoch {epoch} ({elapsed:.0f} s, step {metrics.get('global_step')}): " + " ".join(cells)
+
+
+PROGRESS_EVERY_S = 5.0
 BEST_DIR = "best"  # inside the run directory: the best epoch's weights under early stopping
 
 
 def train_loop_per_worker(config: dict) -> None:
     job = JobSpec.from_dict(config["job"])
+    logs.use(config.get("relay"))
     started = time.perf_counter()
     logging.getLogger().addFilter(_NoTBEArgumentDump())
     ctx = ray.train.get_context()
@@ -171,8 +186,8 @@ def train_loop_per_worker(config: dict) -> None:
     model, optimizer, plan = sharded_model(job, device, dist.group.WORLD)
     plan_text = describe(plan)
     if rank == 0:
-        print(f"[lifelong] model={job.model} world={world} device={device}\n"
-              f"[lifelong] sharding plan:\n{plan_text}", flush=True)
+        logs.say(f"[lifelong] model={job.model} world={world} device={device}\n"
+                 f"[lifelong] sharding plan:\n{plan_text}")
     store = load_store(config)
     collate, full_collate = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
     t = job.train
@@ -200,10 +215,16 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint.save(model, tmp, config["job"], plan_text, metrics, optimizer, trainer_state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
+    shown = [time.perf_counter()]
+
     def on_step(step: int) -> None:
         nonlocal global_step
         global_step += 1
         maybe_inject_fault(job, rank, world, global_step)
+        if rank == 0 and time.perf_counter() - shown[0] >= PROGRESS_EVERY_S:  # a terminal's progress line
+            shown[0] = time.perf_counter()
+            logs.say(f"[lifelong] epoch {epoch}: step {step} (global {global_step}), "
+                     f"{shown[0] - started:.0f} s", transient=True)
 
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
@@ -212,7 +233,8 @@ def train_loop_per_worker(config: dict) -> None:
             if t.shuffle == "local" else {}
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, drop_last=True,
                                                  prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
-        stats = train_epoch(model, optimizer, batches, device, t.max_steps, t.log_every, show=rank == 0,
+        stats = train_epoch(model, optimizer, batches, device, t.max_steps, t.log_every,
+                            show=rank == 0 and not logs.relaying(),
                             start=start_step if epoch == start_epoch else 0, every=t.checkpoint_every,
                             on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
                                                              "train_loss_epochs": list(epoch_losses)},
@@ -228,8 +250,7 @@ def train_loop_per_worker(config: dict) -> None:
                    **keys.metrics(),
                    **{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
         if rank == 0:
-            print(f"[lifelong] epoch {epoch} at {time.perf_counter() - started:.1f}s: " + " ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
+            logs.say(epoch_line(epoch, time.perf_counter() - started, metrics))
         stop = False
         if stopper is not None:
             if stopper.update(epoch, metrics):  # every rank writes its shards of the best weights
@@ -246,8 +267,8 @@ def train_loop_per_worker(config: dict) -> None:
         if stopper.best_epoch != epoch:  # the final checkpoint holds the best epoch's weights
             checkpoint.load(model, best_dir)
             if rank == 0:
-                print(f"[lifelong] early stopping: restored epoch {stopper.best_epoch}'s weights "
-                      f"(valid AUC {stopper.best_auc:.4f})", flush=True)
+                logs.say(f"[lifelong] early stopping: restored epoch {stopper.best_epoch}'s weights "
+                         f"(valid AUC {stopper.best_auc:.4f})")
         metrics = {**stopper.best_metrics, **stopper.final(epoch, t.epochs), "global_step": global_step,
                    "train_loss_epochs": list(epoch_losses)}  # the best epoch's metrics, the steps really run
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)

@@ -1,0 +1,97 @@
+"""What a run prints: lifelong's own lines by default (the plan once, one line per epoch, the result
+last), Ray's and the workers' output with --verbose, a training failure as one line."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from ray.train import WorkerGroupError
+
+from lifelong.cluster import logs
+from lifelong.jobs.cli import training_error
+
+ROOT = Path(__file__).parents[1]
+
+
+def lifelong(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != logs.ENV}
+    return subprocess.run([sys.executable, "-m", "lifelong.jobs.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_a_run_prints_its_own_lines_only_and_everything_with_verbose(tmp_path):
+    quiet = lifelong("train", "--model", "din", "--max-steps", "3", "--output-dir", str(tmp_path))
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    lines = (quiet.stdout + quiet.stderr).splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    out = quiet.stdout.splitlines()
+    assert sum("sharding plan:" in line for line in out) == 1
+    assert sum(line.startswith("[lifelong] epoch 0 (") for line in out) == 1
+    assert out[-1].lstrip().startswith("resumed_global_step")  # the result block comes last
+    for noise in ("RayTrainWorker", "GreedyPerfPartitioner", "Successfully loaded", "Reporting training result",
+                  "Failed to query Ray Train Controller", "Running Dataset"):
+        assert noise not in quiet.stdout + quiet.stderr, noise
+
+    loud = lifelong("train", "--model", "din", "--max-steps", "3", "--output-dir", str(tmp_path),
+                    "--name", "loud", "--verbose")
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    both = loud.stdout + loud.stderr
+    assert "(RayTrainWorker" in both and "[lifelong] result" in both
+    assert len(both.splitlines()) > len(lines)
+
+
+def test_worker_lines_reach_the_driver_in_order_and_progress_only_on_a_terminal(ray_local, capsys):
+    @ray.remote(num_cpus=0)
+    def worker(sink) -> None:
+        logs.use(sink)
+        for i in range(5):
+            logs.say(f"line {i}")
+            logs.say(f"progress {i}", transient=True)
+
+    with logs.relayed(poll_s=0.05) as sink:
+        assert sink is not None
+        ray.get(worker.remote(sink))
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"line {i}" for i in range(5)]  # not a terminal: no progress lines
+
+
+def test_progress_lines_replace_each_other_on_a_terminal(capsys):
+    printer = logs._Printer()
+    printer.tty = True
+    printer.show("step 1", True)
+    printer.show("step 2", True)
+    printer.show("epoch 0 done", False)
+    assert capsys.readouterr().out == "step 1\r\x1b[Kstep 2\r\x1b[Kepoch 0 done\n"
+
+
+def test_verbose_workers_print_and_no_relay_is_made(monkeypatch, capsys):
+    monkeypatch.setenv(logs.ENV, "1")
+    with logs.relayed() as sink:
+        assert sink is None
+    logs.use(None)
+    logs.say("plain")
+    logs.say("bar", transient=True)
+    assert capsys.readouterr().out == "plain\n"
+
+
+def test_a_training_failure_is_one_line_naming_the_ranks_and_the_cause():
+    cause = RuntimeError("Traceback (most recent call last):\n  File x\nValueError: table 'item': bad\n")
+    line = training_error(WorkerGroupError("Training failed due to worker errors", {1: cause, 0: cause}))
+    assert line.startswith("training worker rank(s) [0, 1]: ValueError: table 'item': bad")
+    assert "\n" not in line and "--debug" in line
+
+
+@pytest.mark.parametrize("types,expect", [(["row_wise", "data_parallel"], ["row_wise"]), (None, None)])
+def test_cpu_plans_never_use_data_parallel_sequence_tables(types, expect):
+    from lifelong.embeddings.plan import constraints_from_config
+
+    got = constraints_from_config({"item": types} if types else {}, "cpu", every_table=["item", "cat"])
+    assert set(got) == {"item", "cat"}
+    assert all("data_parallel" not in c.sharding_types for c in got.values())
+    if expect:
+        assert got["item"].sharding_types == expect
+    with pytest.raises(ValueError, match=r"table 'item': data_parallel cannot be used on cpu: .*one row per bag"):
+        constraints_from_config({"item": ["data_parallel"]}, "cpu")
+    assert constraints_from_config({"item": ["data_parallel"]}, "cuda")["item"].sharding_types == ["data_parallel"]
