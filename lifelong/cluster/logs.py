@@ -32,6 +32,15 @@ def set_verbose(on: bool) -> None:
     os.environ[ENV] = "1" if on else "0"
 
 
+def short(v):
+    """A value as the console shows it (files keep full precision)."""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    if isinstance(v, list):
+        return "[" + ", ".join(str(short(x)) for x in v) + "]"
+    return v
+
+
 def quiet_driver() -> None:
     """Ray's driver-side INFO logs (Ray Data's execution plans and logged progress) off unless verbose;
     Ray Data still draws its progress bars on a terminal."""

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lifelong.cluster.connect import connect
-from lifelong.cluster.logs import relayed
+from lifelong.cluster.logs import relayed, short
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.jobs.config import RUN_FILE, RunFile
 from lifelong.jobs.prepare import prepare
@@ -22,15 +22,6 @@ def job_spec(run: RunFile, meta) -> JobSpec:
                    features=FeatureSpec(meta.n_items, meta.n_categories, run.embedding_dim,
                                         meta.n_users if run.user_embedding else 0, run.embedding_init),
                    samples=run.samples, train=run.train, sharding=dict(run.sharding))
-
-
-def _short(v):
-    """A value as the console shows it (summary.json keeps full precision)."""
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
-    if isinstance(v, list):
-        return "[" + ", ".join(str(_short(x)) for x in v) + "]"
-    return v
 
 
 def train(run: RunFile, show: bool = True) -> dict:
@@ -59,5 +50,5 @@ def train(run: RunFile, show: bool = True) -> dict:
         (out / PLAN_FILE).write_text((Path(ckpt) / PLAN_FILE).read_text())
     if show:
         print("[lifelong] result (all of it in " + str(out / "summary.json") + "):\n"
-              + "\n".join(f"  {k:28s} {_short(v)}" for k, v in summary.items()), flush=True)
+              + "\n".join(f"  {k:28s} {short(v)}" for k, v in summary.items()), flush=True)
     return summary

@@ -165,8 +165,7 @@ EPOCH_METRICS = ("train_loss", "valid_auc", "valid_gauc", "valid_logloss", "vali
 def epoch_line(epoch: int, elapsed: float, metrics: dict) -> str:
     """The one console line per epoch: the metrics people watch (every metric is in the checkpoint's
     metrics.json and the run's summary.json)."""
-    cells = [f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) and abs(metrics[k]) < 100
-             else f"{k}={metrics[k]:.0f}" for k in EPOCH_METRICS if metrics.get(k) is not None]
+    cells = [f"{k}={logs.short(metrics[k])}" for k in EPOCH_METRICS if metrics.get(k) is not None]
     return f"[lifelong] epoch {epoch} ({elapsed:.0f} s, step {metrics.get('global_step')}): " + " ".join(cells)
 
 
