@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--patience", type=int, default=1)
     p.add_argument("--lr-decay", type=float, default=1.0)
+    p.add_argument("--embedding-l2", type=float, default=0.0, help="train.embedding_l2")
     p.add_argument("--k", type=int, default=0, help="GSU k of the two-stage models (0 = each model's default)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
     sc, t = run.samples, run.train
     print(f"MovieLens latest-small (real), history = {a.history}: {train.num_rows} train / {valid.num_rows} valid / "
           f"{test.num_rows} test samples, L = {sc.max_len}, S = {sc.short_len}; up to {a.epochs} epochs, "
-          f"patience {a.patience}, lr_decay {a.lr_decay}, batch {t.batch_size}, one process; test read once per run\n")
+          f"patience {a.patience}, lr_decay {a.lr_decay}, embedding_l2 {a.embedding_l2}, "
+          f"batch {t.batch_size}, one process; test read once per run\n")
     print("| variant | seeds | valid AUC | valid GAUC | test AUC | test GAUC | test logloss | epochs (best) "
           "| s per run |\n|---|---|---|---|---|---|---|---|---|")
     for name in ("popularity", "logistic"):
@@ -76,6 +78,7 @@ def main() -> None:
             job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, run.embedding_dim, meta.n_users),
                           sc, TrainConfig(epochs=a.epochs, batch_size=t.batch_size, seed=seed, patience=a.patience,
                                           lr_decay=a.lr_decay, sparse_lr=t.sparse_lr, dense_lr=t.dense_lr,
+                                          embedding_l2=a.embedding_l2,
                                           diagnostic_batches=0))
             t0 = time.perf_counter()
             model, h = fit_local(job, train, valid)

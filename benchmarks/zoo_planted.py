@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--patience", type=int, default=1)
     p.add_argument("--lr-decay", type=float, default=1.0, help="train.lr_decay (needs --patience >= 2)")
+    p.add_argument("--embedding-l2", type=float, default=0.0, help="train.embedding_l2")
     p.add_argument("--init-bound", type=float, default=0.0, help="embedding init ±b (0 = TorchRec's default)")
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
@@ -77,7 +78,8 @@ def main() -> None:
     print("| Bayes ceiling of | valid AUC | test AUC |\n|---|---|---|")
     for rule, who in CEILINGS.items():
         print(f"| {who} | {ceil[0][rule]['auc']:.4f} | {ceil[1][rule]['auc']:.4f} |")
-    print(f"\n{a.epochs} epochs max, patience {a.patience}, lr_decay {a.lr_decay}, init ±{a.init_bound or 'TorchRec'}, "
+    print(f"\n{a.epochs} epochs max, patience {a.patience}, lr_decay {a.lr_decay}, "
+          f"embedding_l2 {a.embedding_l2}, init ±{a.init_bound or 'TorchRec'}, "
           f"batch {a.batch_size}, k = {a.k}, "
           "one process; test read once per run\n")
     print("| variant | seeds | valid AUC | test AUC | epochs (best) | s per run |\n|---|---|---|---|---|---|")
@@ -88,7 +90,7 @@ def main() -> None:
         for seed in (int(s) for s in a.seeds.split(",")):
             job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16, init_bound=a.init_bound), sc,
                           TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=seed, patience=a.patience,
-                                      lr_decay=a.lr_decay, diagnostic_batches=0))
+                                      lr_decay=a.lr_decay, embedding_l2=a.embedding_l2, diagnostic_batches=0))
             t = time.perf_counter()
             model, h = fit_local(job, train, valid)
             test_auc = evaluate(model, batches(test, job, job.train.eval_batch_size, None),

@@ -131,15 +131,16 @@ def _fused_steps(rank, init_file, job, init, tables, out, lr_scale=1.0):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sparse,lr_scale", [("rowwise_adagrad", 1.0), ("adagrad", 1.0), ("rowwise_adagrad", 0.25)])
-def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse, lr_scale):
+@pytest.mark.parametrize("sparse,lr_scale,l2", [("rowwise_adagrad", 1.0, 0.0), ("adagrad", 1.0, 0.0),
+                                                 ("rowwise_adagrad", 0.25, 0.0), ("rowwise_adagrad", 1.0, 0.05)])
+def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse, lr_scale, l2):
     """The in-process trainer and the DMP path train the same model: after 3 steps of row-wise (or
     per-element) Adagrad + Adam, every table and dense weight agrees. With lr_scale, the DMP run's
     rates are decayed through its optimiser's param groups (train.lr_decay's path) and must step
-    like a local run configured with the decayed rates."""
+    like a local run configured with the decayed rates; with l2, both add train.embedding_l2."""
     samples, meta = tiny_samples()
     job = tiny_job("twin", meta, {"k": 6}, users=True, sparse_optimizer=sparse, sparse_lr=0.3 * lr_scale,
-                   dense_lr=1e-2 * lr_scale)
+                   dense_lr=1e-2 * lr_scale, embedding_l2=l2)
     tables = [samples.slice(16 * i, 16) for i in range(3)]
     torch.manual_seed(0)
     model = plain_model(job)

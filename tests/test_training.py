@@ -105,3 +105,40 @@ def test_early_stopping_on_ray_stops_restores_and_reports(ray_local, tmp_path):
     assert checkpoint.incomplete(best) is not None  # no trainer state: never a resume candidate ...
     assert json.loads((best / checkpoint.METRICS_FILE).read_text())["epoch"] == 0  # ... but epoch 0's weights
     assert checkpoint.latest(tmp_path / "stops", log=lambda _: None).parent == tmp_path / "stops"
+
+
+def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_no_other_row():
+    from lifelong.trainers.model_setup import plain_model
+    from lifelong.trainers.worker import make_collator
+
+    samples, meta = tiny_samples()
+    job = tiny_job("sim_soft", meta, users=True)  # side tables too
+    torch.manual_seed(0)
+    model = plain_model(job)
+    model.train()
+    batch = make_collator(job)(samples.slice(0, 16))
+    plain = model.loss(batch, model(batch))
+    model.embedding_l2 = 0.1
+    penalty = model.loss(batch, model(batch)) - plain
+    ref, tables = 0.0, {}
+    for ec in (model.embeddings, model.side_embeddings):
+        for cfg in ec.embedding_configs():
+            weight = ec.embeddings[cfg.name].weight
+            tables[cfg.name] = weight
+            for f in cfg.feature_names:
+                if f in batch.sparse.keys():
+                    ref = ref + (weight[batch.sparse[f].values()] ** 2).sum()
+    assert penalty.item() == pytest.approx(0.1 * ref.item() / batch.size, rel=1e-4)
+    assert penalty.item() > 1e-4
+    penalty.backward()
+    item = tables["item"]
+    seen = torch.zeros(item.shape[0], dtype=torch.bool)
+    for cfg in model.embeddings.embedding_configs():
+        if cfg.name == "item":
+            for f in cfg.feature_names:
+                seen[batch.sparse[f].values()] = True
+    assert item.grad[~seen].abs().max() == 0  # rows the batch did not read get no decay
+    assert item.grad[seen].abs().max() > 0
+    model.eval()  # evaluation adds nothing
+    assert model.loss(batch, model(batch)).item() == pytest.approx(
+        torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels).item())

@@ -53,6 +53,14 @@ def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
 
 
+def l2_of_rows(looked_up: Sequence[JaggedTensor], batch_size: int) -> torch.Tensor:
+    """Sum of squares of every embedding row the batch looked up (once per occurrence), per sample:
+    L2 regularisation of the rows a batch touches only, as DIN's mini-batch aware regulariser does
+    (without its 1 / frequency weights, our simplification). It is part of the loss, so the
+    in-process and the fused sharded optimisers apply it alike, and untouched rows never decay."""
+    return sum((jt.values() ** 2).sum() for jt in looked_up) / batch_size
+
+
 class CTRModel(nn.Module):
     """Base: subclasses build `self.head = self.make_head(F, hidden)` and implement
     `interest(batch, emb) -> (B, F)`; the head also reads the user embedding when there is one."""
@@ -63,6 +71,7 @@ class CTRModel(nn.Module):
         self.embeddings = embeddings
         self.side_embeddings: Optional[nn.Module] = None  # set by `build_model` for side tables
         self.dedup_ids = False  # look each distinct id of a feature up once (set by the trainer)
+        self.embedding_l2 = 0.0  # batch-wise L2 on the looked-up rows (set by the trainer, `l2_of_rows`)
         self.key_cache: Optional[nn.Module] = None  # cached GSU keys (set by the trainer; None = plain path)
         self.spec = spec
 
@@ -81,6 +90,7 @@ class CTRModel(nn.Module):
         if side_tables:  # side features follow the main ones in the KJT
             n_side = sum(len(s.groups) for s in side_tables)
             sparse, side_sparse = batch.sparse.split([len(sparse.keys()) - n_side, n_side])
+        self.__dict__.pop("_aux_loss", None)  # a forward pass starts without auxiliary losses
         out = dedup_lookup(self.embeddings, sparse, self.spec.feature_rows()) if self.dedup_ids \
             else self.embeddings(sparse)  # feature -> JaggedTensor (N, D)
         cat = lambda g, w: torch.cat([_dense(out[feature_name(g, t)], w) for t in TABLE_COLUMNS], -1)  # noqa: E731
@@ -93,6 +103,8 @@ class CTRModel(nn.Module):
             torch.zeros(len(long_len), 0, dtype=torch.long, device=long_len.device)
         widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
         side_out = self.side_embeddings(side_sparse) if side_tables else {}
+        if self.embedding_l2:
+            self.add_aux(self.embedding_l2 * l2_of_rows([*out.values(), *side_out.values()], batch.size))
         side = {s.name: {g: _dense(side_out[feature_name(g, s.name)], widths[g]) for g in s.groups}
                 for s in side_tables}
         for groups in side.values():
@@ -128,9 +140,10 @@ class CTRModel(nn.Module):
         return list(self.embeddings.parameters()) + side
 
     def add_aux(self, loss: torch.Tensor) -> None:
-        """Record an auxiliary loss of this forward pass (training only); `loss` consumes it."""
+        """Add an auxiliary loss of this forward pass (training only); `loss` consumes their sum."""
         if self.training:
-            self._aux_loss = loss
+            aux = self.__dict__.get("_aux_loss")
+            self._aux_loss = loss if aux is None else aux + loss
 
     def loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         ctr = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)

@@ -39,6 +39,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip the dense gradients' global L2 norm to this (FuxiCTR uses 10); 0 = off
     patience: int = 0  # early stopping: stop once valid AUC has not improved for this many epochs and
     #                    restore the best epoch's weights; 0 = off (every epoch, the last weights)
+    embedding_l2: float = 0.0  # L2 weight on the embedding rows each batch looks up (DIN's mini-batch aware
+    #                            regularisation, without frequency weights); 0 = off
     lr_decay: float = 1.0  # multiply both learning rates by this after each epoch that did not improve
     #                        valid AUC and did not stop the run (FuxiCTR: 0.1); 1 = off; needs patience >= 2
 
@@ -55,8 +57,8 @@ class TrainConfig:
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
         if self.key_cache_every < 0:
             raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
-        if self.grad_clip < 0 or self.patience < 0:
-            raise ValueError("train.grad_clip and train.patience must be >= 0 (0 = off)")
+        if self.grad_clip < 0 or self.patience < 0 or self.embedding_l2 < 0:
+            raise ValueError("train.grad_clip, train.patience and train.embedding_l2 must be >= 0 (0 = off)")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"train.lr_decay must be in (0, 1] (1 = off), got {self.lr_decay}")
         if self.lr_decay < 1 and self.patience < 2:

@@ -40,6 +40,7 @@ def build(job: JobSpec, device: torch.device | str) -> CTRModel:
     if job.train.key_cache_every and tables:
         model.key_cache = cache_collection(job.features, tables, model.key_dim, device)
     model.dedup_ids = job.train.dedup_ids
+    model.embedding_l2 = job.train.embedding_l2
     return model
 
 
