@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import yaml
 import pyarrow.parquet as pq
 import torch
 
@@ -72,7 +73,8 @@ def main() -> None:
               f"{s['logloss']:.4f} | {3 if name == 'logistic' else '–'} | – |", flush=True)
     for variant in a.variants.split(","):
         name, *opts = variant.split("+")
-        cfg = ({"k": a.k} if a.k else {}) | ({"match": True} if "match" in opts else {})
+        cfg = ({"k": a.k} if a.k else {}) | ({"match": True} if "match" in opts else {}) | {  # cain+msia_weights=raw
+            k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in opts if "=" in o)}
         runs = []
         for seed in (int(s) for s in a.seeds.split(",")):
             job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, run.embedding_dim, meta.n_users),

@@ -15,6 +15,7 @@ from lifelong.models.gsu.clock import circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import InnerProduct, RelevanceGSU
 from lifelong.models.gsu.simhash import SimHash, SimHashGSU, hamming
 from lifelong.models.gsu.twin import TwinAttention
+from lifelong.models.layers import RawTargetAttention
 from lifelong.models.sdim import bucket_read, bucket_sums, collision_gather
 from lifelong.models.tcn import TCNLayer, receptive_fields
 from lifelong.trainers.model_setup import plain_model
@@ -61,7 +62,8 @@ def test_dien_auxiliary_loss_matches_the_formula():
                 if mask[p, t + 1] and items[p, t + 1] != items[b, t + 1]:
                     neg.append(math.log(1 - torch.sigmoid(h[b, t] @ seq[p, t + 1])))
     assert len(neg) < len(pos)  # row 2 borrows row 0's identical items at t = 2, 3: skipped
-    assert math.isclose(got.item(), -(sum(pos) / len(pos) + sum(neg) / len(neg)), rel_tol=1e-5)
+    # the paper's L_aux: summed over steps, averaged over the N = B rows
+    assert math.isclose(got.item(), -(sum(pos) + sum(neg)) / B, rel_tol=1e-5)
 
 
 def test_dien_adds_its_auxiliary_loss_only_in_training():
@@ -92,6 +94,34 @@ def test_dsin_splits_sessions_at_30_minute_gaps():
     # the two most recent sessions, each with its two most recent behaviours
     assert slot[0].tolist() == [-1, -1, -1, -1, -1, 0, 0, 1, -1, -1]
     assert pos[0].tolist() == [-1, -1, -1, -1, -1, 0, 1, 0, -1, -1]
+
+
+def test_dsin_session_block_is_a_transformer_encoder_layer_on_each_session():
+    samples, meta = tiny_samples()
+    job = tiny_job("dsin", meta)
+    torch.manual_seed(0)
+    model = plain_model(job).eval()
+    B, K, T, E = 2, 5, 10, model.spec.behaviour_dim
+    x, mask = torch.randn(B, K, T, E), torch.rand(B, K, T) > 0.3
+    mask[:, :, 0] = True
+    mask[1, 4] = False  # an empty session
+    with torch.no_grad():
+        model.bias_session.normal_()
+        model.bias_position.normal_()
+        got, present = model.session_interests(x, mask)
+    ref = torch.nn.TransformerEncoderLayer(E, job.arch().heads, dim_feedforward=job.arch().ffn_mult * E,
+                                           dropout=0.0, batch_first=True).eval()
+    ref.load_state_dict(model.encoder.state_dict())
+    biased = x + model.bias_session + model.bias_position + model.bias_unit  # (B, K, T, E)
+    for b in range(B):
+        for k in range(K):
+            if not mask[b, k].any():
+                assert not present[b, k] and got[b, k].abs().max() == 0
+                continue
+            keep = mask[b, k]
+            with torch.no_grad():
+                out = ref(biased[b, k][keep].unsqueeze(0))[0]  # the session's behaviours only: (n, E)
+            assert torch.allclose(got[b, k], out.mean(0), atol=1e-5), (b, k)
 
 
 def test_dsin_self_attention_stays_inside_sessions_and_the_bilstm_runs_both_ways():
@@ -350,6 +380,40 @@ def test_cain_peg_filters_differ_per_user_and_replace_the_global_filter():
     other = int((users != users[0]).nonzero()[0])  # a row of another user (rows of one user may share a history)
     assert (filters[0] - filters[other]).abs().max() > 1e-4
     assert len(model.layer_attention) == 2 and [p[0].shape[1] for p in model.pyramid(emb)] == [64, 32, 16]
+
+
+@pytest.mark.parametrize("activation", [True, False])
+def test_cain_tcn_stack_is_not_one_affine_map(activation):
+    """With the filters fixed (no PEG), a stack without activations maps the midpoint of two inputs
+    to the midpoint of their outputs; the ReLU between layers (the default) breaks that."""
+    samples, meta = tiny_samples()
+    job = tiny_job("cain", meta, {"k": 6, "use_peg": False, "tcn_activation": activation})
+    torch.manual_seed(0)
+    model: CAIN = plain_model(job)
+    emb = model.lookup(make_collator(job)(samples.slice(0, 8)))
+
+    def deepest(long: torch.Tensor) -> torch.Tensor:
+        emb.long, emb.cache = long, {}
+        return model.pyramid(emb)[-1][0]  # (B, L_3, D)
+
+    a, b = emb.long.clone(), torch.randn_like(emb.long)
+    gap = (deepest((a + b) / 2) - (deepest(a) + deepest(b)) / 2).abs().max()
+    assert gap > 1e-3 if activation else gap < 1e-5, gap
+
+
+def test_msia_reads_with_raw_scaled_dot_product_weights_as_in_eq_9():
+    att = RawTargetAttention(2, 2, 2)
+    with torch.no_grad():
+        for lin in (att.q, att.k, att.v):
+            lin.weight.copy_(torch.eye(2))
+    q = torch.tensor([[1.0, 2.0]])
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 3.0], [5.0, 5.0]]])
+    mask = torch.tensor([[True, True, False]])
+    # sa_1 = (1*1 + 2*0) / sqrt(2), sa_2 = (1*0 + 2*3) / sqrt(2); IR = (sa_1 k_1 + sa_2 k_2) / 2 valid
+    s1, s2 = 1 / math.sqrt(2), 6 / math.sqrt(2)
+    want = torch.tensor([[s1 * 1 + s2 * 0, s1 * 0 + s2 * 3]]) / 2
+    assert torch.allclose(att(q, keys, mask), want)
+    assert torch.allclose(att(2 * q, keys, mask), 2 * want)  # no softmax: the match strength is kept
 
 
 # --- LIC --------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 The history is split into sessions wherever two consecutive behaviours are more than
 `session_gap_min` minutes apart; the `max_sessions` most recent sessions are kept, each with
 its `session_len` most recent behaviours. Bias encoding (session + position + embedding-unit
-biases) then multi-head self-attention inside each session, averaged -> session interests I_k.
+biases) then a Transformer encoder block inside each session (PyTorch's `TransformerEncoderLayer`:
+multi-head self-attention and a feed-forward layer, each with a residual and LayerNorm, as the
+paper's "self-attention following the Transformer"; dropout 0, feed-forward width `ffn_mult` x E:
+our choices), averaged -> session interests I_k.
 A Bi-LSTM over I_1..I_K gives H_k. Against the target, two softmax activations (the paper's
 bilinear `a_k = softmax(I_k W q)`) give U^I and U^H; head: MLP over [target, U^I, U^H].
 """
@@ -28,6 +31,7 @@ class DSINConfig:
     max_sessions: int = 5
     session_len: int = 10
     heads: int = 2
+    ffn_mult: int = 4  # the encoder block's feed-forward width, in multiples of the behaviour dim
     head_hidden: tuple[int, ...] = (128, 64)
 
 
@@ -61,7 +65,8 @@ class DSIN(CTRModel):
         self.bias_session = nn.Parameter(torch.zeros(K, 1, 1))
         self.bias_position = nn.Parameter(torch.zeros(1, T, 1))
         self.bias_unit = nn.Parameter(torch.zeros(1, 1, E))
-        self.self_attention = nn.MultiheadAttention(E, config.heads, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(E, config.heads, dim_feedforward=config.ffn_mult * E,
+                                                  dropout=0.0, batch_first=True)
         self.lstm = nn.LSTM(E, E // 2, batch_first=True, bidirectional=True)
         self.w_i = nn.Linear(E, E, bias=False)
         self.w_h = nn.Linear(2 * (E // 2), E, bias=False)
@@ -81,13 +86,13 @@ class DSIN(CTRModel):
         return x, mask
 
     def session_interests(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bias encoding + in-session self-attention, averaged: (B, K, E) and session mask (B, K)."""
+        """Bias encoding + in-session Transformer block, averaged: (B, K, E) and session mask (B, K)."""
         B, K, T, E = x.shape
         x = (x + self.bias_session + self.bias_position + self.bias_unit) * mask.unsqueeze(-1)
         flat, fmask = x.reshape(B * K, T, E), mask.reshape(B * K, T)  # sessions attend only within themselves
         present = fmask.any(1)
         pad = ~fmask & present.unsqueeze(1)  # empty sessions attend to zeros (no NaN), then are zeroed
-        out, _ = self.self_attention(flat, flat, flat, key_padding_mask=pad, need_weights=False)  # (B*K, T, E)
+        out = self.encoder(flat, src_key_padding_mask=pad)  # (B*K, T, E)
         out = out * fmask.unsqueeze(-1)
         interests = out.sum(1) / fmask.sum(1, keepdim=True).clamp(min=1)  # (B*K, E)
         return interests.view(B, K, E), present.view(B, K)

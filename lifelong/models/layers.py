@@ -87,6 +87,24 @@ class TargetAttention(nn.Module):
         return self.o(out)
 
 
+class RawTargetAttention(nn.Module):
+    """Single-head target attention with raw weights (CAIN's MSIA read, the seed's eq. 9):
+    `IR = sum_t sa_t W^V k_t`, `sa_t = <W^Q q, W^K k_t> / sqrt(d)`, no softmax, so the output keeps
+    how strongly the context matches the target. The sum is divided by the number of valid t (our
+    scaling: a raw sum over hundreds of positions grows with the sequence length); (B, dim)."""
+
+    def __init__(self, query_dim: int, key_dim: int, dim: int) -> None:
+        super().__init__()
+        self.q = nn.Linear(query_dim, dim, bias=False)
+        self.k = nn.Linear(key_dim, dim, bias=False)
+        self.v = nn.Linear(key_dim, dim, bias=False)
+        self.dim = dim
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        sa = torch.einsum("bd,btd->bt", self.q(query), self.k(keys)) / math.sqrt(self.dim) * mask  # (B, T)
+        return torch.einsum("bt,btd->bd", sa, self.v(keys)) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, dim)
+
+
 class TimeGapEmbedding(nn.Module):
     """Embedding of log2-bucketed gaps in minutes between the request and each behaviour."""
 
