@@ -96,7 +96,8 @@ def test_dsin_splits_sessions_at_30_minute_gaps():
     assert pos[0].tolist() == [-1, -1, -1, -1, -1, 0, 1, 0, -1, -1]
 
 
-def test_dsin_session_block_is_a_transformer_encoder_layer_on_each_session():
+def _dsin_sessions():
+    """A DSIN model in eval mode and random sessions (B, K, T, E) with masks, every session non-empty."""
     samples, meta = tiny_samples()
     job = tiny_job("dsin", meta)
     torch.manual_seed(0)
@@ -104,6 +105,12 @@ def test_dsin_session_block_is_a_transformer_encoder_layer_on_each_session():
     B, K, T, E = 2, 5, 10, model.spec.behaviour_dim
     x, mask = torch.randn(B, K, T, E), torch.rand(B, K, T) > 0.3
     mask[:, :, 0] = True
+    return job, model, x, mask
+
+
+def test_dsin_session_block_is_a_transformer_encoder_layer_on_each_session():
+    job, model, x, mask = _dsin_sessions()
+    B, K, T, E = x.shape
     mask[1, 4] = False  # an empty session
     with torch.no_grad():
         model.bias_session.normal_()
@@ -125,13 +132,8 @@ def test_dsin_session_block_is_a_transformer_encoder_layer_on_each_session():
 
 
 def test_dsin_self_attention_stays_inside_sessions_and_the_bilstm_runs_both_ways():
-    samples, meta = tiny_samples()
-    job = tiny_job("dsin", meta)
-    torch.manual_seed(0)
-    model = plain_model(job).eval()
-    B, K, T, E = 2, 5, 10, model.spec.behaviour_dim
-    x, mask = torch.randn(B, K, T, E), torch.rand(B, K, T) > 0.3
-    mask[:, :, 0] = True
+    _, model, x, mask = _dsin_sessions()
+    B, K, T, E = x.shape
     base, _ = model.session_interests(x, mask)
     x2 = x.clone()
     x2[:, 3] += 1.0  # change session 3 only
