@@ -13,7 +13,8 @@ label's own statistic: the oracle). Then each variant trains in one process, uns
     .venv/bin/python benchmarks/zoo_planted.py [--users 300] [--seq-len 1000] [--sibling 0.5] \
         [--variants din,sim_hard,twin+match] [--seeds 0,1,2] [--epochs 4] [--patience 1]
 
-A variant is a model name, `+match` for the target-match features (DIN, din_full, TWIN).
+A variant is a model name, `+match` for the target-match features, `+key=value` for other model_config
+keys (`din_full+match+unit=hit_similarity+head_target=false`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import yaml
 
 from lifelong.data.samples import SampleConfig, build_local
 from lifelong.data.synthetic import SyntheticConfig, generate
@@ -66,6 +68,7 @@ def main() -> None:
     p.add_argument("--init-bound", type=float, default=0.0, help="embedding init ±b (0 = TorchRec's default)")
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--dense-lr", type=float, default=1e-3, help="train.dense_lr")
     a = p.parse_args()
     syn = SyntheticConfig(n_users=a.users, seq_len=a.seq_len, sibling=a.sibling, seed=a.data_seed)
     log, meta = generate(syn)
@@ -80,17 +83,20 @@ def main() -> None:
         print(f"| {who} | {ceil[0][rule]['auc']:.4f} | {ceil[1][rule]['auc']:.4f} |")
     print(f"\n{a.epochs} epochs max, patience {a.patience}, lr_decay {a.lr_decay}, "
           f"embedding_l2 {a.embedding_l2}, init ±{a.init_bound or 'TorchRec'}, "
-          f"batch {a.batch_size}, k = {a.k}, "
+          f"batch {a.batch_size}, k = {a.k}, dense lr {a.dense_lr}, "
           "one process; test read once per run\n")
     print("| variant | seeds | valid AUC | test AUC | epochs (best) | s per run |\n|---|---|---|---|---|---|")
     for variant in a.variants.split(","):
-        name, *opts = variant.split("+")
-        cfg = ({"k": a.k} if issubclass(entry(name).module, TwoStage) else {}) | ({"match": True} if opts else {})
+        name, *opts = variant.split("+")  # din_full+match+unit=hit_similarity
+        cfg = ({"k": a.k} if issubclass(entry(name).module, TwoStage) else {}) | \
+            ({"match": True} if "match" in opts else {}) | {
+                k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in opts if "=" in o)}
         runs = []
         for seed in (int(s) for s in a.seeds.split(",")):
             job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16, init_bound=a.init_bound), sc,
                           TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=seed, patience=a.patience,
-                                      lr_decay=a.lr_decay, embedding_l2=a.embedding_l2, diagnostic_batches=0))
+                                      lr_decay=a.lr_decay, dense_lr=a.dense_lr, embedding_l2=a.embedding_l2,
+                                      diagnostic_batches=0))
             t = time.perf_counter()
             model, h = fit_local(job, train, valid)
             test_auc = evaluate(model, batches(test, job, job.train.eval_batch_size, None),

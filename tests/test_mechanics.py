@@ -15,7 +15,7 @@ from lifelong.models.gsu.clock import circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import InnerProduct, RelevanceGSU
 from lifelong.models.gsu.simhash import SimHash, SimHashGSU, hamming
 from lifelong.models.gsu.twin import TwinAttention
-from lifelong.models.layers import RawTargetAttention
+from lifelong.models.layers import MATCH_BUCKETS, HitSimilarityUnit, RawTargetAttention
 from lifelong.models.sdim import bucket_read, bucket_sums, collision_gather
 from lifelong.models.tcn import TCNLayer, receptive_fields
 from lifelong.trainers.model_setup import plain_model
@@ -471,3 +471,75 @@ def test_din_match_features_reach_exactly_the_matching_behaviours_weights():
         model.unit(emb.target, keys, mask, match)
         moved = (weights[1] - weights[0]).abs() > 1e-7  # (B, T)
         assert torch.equal(moved & mask, (match == b) & mask), name
+
+
+def test_hit_similarity_unit_channels_sink_and_padding():
+    torch.manual_seed(0)
+    B, T, D = 4, 9, 8
+    unit = HitSimilarityUnit(D, 6, 4, (8,))
+    q, keys = torch.randn(B, D), torch.randn(B, T, D)
+    match = torch.randint(0, MATCH_BUCKETS, (B, T))
+    mask = torch.rand(B, T) > 0.3
+    mask[0] = False
+    out = unit(q, keys, mask, match)  # (B, 2)
+    assert out.shape == (B, 2) and torch.equal(out[0], torch.zeros(2))  # nothing but the sink: no mass
+    garbage = torch.where(mask.unsqueeze(-1), keys, torch.randn(B, T, D) * 100)
+    assert torch.allclose(unit(q, garbage, mask, torch.where(mask, match, 3 - match)), out, atol=1e-5)
+    other_keys = unit(q, torch.randn(B, T, D), mask, match)  # the hit channel reads only the match buckets
+    assert torch.allclose(other_keys[:, 0], out[:, 0]) and not torch.allclose(other_keys[:, 1], out[:, 1])
+    with torch.no_grad():
+        unit.match.weight.add_(1.0)  # the similarity channel reads only the embeddings
+    other_match = unit(q, keys, mask, match)
+    assert torch.allclose(other_match[:, 1], out[:, 1]) and not torch.allclose(other_match[:, 0], out[:, 0])
+    cos = unit.similarity(q, torch.stack([q, -q], 1))  # (B, 2): the target itself, its opposite
+    assert torch.allclose(cos, torch.tensor([1.0, -1.0]).expand(B, 2), atol=1e-5)
+    # mass = 10 * n e^r / (1 + n e^r) for n behaviours of equal logit r: monotone in n, below 10
+    same = q.unsqueeze(1).expand(B, T, D)
+    hits = torch.zeros(B, T, dtype=torch.long)
+    masses = [unit(q, same, torch.arange(T).expand(B, T) < n, hits)[0] for n in (1, 4, 9)]
+    r = (unit.scale + unit.bias[1]).item()
+    for n, m in zip((1, 4, 9), masses):
+        assert m[1].item() == pytest.approx(10 * n * math.exp(r) / (1 + n * math.exp(r)), rel=1e-4)
+    assert masses[0][0] < masses[1][0] < masses[2][0] < 10
+
+
+def test_hit_similarity_keeps_a_gradient_for_related_categories_when_hits_saturate():
+    """The reason for two channels: once an exact hit has a high logit, one softmax over hit +
+    similarity logits sends ~0 weight, and ~0 gradient, to every other behaviour; the separate
+    similarity channel still sends each of them a gradient."""
+    torch.manual_seed(0)
+    B, T, D = 2, 6, 8
+    unit = HitSimilarityUnit(D, 6, 4, (8,))
+    with torch.no_grad():
+        unit.match.weight.zero_()
+        unit.hit[-1].bias.fill_(0.0)
+    q = torch.randn(B, D)
+    keys = torch.randn(B, T, D).requires_grad_()
+    hit_logit = torch.zeros(B, T)
+    hit_logit[:, 0] = 40.0  # behaviour 0 is an exact hit, learned to saturation
+    sim = unit.scale * unit.similarity(q, keys) + unit.bias[1]  # (B, T)
+    one = torch.softmax(torch.cat([hit_logit + sim, torch.zeros(B, 1)], 1), 1)[:, :-1].sum()
+    (one_grad,) = torch.autograd.grad(one, keys)
+    match = torch.zeros(B, T, dtype=torch.long)
+    unit(q, keys, torch.ones(B, T, dtype=torch.bool), match)[:, 1].sum().backward()
+    assert one_grad[:, 1:].abs().max() < 1e-8
+    assert (keys.grad[:, 1:].abs().sum(-1) > 1e-3).all()
+
+
+def test_din_hit_similarity_config_and_a_target_free_head():
+    with pytest.raises(ValueError, match="set match: true"):
+        model_config("din_full", {"unit": "hit_similarity"})
+    with pytest.raises(ValueError, match="unit 'mlp' not in"):
+        model_config("din_full", {"unit": "mlp"})
+    samples, meta = tiny_samples()
+    job = tiny_job("din_full", meta, {"match": True, "unit": "hit_similarity", "head_target": False})
+    torch.manual_seed(0)
+    model = plain_model(job)
+    batch = make_collator(job)(samples.slice(0, 8))
+    emb = model.lookup(batch)
+    assert model.interest(batch, emb).shape == (8, 2)  # only the two channels' masses reach the head
+    with torch.no_grad():
+        emb.target[:, :model.spec.dim] += 5.0  # the target's item columns: read by neither channel nor the head
+    assert torch.equal(model.interest(batch, emb), model.interest(batch, model.lookup(batch)))
+    model(batch).sum().backward()
+    assert model.unit.proj.weight.grad.abs().sum() > 0 and model.unit.hit[0].weight.grad.abs().sum() > 0

@@ -1,4 +1,4 @@
-"""Shared layers: MLP, DIN's activation unit, multi-head target attention, time-gap buckets."""
+"""Shared layers: MLP, DIN's activation unit, the hit/similarity unit, multi-head target attention, time-gap buckets."""
 from __future__ import annotations
 
 import math
@@ -57,6 +57,41 @@ class ActivationUnit(nn.Module):
         w = self.net(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, T)
         w = w * mask
         return torch.einsum("bt,btd->bd", w, keys)  # (B, D)
+
+
+class HitSimilarityUnit(nn.Module):
+    """Two readouts of a sequence for one target (our addition, issue 16), each a softmax over the
+    behaviours plus a sink of logit 0, returning the mass the behaviours take from the sink (x10):
+    it grows with the number of relevant behaviours and does not dilute a few among thousands.
+    - hit: logit_j = MLP(embedding of behaviour j's match bucket with the target);
+    - similarity: logit_j = s * cos(P c_t, P c_j) + b over category embeddings, P shared by
+      target and behaviours, s and b learned.
+    The channels are separate so that exact hits, which the hit channel explains at once, do not
+    starve the similarity channel's gradient: it learns the rest, such as related but unequal
+    categories. Inputs: target (B, D), keys (B, T, D), mask (B, T), match (B, T); out (B, 2)."""
+
+    def __init__(self, dim: int, sim_dim: int, match_dim: int, hidden: Sequence[int],
+                 scale: float = 5.0, bias: float = -6.0) -> None:
+        super().__init__()
+        self.match = nn.Embedding(MATCH_BUCKETS, match_dim)
+        self.hit = mlp(match_dim, hidden, 1)
+        self.proj = nn.Linear(dim, sim_dim, bias=False)
+        self.scale = nn.Parameter(torch.tensor(scale))
+        self.bias = nn.Parameter(torch.full((2,), bias))
+
+    def similarity(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Cosine of the shared projections, (B, D) x (B, T, D) -> (B, T)."""
+        q = nn.functional.normalize(self.proj(query), dim=-1)  # (B, R)
+        k = nn.functional.normalize(self.proj(keys), dim=-1)  # (B, T, R)
+        return torch.einsum("br,btr->bt", q, k)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, match: torch.Tensor
+                ) -> torch.Tensor:
+        hit = self.hit(self.match(match)).squeeze(-1) + self.bias[0]  # (B, T)
+        sim = self.scale * self.similarity(query, keys) + self.bias[1]  # (B, T)
+        logits = torch.stack([hit, sim], 1).masked_fill(~mask.unsqueeze(1), MASK_FILL)  # (B, 2, T)
+        sink = logits.new_zeros(*logits.shape[:2], 1)  # (B, 2, 1)
+        return 10 * torch.softmax(torch.cat([logits, sink], -1), -1)[..., :-1].sum(-1)  # (B, 2)
 
 
 class TargetAttention(nn.Module):
