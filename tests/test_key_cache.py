@@ -12,7 +12,8 @@ from lifelong.trainers.model_setup import plain_model
 from lifelong.trainers.worker import make_collator
 from tests.helpers import store_run, tiny_job, tiny_samples
 
-CACHED = ["twin", "twin+match", "lic", "lic+match", "eta", "eta+match"]  # +match: the target-match features
+CACHED = ["twin", "twin+match", "lic", "lic+match", "lic+gsu_form=head_mean", "eta", "eta+match"]  # +match: the
+# target-match features, +key=value: a model_config key
 
 
 def _pair(variant: str, random_beta: bool = True, **train):
@@ -21,7 +22,8 @@ def _pair(variant: str, random_beta: bool = True, **train):
     cross features drop out: behaviours with equal keys tie exactly in both paths)."""
     samples, meta = tiny_samples()
     model, *opts = variant.split("+")
-    cfg = {"k": 6, **({"match": True} if "match" in opts else {})}
+    cfg = {"k": 6, **({"match": True} if "match" in opts else {}),
+           **{k: v for k, v in (o.split("=", 1) for o in opts if "=" in o)}}
     fast = tiny_job(model, meta, cfg, users=True, key_cache_every=1, **train)
     ref = tiny_job(model, meta, cfg, users=True)
     torch.manual_seed(0)

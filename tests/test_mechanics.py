@@ -449,6 +449,31 @@ def test_lic_clock_relevance_uses_the_gap_mlp_and_four_heads():
     assert torch.allclose(delta, s_diff, atol=1e-5) and delta.abs().max() > 1e-4
 
 
+def test_lic_gsu_forms_equal_the_head_mean_and_the_seeds_concatenated_heads():
+    samples, meta = tiny_samples()
+    for form in ("head_mean", "concat"):
+        job = tiny_job("lic", meta, {"k": 6, "match": True, "gsu_form": form})
+        torch.manual_seed(0)
+        model = plain_model(job)
+        torch.nn.init.normal_(model.clock.m)  # the match bias (0 at init) counts too
+        batch = make_collator(job)(samples.slice(0, 8))
+        q, keys = model.gsu_inputs(batch, model.lookup(batch))
+        H, d, E = model.clock.heads, model.clock.head_dim, model.spec.behaviour_dim
+        kb = model.clock.w_b(keys[..., :E]).view(*keys.shape[:2], H, d)  # (B, L, H, d)
+        qh = model.clock.w_q(q).view(-1, H, d)  # (B, H, d)
+        dots = torch.einsum("blhd,bhd->bhl", kb, qh)  # (B, H, L)
+        extra = keys[..., E:]
+        time_and_match = (model.clock.s(extra[..., :4]) + extra[..., 4:] @ model.clock.m).mean(-1)  # (B, L)
+        if form == "concat":  # eq. 2: the heads' projections concatenated, one s
+            want = dots.sum(1) / math.sqrt(H * d) + time_and_match
+        else:
+            want = model.clock(q, keys).mean(1)
+        assert torch.allclose(model.gsu.score(q, keys), want, atol=1e-5), form
+        assert torch.allclose(model.esu_relevance(batch, model.lookup(batch)), model.clock(q, keys).mean(1))
+    with pytest.raises(ValueError, match="gsu_form 'sum' not in"):
+        model_config("lic", {"gsu_form": "sum"})
+
+
 def test_din_match_features_reach_exactly_the_matching_behaviours_weights():
     samples, meta = tiny_samples(short_len=64)  # the planted log keeps targets out of the last 40 events
     for name in ("din", "din_full"):

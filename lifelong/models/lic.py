@@ -2,14 +2,16 @@
 Streaming Recommendation System", Douyin, 2025, arXiv:2501.15817): time-of-day perception.
 
 Clock-GSU: relevance `α = (W_b b)·(W_q q)/sqrt(d) + s(Δ)` with Δ the circular time-of-day gap
-between each behaviour and the request (`gsu/clock.py`); top-k by the head mean of α. Clock-ESU:
-the same four Δ features fused into each selected behaviour, 4 heads each with its own W_b,
-W_q, W_v (and its own output of s), fused by a two-layer MLP h. A DIN unit on the short history
-runs beside it (`use_short`). Time of day is taken in UTC shifted by `tz_offset_min`. With the
-trainer's key cache the Clock-GSU reads `W_b b` and `W_q q` per id from cache tables
-(`ProjectedKeys`). Our addition, off by default (`match: true`): each behaviour's target match
-(`layers.match_buckets`) joins Z and adds a learned per-head bias to α (`gsu/clock.py`), as
-TWIN's `match` cross feature does; it needs no lookup, so the key cache's GSU scores it exactly.
+between each behaviour and the request (`gsu/clock.py`); top-k by `gsu_form`: the seed's
+concatenated heads plus one s (default; a tie on MovieLens valid, BENCHMARKS.md "Seed fidelity")
+or the head mean of α (before 2026-11-24). Clock-ESU: the same four Δ features fused into each
+selected behaviour, 4 heads each with its own W_b, W_q, W_v (and its own output of s), fused by
+a two-layer MLP h. A DIN unit on the short history runs beside it (`use_short`). Time of day is
+taken in UTC shifted by `tz_offset_min`. With the trainer's key cache the Clock-GSU reads `W_b b`
+and `W_q q` per id from cache tables (`ProjectedKeys`). Our addition, off by default (`match:
+true`): each behaviour's target match (`layers.match_buckets`) joins Z and adds a learned
+per-head bias to α (`gsu/clock.py`), as TWIN's `match` cross feature does; it needs no lookup, so
+the key cache's GSU scores it exactly.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from torch import nn
 from lifelong.embeddings.collate import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
-from lifelong.models.gsu.clock import DAY_MIN, ClockAttention, circular_gap, gap_features, minute_of_day
+from lifelong.models.gsu.clock import DAY_MIN, GSU_FORMS, ClockAttention, circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.layers import MATCH_BUCKETS, ActivationUnit
 from lifelong.models.registry import register
@@ -40,9 +42,14 @@ class LICConfig:
     out_dim: int = 32
     tz_offset_min: int = 0
     match: bool = False  # target-match features in α and Z (our addition)
+    gsu_form: str = "concat"  # the GSU's score: the seed's eq. 2 ("concat") or the head mean of α
     use_short: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)
+
+    def __post_init__(self) -> None:
+        if self.gsu_form not in GSU_FORMS:
+            raise ValueError(f"lic: gsu_form '{self.gsu_form}' not in {GSU_FORMS}")
 
 
 @register("lic", LICConfig)
@@ -51,9 +58,9 @@ class LIC(ProjectedKeys, TwoStage):
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.clock = ClockAttention(E, config.heads, config.head_dim, config.gap_hidden, config.out_hidden,
-                                    config.out_dim, config.match)
-        self.gsu = RelevanceGSU(self.clock, config.k)
-        self.projected_gsu = RelevanceGSU(self.clock.projected, config.k)
+                                    config.out_dim, config.match, config.gsu_form)
+        self.gsu = RelevanceGSU(self.clock.gsu, config.k)
+        self.projected_gsu = RelevanceGSU(self.clock.gsu_projected, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + config.out_dim + (E if config.use_short else 0), config.head_hidden)
 
@@ -80,7 +87,8 @@ class LIC(ProjectedKeys, TwoStage):
 
     @property
     def dot_scale(self) -> float:
-        return 1.0 / (self.config.heads * math.sqrt(self.config.head_dim))
+        heads = math.sqrt(self.config.heads) if self.config.gsu_form == "concat" else self.config.heads
+        return 1.0 / (heads * math.sqrt(self.config.head_dim))
 
     def extra_relevance(self, batch: Batch) -> torch.Tensor:
         per_minute = torch.arange(DAY_MIN // 2 + 1, device=batch.long_ts.device)  # every possible Δ

@@ -4,10 +4,13 @@ Streaming Recommendation System", Douyin, 2025, arXiv:2501.15817).
 Relative time of day: `g(t)` minutes since midnight (UTC shifted by `tz_offset_min`),
 `Δ(a, b) = min(|g(a) - g(b)|, 1440 - |g(a) - g(b)|)` (circular: Δ(23:00, 01:00) = 120).
 Per head i: `α_i = (W_b^i b)·(W_q^i q)/sqrt(d) + s_i(Δ)`, s a two-layer MLP on the normalised
-`[Δ, √Δ, Δ², log(Δ+1)]`. The GSU ranks by the head mean of α; the ESU reads per head
-`softmax(α_i)^T Z W_v^i` with `Z = [b, Δ features]`, and `h` (two-layer MLP) fuses the heads.
-With `match` (our addition) Z also carries the one-hot target match (`layers.match_buckets`) and
-α_i gains a learned per-head bias for it, `m_i(match)`.
+`[Δ, √Δ, Δ², log(Δ+1)]`. The GSU ranks by `gsu_form`: "concat", the seed's eq. 2 with the
+heads' projections concatenated, `Σ_i (W_b^i b)·(W_q^i q)/sqrt(H d) + s̄(Δ)` (s̄ the head mean of
+s: one two-layer MLP), which weights item similarity sqrt(H) times more against time than
+"head_mean", the head mean of α. The ESU reads per head `softmax(α_i)^T Z W_v^i` with
+`Z = [b, Δ features]`, and `h` (two-layer MLP) fuses the heads. With `match` (our addition) Z
+also carries the one-hot target match (`layers.match_buckets`) and α_i gains a learned per-head
+bias for it, `m_i(match)`.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from lifelong.models.layers import MATCH_BUCKETS, masked_softmax, mlp
 
 DAY_MIN = 1440
 N_GAP_FEATURES = 4
+GSU_FORMS = ("head_mean", "concat")
 
 
 def minute_of_day(ts: torch.Tensor, tz_offset_min: int = 0) -> torch.Tensor:
@@ -44,8 +48,9 @@ class ClockAttention(nn.Module):
     """candidates: (B, L, E + n_extra) = [b, Δ features (4) [, one-hot match (4)]]; query (B, E)."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, gap_hidden: int, out_hidden: Sequence[int],
-                 out_dim: int, match: bool = False) -> None:
+                 out_dim: int, match: bool = False, gsu_form: str = "concat") -> None:
         super().__init__()
+        self.gsu_form = gsu_form
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
         self.n_extra = N_GAP_FEATURES + (MATCH_BUCKETS if match else 0)
         self.w_b = nn.Linear(dim, heads * head_dim, bias=False)
@@ -66,13 +71,29 @@ class ClockAttention(nn.Module):
         out = self.s(extra[..., :N_GAP_FEATURES])
         return out if self.m is None else out + extra[..., N_GAP_FEATURES:] @ self.m
 
-    def projected(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """α from the projections: W_q q (B, H * d) and [W_b b, extra] (B, L, H * d + n_extra)."""
+    def parts(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head: the similarity (W_b b)·(W_q q)/sqrt(d) and the bias s(Δ) [+ m(match)], each (B, H, L),
+        from W_q q (B, H * d) and [W_b b, extra] (B, L, H * d + n_extra)."""
         kb, extra = candidates.split([self.heads * self.head_dim, self.n_extra], -1)
         kb = kb.view(*kb.shape[:-1], self.heads, self.head_dim)  # (B, L, H, d)
         q = q_proj.view(-1, self.heads, self.head_dim)  # (B, H, d)
-        dot = torch.einsum("blhd,bhd->bhl", kb, q) / math.sqrt(self.head_dim)
-        return dot + self.bias(extra).transpose(1, 2)  # (B, H, L)
+        return torch.einsum("blhd,bhd->bhl", kb, q) / math.sqrt(self.head_dim), self.bias(extra).transpose(1, 2)
+
+    def projected(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """α per head from the projections: (B, H, L)."""
+        dot, bias = self.parts(q_proj, candidates)
+        return dot + bias
+
+    def gsu_projected(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The Clock-GSU's score (`gsu_form`) from the projections: (B, 1, L)."""
+        dot, bias = self.parts(q_proj, candidates)
+        weight = 1 / math.sqrt(self.heads) if self.gsu_form == "concat" else 1 / self.heads
+        return (dot.sum(1) * weight + bias.mean(1)).unsqueeze(1)
+
+    def gsu(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The Clock-GSU's score (`gsu_form`): (B, 1, L)."""
+        b, extra = candidates.split([self.dim, self.n_extra], -1)
+        return self.gsu_projected(self.w_q(query), torch.cat([self.w_b(b), extra], -1))
 
     def read(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Clock-ESU over selected keys (B, k, E + n_extra) -> (B, out_dim)."""
