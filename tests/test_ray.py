@@ -52,3 +52,12 @@ def test_two_worker_run_on_movielens(ray_local, tmp_path):
     plan = (tmp_path / "e2e" / "plan.txt").read_text()
     assert "item: row_wise" in plan and "cat: table_wise" in plan
     assert json.loads((tmp_path / "e2e" / "summary.json").read_text())["model"] == "sim_hard"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = EventAccumulator(str(tmp_path / "e2e" / "tensorboard"))
+    curves.Reload()
+    scalar = lambda tag: [(e.step, e.value) for e in curves.Scalars(tag)]  # noqa: E731
+    steps = summary["global_step"]
+    assert [s for s, _ in scalar("train/loss")] == list(range(50, steps + 1, 50))  # every log_every steps
+    assert scalar("valid/auc") == [(steps, pytest.approx(summary["valid_auc"], abs=1e-6))]
+    assert scalar("train/samples_per_s")[0][1] == pytest.approx(summary["train_samples_per_s"], rel=1e-5)

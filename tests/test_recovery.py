@@ -18,6 +18,7 @@ def _run(out, name, timeout_s=120, **train_extra):
                      "samples": {"max_len": 64, "short_len": 20},
                      "train": {"batch_size": 256, "epochs": 2, "max_steps": 30, "shuffle": "global",
                                "deterministic_data": True, "checkpoint_every": 10, "diagnostic_batches": 0,
+                               "log_every": 3,
                                **train_extra},
                      "cluster": {"num_workers": 2, "collective_timeout_s": timeout_s}})
 
@@ -33,6 +34,11 @@ def test_killed_worker_resumes_and_rerun_resumes(ray_local, tmp_path):
     assert again["resumed"] and again["global_step"] == faulty["global_step"]
     assert again["valid_auc"] == faulty["valid_auc"]  # nothing retrained
     assert again["checkpoint"] == faulty["checkpoint"]  # and no new checkpoint written
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = EventAccumulator(str(tmp_path / "faulty" / "tensorboard"))
+    curves.Reload()  # the killed attempt's points after its checkpoint were dropped: one per step
+    assert [e.step for e in curves.Scalars("train/loss")] == list(range(3, faulty["global_step"] + 1, 3))
     print(f"rerun of a finished run: {time.perf_counter() - t0:.1f}s")
 
 

@@ -142,3 +142,33 @@ def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_n
     model.eval()  # evaluation adds nothing
     assert model.loss(batch, model(batch)).item() == pytest.approx(
         torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels).item())
+
+
+def test_curves_of_a_resumed_run_drop_the_killed_attempts_later_points(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lifelong.trainers.curves import Curves
+
+    def steps(log_dir):
+        acc = EventAccumulator(str(log_dir))
+        acc.Reload()
+        return [e.step for e in acc.Scalars("train/loss")]
+
+    for purge, d in ((True, tmp_path / "purged"), (False, tmp_path / "plain")):
+        killed = Curves(d, log_every=3)
+        for step in range(1, 34):  # the attempt dies after step 33; its checkpoint holds step 30
+            killed.step(step, 0.5)
+        killed.close()
+        resumed = Curves(d, log_every=3, start_step=30 if purge else 0)
+        for step in range(31, 61):
+            resumed.step(step, 0.4)
+        resumed.epoch(60, {"valid_auc": 0.7, "train_loss": 0.4, "valid_logloss": float("nan")})
+        resumed.close()
+        if purge:
+            assert steps(d) == list(range(3, 61, 3))
+        else:
+            assert steps(d).count(33) == 2  # what the purge prevents
+    acc = EventAccumulator(str(tmp_path / "purged"))
+    acc.Reload()
+    assert acc.Scalars("valid/auc")[0].value == pytest.approx(0.7) and "valid/logloss" not in acc.Tags()["scalars"]
+    assert Curves(None, log_every=3).writer is None  # ranks other than 0 write nothing

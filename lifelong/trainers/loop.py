@@ -46,14 +46,14 @@ def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
                 max_steps: int = 0, log_every: int = 50, show: bool = True, start: int = 0,
                 every: int = 0, on_checkpoint: Optional[Callable[[int], None]] = None,
-                on_step: Optional[Callable[[int], None]] = None,
+                on_step: Optional[Callable[[int, float], None]] = None,
                 before_step: Optional[Callable[[Batch], None]] = None, grad_clip: float = 0.0) -> dict:
     """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
     ranks (the job's throughput).
 
     Resuming: the first `start` batches are passed over (they were trained before the checkpoint).
-    `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch)` after each,
+    `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch, loss)` after each,
     `before_step(batch)` before each (e.g. `KeyCacheRefresh.step`). `grad_clip` > 0 clips the global
     norm of the dense gradients (in-process too: under DMP the fused sparse optimiser has stepped
     the tables in backward already, so both paths clip the same gradients)."""
@@ -82,10 +82,10 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
         optimizer.step()
         steps += 1
         samples += batch.size
-        if on_step is not None:
-            on_step(start + steps)
         losses.append(loss.item())
         loss_sum += losses[-1]
+        if on_step is not None:
+            on_step(start + steps, losses[-1])
         bar.update(1)
         if log_every and steps % log_every == 0:
             bar.set_postfix(loss=f"{loss_sum / steps:.4f}")

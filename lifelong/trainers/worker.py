@@ -23,6 +23,7 @@ from lifelong.embeddings.plan import describe
 from lifelong.models import entry
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
+from lifelong.trainers.curves import TB_DIR, Curves
 from lifelong.trainers.loop import (EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups,
                                     train_epoch)
 from lifelong.trainers.model_setup import sharded_model
@@ -215,10 +216,13 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     shown = [time.perf_counter()]
+    curves = Curves(Path(config["run_dir"]) / TB_DIR if rank == 0 and config.get("run_dir") else None,
+                    t.log_every, global_step)
 
-    def on_step(step: int) -> None:
+    def on_step(step: int, loss: float) -> None:
         nonlocal global_step
         global_step += 1
+        curves.step(global_step, loss)
         maybe_inject_fault(job, rank, world, global_step)
         if rank == 0 and time.perf_counter() - shown[0] >= PROGRESS_EVERY_S:  # a terminal's progress line
             shown[0] = time.perf_counter()
@@ -248,6 +252,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step,
                    **keys.metrics(),
                    **{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
+        curves.epoch(global_step, metrics)
         if rank == 0:
             logs.say(epoch_line(epoch, time.perf_counter() - started, metrics))
         stop = False
@@ -270,6 +275,7 @@ def train_loop_per_worker(config: dict) -> None:
                          f"(valid AUC {stopper.best_auc:.4f})")
         metrics = {**stopper.best_metrics, **stopper.final(epoch, t.epochs), "global_step": global_step,
                    "train_loss_epochs": list(epoch_losses)}  # the best epoch's metrics, the steps really run
+    curves.close()
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
     metrics.update(train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state),
                    resumed_from=state.get("resumed_from"), resumed_global_step=state.get("global_step"))

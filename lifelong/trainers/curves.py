@@ -1,0 +1,44 @@
+"""TensorBoard curves of a run (`runs/<name>/tensorboard/`, written by rank 0): the train loss
+every `log_every` steps, and per epoch the valid metrics, the epoch's train loss and the job's
+samples/s. Open them with `.venv/bin/tensorboard --logdir runs`."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+TB_DIR = "tensorboard"
+EPOCH_SCALARS = {"valid_auc": "valid/auc", "valid_gauc": "valid/gauc", "valid_logloss": "valid/logloss",
+                 "valid_gsu_recall": "valid/gsu_recall", "train_loss": "train/epoch_loss",
+                 "train_samples_per_s": "train/samples_per_s"}
+
+
+class Curves:
+    """A TensorBoard writer for one rank: a no-op unless `log_dir` is given (rank 0). `start_step`
+    is the global step a resumed run's checkpoint holds: events a killed attempt wrote after it are
+    dropped, so a resumed curve has no doubled steps."""
+
+    def __init__(self, log_dir: Optional[Path], log_every: int, start_step: int = 0) -> None:
+        self.writer = None
+        self.log_every = log_every
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
+
+    def step(self, global_step: int, loss: float) -> None:
+        if self.writer is not None and self.log_every and global_step % self.log_every == 0:
+            self.writer.add_scalar("train/loss", loss, global_step)
+
+    def epoch(self, global_step: int, metrics: dict) -> None:
+        if self.writer is None:
+            return
+        for key, tag in EPOCH_SCALARS.items():
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(tag, value, global_step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
