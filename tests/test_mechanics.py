@@ -1,13 +1,14 @@
 """Each model's own mechanics (MODELS.md's property list), on hand-built inputs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from lifelong.models import model_config
-from lifelong.models.cain import CAIN
+from lifelong.models.cain import CAIN, gap_inputs
 from lifelong.models.dien import AUGRU, auxiliary_loss
 from lifelong.models.dsin import split_sessions
 from lifelong.models.gsu.base import masked_topk
@@ -568,3 +569,21 @@ def test_din_hit_similarity_config_and_a_target_free_head():
     assert torch.equal(model.interest(batch, emb), model.interest(batch, model.lookup(batch)))
     model(batch).sum().backward()
     assert model.unit.proj.weight.grad.abs().sum() > 0 and model.unit.hit[0].weight.grad.abs().sum() > 0
+
+
+def test_cain_tcn_gaps_reach_layer_one_and_only_with_the_option():
+    t0 = 1_700_000_000
+    ts = torch.tensor([[t0, t0 + 3600, 0]])
+    got = gap_inputs(torch.tensor([t0 + 7200]), ts, torch.tensor([[True, True, False]]))  # (1, 3, 2)
+    s = math.log1p(24 * 365 * 5)
+    want = torch.tensor([[[math.log(3) / s, 0.0], [math.log(2) / s, math.log(2) / s], [0.0, 0.0]]])
+    assert torch.allclose(got, want, atol=1e-6)
+    samples, meta = tiny_samples()
+    for gaps in (False, True):
+        job = tiny_job("cain", meta, {"k": 6, "tcn_gaps": gaps})
+        torch.manual_seed(0)
+        model = plain_model(job)
+        batch = make_collator(job)(samples.slice(0, 8))
+        later = dataclasses.replace(batch, target_ts=batch.target_ts + 86_400 * 30)  # the same behaviours, asked later
+        keys = [model.item_keys(model.lookup(b)) for b in (batch, later)]  # layer-1 context (B, L, D)
+        assert torch.allclose(keys[0], keys[1]) != gaps, gaps

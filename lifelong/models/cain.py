@@ -12,14 +12,16 @@ the deeper layers to the TCN's nonlinearity: `tcn_activation: true` puts a ReLU 
 0.682 vs 0.686), and MSIA's weights are softmax-normalised with an output projection
 (`msia_weights: raw` is the seed's eq. 9 `IR_n = sum_t sa_t W^V_n cr^n_t` with raw scaled dot
 products, `layers.RawTargetAttention`, the sum divided by the valid length: 0.678; both seed forms
-together 0.675). The TCN reads item and category embeddings only; time gaps enter after it, in the
-main attention's cross features (our choice, not measured against a TCN that reads them).
+together 0.675). By default the TCN reads item and category embeddings only and time gaps enter
+after it, in the main attention's cross features (our choice); `tcn_gaps: true` also feeds layer 1
+each behaviour's log gap to the request and to its neighbour in the sequence (`gap_inputs`).
 PEG: every TCN layer's filter is generated per user from profile features
 `I` by a two-layer MLP. Our logs carry no demographics, so `I` holds the paper's second group,
 behaviour statistics: log history lengths and the mean short and lifelong behaviour embeddings.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,20 @@ from lifelong.models.layers import ActivationUnit, CrossFeatures, RawTargetAtten
 from lifelong.models.registry import register
 from lifelong.models.tcn import TCNLayer
 from lifelong.models.two_stage import TwinFrame
+
+
+N_TCN_GAPS = 2
+GAP_SCALE = math.log1p(24 * 365 * 5)  # log1p(hours) of five years -> 1
+
+
+def gap_inputs(request_ts: torch.Tensor, ts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per behaviour at ts (B, L): [log1p(hours to the request), log1p(hours to the previous
+    behaviour in the sequence)] / log1p(5 years), 0 for the first behaviour and padded slots: (B, L, 2)."""
+    hours = lambda d: torch.log1p(d.clamp(min=0).float() / 3600) / GAP_SCALE  # noqa: E731
+    to_request = hours(request_ts.unsqueeze(1) - ts)  # (B, L)
+    to_previous = torch.cat([torch.zeros_like(to_request[:, :1]), hours((ts[:, 1:] - ts[:, :-1]).abs())], 1)
+    has_previous = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1) & mask  # (B, L)
+    return torch.stack([to_request * mask, to_previous * has_previous], -1)  # (B, L, 2)
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class CAINConfig:
     tcn_activation: bool = False  # True: a ReLU after every TCN layer (the seed); False: a linear stack
     msia_weights: str = "softmax"  # "raw": the seed's eq. 9 scaled dot products; "softmax": normalised, with
     #                                an output projection (`layers.TargetAttention`, one head)
+    tcn_gaps: bool = False  # layer 1 also reads each behaviour's log time gaps (to the request, to its neighbour)
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)
 
@@ -79,7 +96,8 @@ class CAIN(TwinFrame):
         super().__init__(config, embeddings, spec)
         E, D = spec.behaviour_dim, config.tcn_dim
         profile = 2 + 2 * E if config.use_peg else None
-        self.tcn = nn.ModuleList(TCNLayer(E if n == 0 else D, D, k, s, profile, config.peg_hidden)
+        first = E + (N_TCN_GAPS if config.tcn_gaps else 0)
+        self.tcn = nn.ModuleList(TCNLayer(first if n == 0 else D, D, k, s, profile, config.peg_hidden)
                                  for n, (k, s) in enumerate(zip(config.kernels, config.strides)))
         self.cross = CrossFeatures(config.cross_dim, config.cross_buckets)
         self.attention = TwinAttention(E, D, self.cross.n_features, config.cross_dim, config.heads, config.head_dim)
@@ -95,6 +113,12 @@ class CAIN(TwinFrame):
     def inputs(cls, config: CAINConfig) -> InputSpec:
         return InputSpec(use_long=True)
 
+    def lookup(self, batch: Batch) -> Embedded:
+        emb = super().lookup(batch)
+        if self.config.tcn_gaps:
+            emb.cache["tcn_gaps"] = gap_inputs(batch.target_ts, batch.long_ts, emb.long_mask)
+        return emb
+
     @staticmethod
     def profile(emb: Embedded) -> torch.Tensor:
         """Behaviour statistics per user: (B, 2 + 2E)."""
@@ -107,6 +131,8 @@ class CAIN(TwinFrame):
         if "tcn" not in emb.cache:
             profile = self.profile(emb) if self.config.use_peg else None
             x, mask, out = emb.long, emb.long_mask, []
+            if self.config.tcn_gaps:
+                x = torch.cat([x, emb.cache["tcn_gaps"]], -1)  # (B, L, E + 2)
             for layer in self.tcn:
                 x, mask = layer(x, mask, profile)
                 if self.config.tcn_activation:
