@@ -37,9 +37,10 @@ from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models import entry
 from lifelong.models.two_stage import TwoStage
 from lifelong.trainers.config import JobSpec, TrainConfig
+from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import local_optimizer
+from lifelong.trainers.metrics import peak_rss_mb
 from lifelong.trainers.model_setup import plain_model
-from lifelong.trainers.worker import make_collator, peak_rss_mb
 
 
 def copy_bandwidth(mb: int = 256, reps: int = 5) -> float:

@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 
 from lifelong.embeddings.state import gather_full_state
 from lifelong.trainers import checkpoint
+from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.model_setup import sharded_model
-from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
 
 N, NEXT, B = 3, 5, 16  # save after N steps, then compare NEXT more; B rows per rank and step

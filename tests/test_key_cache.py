@@ -7,9 +7,9 @@ import torch
 from lifelong.embeddings.key_cache import dedup_lookup
 from lifelong.models.gsu.simhash import SimHash
 from lifelong.trainers.config import TrainConfig
+from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import fit_local, local_optimizer
 from lifelong.trainers.model_setup import plain_model
-from lifelong.trainers.worker import make_collator
 from tests.helpers import store_run, tiny_job, tiny_samples
 
 CACHED = ["twin", "twin+match", "lic", "lic+match", "lic+gsu_form=head_mean", "eta", "eta+match"]  # +match: the

@@ -19,8 +19,8 @@ from lifelong.models.gsu.twin import TwinAttention
 from lifelong.models.layers import MATCH_BUCKETS, HitSimilarityUnit, RawTargetAttention
 from lifelong.models.sdim import bucket_read, bucket_sums, collision_gather
 from lifelong.models.tcn import TCNLayer, receptive_fields
+from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.model_setup import plain_model
-from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
 
 

@@ -9,8 +9,8 @@ import torch
 
 from lifelong.models import entry, model_config
 from lifelong.models.layers import ActivationUnit, TargetAttention
+from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.model_setup import plain_model
-from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
 
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 import tempfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,10 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lifelong.embeddings.state import gather_full_state, load_full_state
+from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping, lr_groups
 from lifelong.trainers.model_setup import plain_model, sharded_model
-from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
 
 WORLD = 2

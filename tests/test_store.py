@@ -12,7 +12,7 @@ import torch
 from lifelong.data.samples import SampleConfig, build_local, build_store_local
 from lifelong.data.store import SequenceStore
 from lifelong.data.synthetic import SyntheticConfig, generate
-from lifelong.trainers.worker import make_collator
+from lifelong.trainers.inputs import make_collator
 from tests.helpers import store_run, tiny_job
 
 COPY = SampleConfig(max_len=64, short_len=8, sample_behaviors=(1,), history_behaviors=(0,))

@@ -108,8 +108,8 @@ def test_early_stopping_on_ray_stops_restores_and_reports(ray_local, tmp_path):
 
 
 def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_no_other_row():
+    from lifelong.trainers.inputs import make_collator
     from lifelong.trainers.model_setup import plain_model
-    from lifelong.trainers.worker import make_collator
 
     samples, meta = tiny_samples()
     job = tiny_job("sim_soft", meta, users=True)  # side tables too

@@ -12,9 +12,9 @@ from lifelong.embeddings.collate import FeatureRangeError
 from lifelong.models import entry, names
 from lifelong.models.gsu.base import valid_slots
 from lifelong.models.two_stage import TwoStage
+from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import fit_local
 from lifelong.trainers.model_setup import plain_model
-from lifelong.trainers.worker import make_collator
 from tests.helpers import tiny_job, tiny_samples
 
 ALL = ["din", "din_full", "dien", "dsin", "sim_hard", "sim_soft", "eta", "sdim", "twin", "cain", "lic"]

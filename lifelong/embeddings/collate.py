@@ -7,8 +7,7 @@ the trainer looks up holds only those ids.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -18,57 +17,12 @@ from torchrec import KeyedJaggedTensor
 
 from lifelong.data.samples import concat_ranges, list_arrays
 from lifelong.data.store import SequenceStore
+from lifelong.embeddings.batch import Batch, Prefilter
 from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name, features
-
-
-class Prefilter(Protocol):
-    """A collate-time GSU selecting at most k history events per row from raw ids."""
-
-    k: int
-
-    def __call__(self, target_cat: np.ndarray, hist_cat: np.ndarray, offsets: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """(target_cat (B,), hist_cat (N,), offsets (B+1,)) -> (flat positions, new offsets)."""
 
 
 class FeatureRangeError(ValueError):
     """An id is outside its table; the message names the feature."""
-
-
-@dataclass
-class Batch:
-    """One training batch. Dense tensors are padded (B, T) aligned with the KJT's jagged rows."""
-
-    sparse: KeyedJaggedTensor
-    target_ts: torch.Tensor  # (B,)
-    short_ts: torch.Tensor  # (B, S) 0 where padded
-    long_ts: torch.Tensor  # (B, K) 0 where padded
-    short_len: int
-    long_len: int
-    labels: torch.Tensor  # (B,) float
-    user_ids: torch.Tensor  # (B,)
-    long_pos: Optional[torch.Tensor] = None  # (B, K) positions of the long rows in the full history; None = 0..K-1
-    long_count: Optional[torch.Tensor] = None  # (B,) behaviours in the full history; None = the long lengths
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
-        move = lambda t: t.to(device=device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(self.sparse.to(device=device, non_blocking=non_blocking), move(self.target_ts),
-                     move(self.short_ts), move(self.long_ts), self.short_len, self.long_len,
-                     move(self.labels), move(self.user_ids))
-
-    def record_stream(self, stream: torch.Stream) -> None:
-        self.sparse.record_stream(stream)
-        for t in (self.target_ts, self.short_ts, self.long_ts, self.labels, self.user_ids):
-            t.record_stream(stream)
-
-    def pin_memory(self) -> "Batch":
-        return Batch(self.sparse.pin_memory(), self.target_ts.pin_memory(), self.short_ts.pin_memory(),
-                     self.long_ts.pin_memory(), self.short_len, self.long_len,
-                     self.labels.pin_memory(), self.user_ids.pin_memory())
-
-    @property
-    def size(self) -> int:
-        return int(self.labels.shape[0])
 
 
 def tail(offsets: np.ndarray, n: int) -> tuple[Optional[np.ndarray], np.ndarray]:

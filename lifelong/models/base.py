@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from lifelong.embeddings.collate import Batch, Prefilter
+from lifelong.embeddings.batch import Batch, Prefilter
 from lifelong.embeddings.key_cache import dedup_lookup
-from lifelong.models.layers import match_buckets, mlp
 from lifelong.embeddings.spec import TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name
+from lifelong.models.layers import match_buckets, mlp
 
 
 @dataclass(frozen=True)

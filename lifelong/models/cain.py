@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.relevance import RelevanceGSU
@@ -36,7 +36,6 @@ from lifelong.models.layers import ActivationUnit, CrossFeatures, RawTargetAtten
 from lifelong.models.registry import register
 from lifelong.models.tcn import TCNLayer
 from lifelong.models.two_stage import TwinFrame
-
 
 N_TCN_GAPS = 2
 GAP_SCALE = math.log1p(24 * 365 * 5)  # log1p(hours) of five years -> 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import CTRModel, Embedded, InputSpec
 from lifelong.models.layers import ActivationUnit, HitSimilarityUnit

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.key_cache import CacheTable
 from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name
 from lifelong.models.base import Embedded, InputSpec

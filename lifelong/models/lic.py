@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.clock import DAY_MIN, GSU_FORMS, ClockAttention, circular_gap, gap_features, minute_of_day

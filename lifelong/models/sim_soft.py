@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import FeatureSpec, SideTable
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.relevance import InnerProduct, RelevanceGSU

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.relevance import RelevanceGSU

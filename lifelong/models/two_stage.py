@@ -25,7 +25,7 @@ from torchrec import KeyedJaggedTensor
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings import key_cache
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.key_cache import CacheTable
 from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name, features
 from lifelong.models.base import CTRModel, Embedded, _mask

@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from lifelong.cluster import logs
 from lifelong.embeddings.plan import allowed_types, describe, estimates, planner, sharders, table_names
 from lifelong.trainers.config import JobSpec
+from lifelong.trainers.inputs import load_store, make_collator
 from lifelong.trainers.loop import in_lockstep
 from lifelong.trainers.model_setup import build, sharded_model
-from lifelong.trainers.worker import load_store, make_collator
 
 ROWS_FILE = "shard_bench_rows.json"
 

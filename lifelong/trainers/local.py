@@ -12,12 +12,11 @@ import pyarrow as pa
 import torch
 
 from lifelong.data.store import SequenceStore
-from lifelong.embeddings.collate import Batch
+from lifelong.embeddings.batch import Batch
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.loop import (EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups,
-                                    train_epoch)
+from lifelong.trainers.inputs import make_collator
+from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups, train_epoch
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
-from lifelong.trainers.worker import make_collator
 
 
 class _Both:

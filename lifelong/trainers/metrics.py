@@ -1,10 +1,13 @@
-"""Evaluation metrics: AUC (torchmetrics), GAUC and logloss.
+"""Evaluation metrics: AUC (torchmetrics), GAUC and logloss; and a process's peak memory.
 
 GAUC = sum over users of (impressions_u * AUC_u) / sum of impressions_u, over users whose
 samples hold both classes; the others are excluded and counted. TorchRec's GAUC averages groups
 without weights and needs padded 3-d input, so GAUC is computed here (ties count one half).
 """
 from __future__ import annotations
+
+import resource
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,3 +62,14 @@ def evaluate_arrays(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -
     return {"auc": auc(scores, labels), "gauc": g, "gauc_users": n_users,
             "gauc_excluded_users": n_excluded, "logloss": logloss(scores, labels),
             "samples": int(len(labels)), "positive_rate": float(labels.mean())}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB: VmHWM on Linux (ru_maxrss is inherited across
+    fork + exec, so a child would report its parent's peak), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

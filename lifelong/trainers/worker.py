@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -17,15 +16,13 @@ import torch
 import torch.distributed as dist
 
 from lifelong.cluster import logs
-from lifelong.data.store import SequenceStore
-from lifelong.embeddings.collate import Collator
 from lifelong.embeddings.plan import describe
-from lifelong.models import entry
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
-from lifelong.trainers.loop import (EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups,
-                                    train_epoch)
+from lifelong.trainers.inputs import load_store, make_collator
+from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups, train_epoch
+from lifelong.trainers.metrics import peak_rss_mb
 from lifelong.trainers.model_setup import sharded_model
 
 
@@ -34,17 +31,6 @@ class _NoTBEArgumentDump(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("[TBE=")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set in MB: VmHWM on Linux (ru_maxrss is inherited across
-    fork + exec, so a child would report its parent's peak), else ru_maxrss."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -67,21 +53,6 @@ def worker_nodes() -> int:
         nodes = [None] * dist.get_world_size()
         dist.all_gather_object(nodes, node)
     return len(set(nodes))
-
-
-def make_collator(job: JobSpec, full_history: bool = False, store: Optional[SequenceStore] = None) -> Collator:
-    """The collator for the job's model; `full_history` skips any collate-time GSU (diagnostics);
-    `store` serves the histories of "store"-layout samples."""
-    inputs = entry(job.model).module.inputs(job.arch())
-    if (job.samples.layout == "store") != (store is not None):
-        raise ValueError(f"samples.layout '{job.samples.layout}' needs a sequence store exactly when it is 'store'")
-    return Collator(job.features, job.samples.short_len, job.samples.max_len, inputs.use_long,
-                    None if full_history else inputs.prefilter, inputs.side_tables, store)
-
-
-def load_store(config: dict) -> Optional[SequenceStore]:
-    """The sequence store named by the loop config (each worker holds one copy), if any."""
-    return SequenceStore.read(config["store"]) if config.get("store") else None
 
 
 @ray.remote(num_cpus=0)
