@@ -87,8 +87,7 @@ class LIC(ProjectedKeys, TwoStage):
 
     @property
     def dot_scale(self) -> float:
-        heads = math.sqrt(self.config.heads) if self.config.gsu_form == "concat" else self.config.heads
-        return 1.0 / (heads * math.sqrt(self.config.head_dim))
+        return self.clock.gsu_head_weight / math.sqrt(self.config.head_dim)
 
     def extra_relevance(self, batch: Batch) -> torch.Tensor:
         per_minute = torch.arange(DAY_MIN // 2 + 1, device=batch.long_ts.device)  # every possible Δ

@@ -87,8 +87,12 @@ class ClockAttention(nn.Module):
     def gsu_projected(self, q_proj: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The Clock-GSU's score (`gsu_form`) from the projections: (B, 1, L)."""
         dot, bias = self.parts(q_proj, candidates)
-        weight = 1 / math.sqrt(self.heads) if self.gsu_form == "concat" else 1 / self.heads
-        return (dot.sum(1) * weight + bias.mean(1)).unsqueeze(1)
+        return (dot.sum(1) * self.gsu_head_weight + bias.mean(1)).unsqueeze(1)
+
+    @property
+    def gsu_head_weight(self) -> float:
+        """The GSU's weight on the sum of the heads' similarities: 1/sqrt(H) (concat) or 1/H (head mean)."""
+        return 1 / math.sqrt(self.heads) if self.gsu_form == "concat" else 1 / self.heads
 
     def gsu(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The Clock-GSU's score (`gsu_form`): (B, 1, L)."""
