@@ -50,7 +50,18 @@ def cmd_compare(args) -> list:
 
     run = _run_file(args)
     max_lens = _ints(args.max_lens) if args.max_lens else [run.samples.max_len]
-    return compare(run, [m for m in args.models.split(",") if m], _ints(args.seeds), max_lens)
+    return compare(run, [m for m in args.models.split(",") if m], _ints(args.seeds), max_lens, args.tuned)
+
+
+def cmd_tune(args) -> dict:
+    from lifelong.jobs.tune import tune_model
+
+    run = _run_file(args)
+    if args.trials is not None:
+        run = replace(run, tune=replace(run.tune, trials=args.trials))
+    if not args.name:  # a search has its own run directory, never a train run's
+        run = replace(run, name=f"tune.{run.model}" if run.name == run.model else f"{run.name}.tune.{run.model}")
+    return tune_model(run)
 
 
 def cmd_shard_bench(args) -> list:
@@ -80,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, help_ in (("train", cmd_train, "train one model"),
                             ("compare", cmd_compare, "train several models x seeds, plus baselines; table + plot"),
+                            ("tune", cmd_tune, "Ray Tune search over the run file's tune.space (valid AUC, ASHA); "
+                             "writes best.yaml"),
                             ("shard-bench", cmd_shard_bench, "every sharding plan x world size: memory, comms, speed"),
                             ("prepare", cmd_prepare, "build and cache samples only")):
         s = sub.add_parser(name, help=help_)
@@ -88,9 +101,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--workers", type=int, help="number of training workers (0: auto, from the cluster's resources)")
         s.add_argument("--output-dir", dest="output_dir", help="where samples, runs and checkpoints go")
         s.add_argument("--name", help="run name")
-        if name in ("train", "shard-bench"):
+        if name in ("train", "shard-bench", "tune"):
             s.add_argument("--model", help=f"one of: {', '.join(names())}")
-        if name in ("train", "compare"):
+        if name in ("train", "compare", "tune"):
             s.add_argument("--max-steps", dest="max_steps", type=int,
                            help="cap every epoch at this many steps (train.max_steps; 0: whole epochs), "
                            "e.g. for a quick smoke run")
@@ -98,6 +111,10 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--models", default=",".join(names()), help="comma-separated model names (default: all)")
             s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
             s.add_argument("--max-lens", dest="max_lens", help="comma-separated lifelong lengths (samples.max_len)")
+            s.add_argument("--tuned", help="a directory of `lifelong tune` outputs (e.g. runs): every model trains "
+                           "with its tuned values; all must share one search budget")
+        if name == "tune":
+            s.add_argument("--trials", type=int, help="trials to draw (tune.trials)")
         if name == "shard-bench":
             s.add_argument("--world-sizes", dest="world_sizes", default="1,2", help="comma-separated worker counts")
             s.add_argument("--steps", type=int, default=20, help="timed steps per plan")

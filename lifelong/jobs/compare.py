@@ -9,6 +9,7 @@ over seeds per model and length) and `compare.png` (AUC vs lifelong length; AUC 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from dataclasses import replace
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lifelong.cluster.connect import connect
-from lifelong.jobs.config import RunFile
+from lifelong.jobs.config import RunFile, plain, with_params
 from lifelong.jobs.prepare import prepare
 from lifelong.jobs.train import train
 from lifelong.models import entry
@@ -29,6 +30,7 @@ from lifelong.trainers.rules import evaluate_rules
 
 METRICS = ("valid_auc", "valid_gauc", "valid_logloss", "train_samples_per_s", "train_peak_rss_mb",
            "valid_gsu_recall")
+TUNE_SUMMARY = "tune_summary.json"  # what `lifelong tune` writes beside best.yaml (jobs/tune.py)
 BASELINE_COLUMNS = ["user_id", "item_id", "category_id", "timestamp", "label"]
 
 
@@ -37,8 +39,46 @@ def _row(model: str, seed: int, max_len: int, summary: dict) -> dict:
             **{m: summary.get(m, math.nan) for m in METRICS}}
 
 
-def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int]) -> list[dict]:
-    """Train every (length, model, seed) and score the baselines; one row per run."""
+def tuned_params(run: RunFile, models: list[str], tuned_dir: str | Path) -> tuple[dict[str, dict], str]:
+    """Each model's best values from the `tune_summary.json` files under `tuned_dir` (one `lifelong
+    tune` run per model, on this run file's data and samples up to max_len), and the search budget
+    they share; a missing model, two searches of one model or unequal budgets are errors."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted(Path(tuned_dir).glob(f"*/{TUNE_SUMMARY}")):
+        summary = json.loads(path.read_text())
+        summary["path"] = str(path)
+        found.setdefault(summary["model"], []).append(summary)
+    missing = [m for m in models if m not in found]
+    if missing:
+        raise ValueError(f"--tuned {tuned_dir}: no {TUNE_SUMMARY} for {missing} (run `lifelong tune --model M` first)")
+    twice = {m: [s["path"] for s in found[m]] for m in models if len(found[m]) > 1}
+    if twice:
+        raise ValueError(f"--tuned {tuned_dir}: more than one search per model: {twice}")
+    chosen = {m: found[m][0] for m in models}
+    now = plain(run)
+    for m, s in chosen.items():
+        same = s["data"] == now["data"] and {**s["samples"], "max_len": 0} == {**now["samples"], "max_len": 0}
+        if not same:
+            raise ValueError(f"--tuned: {s['path']} was tuned on other data or samples than this comparison")
+    budgets = {(s["budget"], s["epochs_per_trial"]) for s in chosen.values()}
+    if len(budgets) > 1:
+        raise ValueError(f"--tuned: the models were tuned with unequal budgets: {sorted(budgets)}")
+    (budget, epochs), = budgets
+    return {m: s["params"] for m, s in chosen.items()}, f"tuned on valid: {budget}, {epochs} epoch(s) per trial"
+
+
+def model_run(base: RunFile, run: RunFile, model: str, seed: int, params: dict | None) -> RunFile:
+    """One comparison run: the model with its own defaults (or the run file's config, for its model),
+    its tuned values when given, the comparison's data, budget and seed."""
+    r = replace(base, model=model, model_config=dict(run.model_config) if model == run.model else {},
+                name=f"{run.name}.L{base.samples.max_len}.{model}.s{seed}", train=replace(run.train, seed=seed))
+    return with_params(r, params) if params else r
+
+
+def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int],
+            tuned: dict[str, dict] | None = None) -> list[dict]:
+    """Train every (length, model, seed) and score the baselines; one row per run. `tuned` holds
+    each model's tuned values (`tuned_params`)."""
     for m in models:
         entry(m)  # unknown names fail before any training
     connect(run.cluster)
@@ -49,8 +89,7 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
         base = replace(run, samples=replace(run.samples, max_len=max_len))
         for model in models:
             for seed in seeds:
-                r = replace(base, model=model, model_config=dict(run.model_config) if model == run.model else {},
-                            name=f"{run.name}.L{max_len}.{model}.s{seed}", train=replace(run.train, seed=seed))
+                r = model_run(base, run, model, seed, (tuned or {}).get(model))
                 bar.set_postfix_str(f"L={max_len} {model} seed {seed}")
                 summary = train(r, show=False)
                 rows.append(_row(model, seed, max_len, summary))
@@ -148,20 +187,25 @@ def write(rows: list[dict], out: Path, title: str) -> list[dict]:
     return agg
 
 
-def budget(run: RunFile) -> str:
+def budget(run: RunFile, tuning: str = "no tuning") -> str:
     """The training budget every model got, as the report states it."""
     t = run.train
     steps = f", at most {t.max_steps} steps per epoch" if t.max_steps else " (whole train split)"
     return (f"budget per run: {t.epochs} epoch(s){steps}, batch {t.batch_size} per worker x "
             f"{run.cluster.num_workers or 'auto'} workers, sparse {t.sparse_optimizer} lr {t.sparse_lr}, "
-            f"dense {t.dense_optimizer} lr {t.dense_lr}, no tuning; valid split")
+            f"dense {t.dense_optimizer} lr {t.dense_lr} (unless tuned), {tuning}; valid split")
 
 
-def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int]) -> list[dict]:
-    rows = run_all(run, models, seeds, max_lens)
+def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int],
+            tuned_dir: str | Path | None = None) -> list[dict]:
+    """Run the comparison; with `tuned_dir`, every model trains with its `lifelong tune` values."""
+    tuned, tuning = tuned_params(run, models, tuned_dir) if tuned_dir else (None, "no tuning")
+    rows = run_all(run, models, seeds, max_lens, tuned)
     label = run.data.format + (" (SYNTHETIC)" if run.data.format == "synthetic" else "")
     out = Path(run.output_dir) / run.name
-    agg = write(rows, out, f"{label}: {len(seeds)} seed(s) per model; {budget(run)}")
+    agg = write(rows, out, f"{label}: {len(seeds)} seed(s) per model; {budget(run, tuning)}")
+    if tuned:
+        (out / "tuned.json").write_text(json.dumps({"tuning": tuning, "params": tuned}, indent=2))
     print((out / "compare.md").read_text(), flush=True)
     files = ", ".join(str(out / f) for f in ("compare.md", "compare.csv", "runs.csv", "compare.png"))
     print(f"[lifelong] compare wrote {files}", flush=True)

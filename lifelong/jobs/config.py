@@ -5,8 +5,9 @@ Defaults describe the main job: SIM-hard on MovieLens latest-small from ../share
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +17,7 @@ from lifelong.cluster.connect import ClusterConfig
 from lifelong.data.completejourney import CompleteJourneyConfig
 from lifelong.data.samples import SampleConfig
 from lifelong.data.synthetic import SyntheticConfig
+from lifelong.jobs.tune_space import TuneConfig
 from lifelong.models.registry import make_config, model_config
 from lifelong.trainers.config import TrainConfig
 
@@ -72,14 +74,17 @@ class RunFile:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sharding: dict = field(default_factory=dict)  # table -> allowed sharding types
     output_dir: str = "runs"
+    tune: TuneConfig = field(default_factory=TuneConfig)  # what `lifelong tune` searches (jobs/tune_space.py)
 
 
-SECTIONS = {"data": DataSource, "samples": SampleConfig, "train": TrainConfig, "cluster": ClusterConfig}
+SECTIONS = {"data": DataSource, "samples": SampleConfig, "train": TrainConfig, "cluster": ClusterConfig,
+            "tune": TuneConfig}
 
 
-def run_file(values: dict[str, Any] | None, where: str = "run config") -> RunFile:
+def run_file(values: dict[str, Any] | None, where: str = "run config", check_tune: bool = True) -> RunFile:
     """The validated run file: every section, and the model's config against its dataclass, so a
-    misspelt key fails here, before Ray starts or samples are built."""
+    misspelt key fails here, before Ray starts or samples are built; so does a `tune.space` value
+    that no trial could train with (each range's ends and every choice are checked)."""
     values = dict(values or {})
     if values.get("model", RunFile.model) != RunFile.model:
         values.setdefault("model_config", {})  # the default model_config is SIM-hard's
@@ -91,7 +96,31 @@ def run_file(values: dict[str, Any] | None, where: str = "run config") -> RunFil
         model_config(run.model, run.model_config)
     except (KeyError, ValueError) as e:
         raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
+    if check_tune:
+        for params in run.tune.examples():
+            with_params(run, params, f"{where}: tune.space at {params}")
     return run
+
+
+def plain(run: RunFile) -> dict[str, Any]:
+    """The run file as plain YAML/JSON values (tuples become lists)."""
+    return json.loads(json.dumps(asdict(run)))
+
+
+def with_params(run: RunFile, params: dict[str, Any], where: str = "tuned run") -> RunFile:
+    """The run file with dotted keys (`train.dense_lr`, `model_config.k`, `embedding_dim`) set, validated."""
+    values = plain(run)
+    for key, value in params.items():
+        section, _, name = key.partition(".")
+        if name:
+            values[section] = {**values[section], name: value}
+        else:
+            values[section] = value
+    try:
+        return run_file(values, where, check_tune=False)
+    except (KeyError, ValueError) as e:  # a section's own check does not name `where`
+        message = str(e.args[0] if e.args else e)
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
 def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None = None) -> RunFile:

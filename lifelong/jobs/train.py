@@ -5,6 +5,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 from lifelong.cluster.connect import connect
 from lifelong.cluster.logs import relayed, short
@@ -24,12 +25,13 @@ def job_spec(run: RunFile, meta) -> JobSpec:
                    samples=run.samples, train=run.train, sharding=dict(run.sharding))
 
 
-def train(run: RunFile, show: bool = True) -> dict:
+def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None) -> dict:
     """Train `run.model`; returns (and writes to <output>/<name>/summary.json) the final metrics,
-    printed as a block when `show`."""
+    printed as a block when `show`. `prepared` is `prepare`'s result when the caller holds it (a
+    tune trial, whose output directory holds no samples)."""
     t0 = time.perf_counter()
     mode = connect(run.cluster)
-    samples_dir, meta, report = prepare(run)
+    samples_dir, meta, report = prepared or prepare(run)
     label = " (SYNTHETIC data)" if meta.synthetic else ""
     print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} "
           f"dropped={report['dropped']}", flush=True)

@@ -5,7 +5,7 @@ For unit tests, quick experiments and as the reference the sharded path is check
 from __future__ import annotations
 
 import copy
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -57,12 +57,14 @@ def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
     return _Both(cls(emb, lr=job.train.sparse_lr, **extra), dense_opt)
 
 
-def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[SequenceStore] = None
+def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[SequenceStore] = None,
+              on_epoch: Optional[Callable[[torch.nn.Module, dict], None]] = None
               ) -> tuple[torch.nn.Module, list[dict]]:
     """Train `job.train.epochs` epochs; returns the model and per-epoch metrics (samples in the
     store layout read their histories from `store`). With `train.patience` the run stops early,
     the model holds the best epoch's weights and the last entry is that epoch's metrics with
-    `best_epoch`, `stopped_early` and `epochs_trained`."""
+    `best_epoch`, `stopped_early` and `epochs_trained`. `on_epoch(model, metrics)` sees every
+    epoch's metrics as they come (a tune trial reports them)."""
     torch.manual_seed(job.train.seed)
     model = plain_model(job)
     opt = local_optimizer(job, model)
@@ -86,9 +88,13 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
             if stopper.update(epoch, history[-1]):
                 best_state = copy.deepcopy(model.state_dict())
             if stopper.stop:
+                if on_epoch is not None:
+                    on_epoch(model, history[-1])
                 break
             stopper.set_lr(model, opt, base_lr)
             history[-1]["lr_scale"] = stopper.lr_scale  # the rate the next epoch trains at
+        if on_epoch is not None:
+            on_epoch(model, history[-1])
     if stopper is not None:
         if stopper.best_epoch != epoch:
             model.load_state_dict(best_state)
