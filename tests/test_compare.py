@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from lifelong.jobs.compare import aggregate, compare, markdown
-from lifelong.jobs.config import run_file
+from lifelong.jobs.config import plain, run_file
 from lifelong.jobs.evaluate import evaluate
+from lifelong.trainers.curves import read
 
 pytestmark = pytest.mark.ray
 
@@ -26,15 +27,25 @@ def test_aggregate_gives_mean_and_sample_std_per_model():
     assert "0.7000 ± 0.1000" in markdown([a], "t") and "| – |" in markdown([a], "t")
 
 
-def test_compare_two_seeds_then_evaluate_a_checkpoint(ray_local, tmp_path):
+def test_compare_two_seeds_tuned_then_evaluate_a_checkpoint(ray_local, tmp_path):
     run = run_file({"name": "cmp", "output_dir": str(tmp_path), "data": {"format": "movielens"},
                     "samples": {"max_len": 32, "short_len": 10},
-                    "train": {"batch_size": 256, "max_steps": 8, "diagnostic_batches": 1},
+                    "train": {"batch_size": 256, "max_steps": 8, "diagnostic_batches": 1, "log_every": 4},
                     "cluster": {"num_workers": 2}})
-    agg = compare(run, ["din"], [0, 1], [32])
+    tuned = tmp_path / "tuned" / "tune.din"  # what `lifelong tune --model din` leaves (tests/test_tune.py)
+    tuned.mkdir(parents=True)
+    (tuned / "tune_summary.json").write_text(json.dumps({
+        "model": "din", "params": {"train.dense_lr": 0.004}, "budget": "2 trial(s) over {train.dense_lr}",
+        "epochs_per_trial": 1, "data": plain(run)["data"], "samples": plain(run)["samples"]}))
+    agg = compare(run, ["din"], [0, 1], [32], tuned_dir=tmp_path / "tuned")
     out = tmp_path / "cmp"
-    assert {"runs.csv", "compare.csv", "compare.md", "compare.png"} <= {p.name for p in out.iterdir()}
-    assert "at most 8 steps per epoch, batch 256" in (out / "compare.md").read_text()  # the budget is stated
+    assert {"runs.csv", "compare.csv", "compare.md", "compare.png", "curves.png"} <= {p.name for p in out.iterdir()}
+    report = (out / "compare.md").read_text()
+    assert "at most 8 steps per epoch, batch 256" in report  # the budget is stated, and the tuning
+    assert "tuned on valid: 2 trial(s) over {train.dense_lr}, 1 epoch(s) per trial" in report
+    assert json.loads((tmp_path / "cmp.L32.din.s1" / "run.json").read_text())["train"]["dense_lr"] == 0.004
+    tb = tmp_path / "cmp.L32.din.s0" / "tensorboard"  # what curves.png draws
+    assert [s for s, _ in read(tb, "train/loss")] == [4, 8] and read(tb, "nothing") == []
     models = [a["model"] for a in agg]
     assert models[:3] == ["din", "popularity", "logistic"]
     assert {"rule: item count (L)", "rule: category count (last S)"} <= set(models[3:]) and len(models) == 3 + 8
@@ -47,6 +58,7 @@ def test_compare_two_seeds_then_evaluate_a_checkpoint(ray_local, tmp_path):
         assert 0.55 < base["valid_auc"] < 0.8, base
     # The first seed's checkpoint, re-scored in one process, reproduces its reported metrics.
     summary = json.loads((tmp_path / "cmp.L32.din.s0" / "summary.json").read_text())
+    assert read(tb, "valid/auc") == [(8, pytest.approx(summary["valid_auc"]))]
     again = evaluate(Path(summary["checkpoint"]), "valid")
     assert again["samples"] == summary["valid_samples"]
     for k in ("auc", "gauc", "logloss"):

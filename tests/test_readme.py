@@ -30,7 +30,10 @@ ELSEWHERE = {
     ".venv/bin/ray ": "tests/test_job_submit.py starts the same token-auth head and submits the same job, "
                       "on free ports (the README's default ports and `ray stop` would hit any other Ray here)",
     "export RAY_AUTH_MODE": "tests/test_job_submit.py (as above)",
-    ".venv/bin/lifelong compare": "trains 9 to 66 runs; tests/test_compare.py runs compare on a small log",
+    ".venv/bin/lifelong compare": "trains 9 to 66 runs; tests/test_compare.py runs compare (with --tuned) on a "
+                                  "small log",
+    ".venv/bin/lifelong tune": "trains 8 trials of up to 3 epochs; tests/test_tune.py runs the same job (local "
+                               "and Ray Train trials, a killed driver resumed) on a smaller budget",
     "ray up": "needs a cloud account and GPU nodes; the launcher file is parsed by tests/test_configs.py",
     "ray job submit": "the GPU cluster's job (as above); the job itself is tests/test_job_submit.py's",
 }

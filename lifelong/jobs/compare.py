@@ -4,7 +4,9 @@ For each lifelong length in `max_lens` (the samples' `max_len`), each model and 
 `train` run (Ray Train, same run file otherwise); then the popularity and logistic-regression
 baselines and the history-count rules (`trainers/rules.py`) on the same samples. Writes, under
 `<output_dir>/<name>/`: `runs.csv` (one row per run), `compare.csv` and `compare.md` (mean ± std
-over seeds per model and length) and `compare.png` (AUC vs lifelong length; AUC vs training samples/s).
+over seeds per model and length), `compare.png` (AUC vs lifelong length; AUC vs training samples/s)
+and `curves.png` (every run's train loss and valid AUC against the step, from its TensorBoard
+events). With `--tuned DIR` each model trains with its `lifelong tune` values (`tuned.json`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from lifelong.jobs.train import train
 from lifelong.models import entry
 from lifelong.data.store import SequenceStore, store_path
 from lifelong.trainers.baselines import BASELINES, evaluate_baseline
+from lifelong.trainers.curves import plot_runs
 from lifelong.trainers.rules import evaluate_rules
 
 METRICS = ("valid_auc", "valid_gauc", "valid_logloss", "train_samples_per_s", "train_peak_rss_mb",
@@ -206,7 +209,10 @@ def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
     agg = write(rows, out, f"{label}: {len(seeds)} seed(s) per model; {budget(run, tuning)}")
     if tuned:
         (out / "tuned.json").write_text(json.dumps({"tuning": tuning, "params": tuned}, indent=2))
+    runs = {f"{model} L={max_len}": [Path(run.output_dir) / f"{run.name}.L{max_len}.{model}.s{seed}" for seed in seeds]
+            for max_len in max_lens for model in models}
+    plot_runs(runs, out / "curves.png", f"{label}: learning curves, every seed")
     print((out / "compare.md").read_text(), flush=True)
-    files = ", ".join(str(out / f) for f in ("compare.md", "compare.csv", "runs.csv", "compare.png"))
+    files = ", ".join(str(out / f) for f in ("compare.md", "compare.csv", "runs.csv", "compare.png", "curves.png"))
     print(f"[lifelong] compare wrote {files}", flush=True)
     return agg

@@ -268,7 +268,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
-        ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", label=f"{r['trial']}"
+        values = ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in r["params"].items())
+        ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", label=f"{r['trial']} {values}"
                 + (" (stopped)" if r["stopped_early"] else ""))
     ax.set(xlabel="epoch", ylabel="valid AUC", title=title)
     ax.legend(fontsize=7)

@@ -42,3 +42,40 @@ class Curves:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar a run wrote; [] if it wrote none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not Path(log_dir).is_dir():
+        return []
+    events = EventAccumulator(str(log_dir)).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
+def plot_runs(runs: dict[str, list[Path]], path: Path, title: str) -> None:
+    """Learning curves of several runs per label (e.g. one per seed): the train loss against the
+    step and the valid AUC against the step, one colour per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = plt.get_cmap("tab20").colors
+    for i, (label, dirs) in enumerate(runs.items()):
+        for j, d in enumerate(dirs):
+            for ax, tag, marker in ((axes[0], "train/loss", None), (axes[1], "valid/auc", "o")):
+                points = read(d / TB_DIR, tag)
+                if points:
+                    ax.plot(*zip(*points), color=colours[i % len(colours)], marker=marker, lw=1,
+                            label=label if j == 0 else None)
+    axes[0].set(xlabel="global step", ylabel="train loss", title="train loss (every train.log_every steps)")
+    axes[1].set(xlabel="global step", ylabel="valid AUC", title="valid AUC per epoch")
+    for ax in axes:
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
