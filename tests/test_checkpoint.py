@@ -160,7 +160,7 @@ def test_newest_complete_checkpoint_is_found_and_torn_ones_are_named(saved, tmp_
 
 
 def test_a_rerun_chooses_the_newest_complete_checkpoint_or_says_it_starts_afresh(saved, tmp_path):
-    from lifelong.trainers.worker import choose_checkpoint
+    from lifelong.trainers.checkpoint import choose as choose_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()

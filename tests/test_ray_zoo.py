@@ -1,15 +1,36 @@
 """Every registered model trains on 2 Ray workers with sharded tables, on real MovieLens and on
-planted synthetic data: finite metrics and a falling training loss (mean of the last quarter of
-one epoch's steps below the first quarter's, rank 0)."""
+planted synthetic data: finite metrics, a falling training loss (mean of the last quarter of one
+epoch's steps below the first quarter's, rank 0) and a DCP checkpoint that reloads into a freshly
+sharded model with the same valid AUC.
+
+All models of one data set share one Ray Train run (`zoo_loop_per_worker`: per model the same
+sharded build, collate, train pass, evaluation and checkpoint functions the train job's worker
+uses), so the suite pays for one worker-group start per data set instead of one per model; the
+train job's own loop (resume, reports, curves) is tests/test_ray.py's and test_recovery.py's.
+"""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
 
+from lifelong.embeddings.plan import describe
 from lifelong.jobs.config import run_file
-from lifelong.jobs.train import train
+from lifelong.jobs.prepare import prepare
+from lifelong.jobs.train import job_spec
 from lifelong.models import names
+from lifelong.trainers import checkpoint
+from lifelong.trainers.config import JobSpec
+from lifelong.trainers.inputs import load_store, make_collator
+from lifelong.trainers.loop import evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.model_setup import sharded_model
+from lifelong.trainers.trainer import make_trainer
 
 pytestmark = pytest.mark.ray
 
@@ -27,23 +48,64 @@ DATA = {
 }
 SMALL_K = {"k": 16}
 TWO_STAGE = {"sim_hard", "sim_soft", "eta", "twin", "cain", "lic"}
+RESULTS = "zoo.json"
 
 
-@pytest.fixture(scope="module")
-def out_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo")  # shared: each data set's samples are built once
+def zoo_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: each job in turn is sharded, trained one pass of `max_steps`, evaluated,
+    checkpointed and reloaded into a fresh sharded model; rank 0 writes every model's metrics."""
+    device, pg = ray.train.torch.get_device(), dist.group.WORLD
+    train_shard, valid_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
+    store, run_dir = load_store(config), Path(config["run_dir"])
+    results = {}
+    for job_dict in config["jobs"]:
+        job = JobSpec.from_dict(job_dict)
+        t = job.train
+        torch.manual_seed(t.seed)
+        model, optimizer, plan = sharded_model(job, device, pg)
+        collate, full = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
+        valid = lambda fn: valid_shard.iter_torch_batches(batch_size=t.eval_batch_size, collate_fn=fn,  # noqa: E731
+                                                          device="cpu")
+        stats = train_epoch(model, optimizer, train_shard.iter_torch_batches(
+            batch_size=t.batch_size, collate_fn=collate, drop_last=True, device="cpu"), device, t.max_steps, 0,
+            show=False, grad_clip=t.grad_clip)
+        metrics = evaluate(model, valid(collate), device)
+        metrics.update(gsu_consistency(model, valid(full), device, t.diagnostic_batches))
+        checkpoint.save(model, run_dir / job.model, job_dict, describe(plan), metrics, optimizer)
+        fresh, fresh_optimizer, _ = sharded_model(job, device, pg)
+        checkpoint.load(fresh, run_dir / job.model, fresh_optimizer)
+        results[job.model] = {**{f"train_{k}": v for k, v in stats.items()},
+                              **{f"valid_{k}": v for k, v in metrics.items()},
+                              "reloaded_auc": evaluate(fresh, valid(collate), device)["auc"]}
+    if dist.get_rank() == 0:
+        (run_dir / RESULTS).write_text(json.dumps(results))
+    ray.train.report({"models": len(results)})
 
 
-@pytest.mark.parametrize("data", sorted(DATA))
+@pytest.fixture(scope="module", params=sorted(DATA))
+def zoo(request, ray_local, tmp_path_factory) -> tuple[str, dict]:
+    """One Ray Train run of every model on one data set: (data name, model -> metrics)."""
+    data = request.param
+    out = tmp_path_factory.mktemp(f"zoo-{data}")
+    runs = [run_file({"name": f"zoo-{data}", "output_dir": str(out), "model": m,
+                      "model_config": SMALL_K if m in TWO_STAGE else {}, **DATA[data],
+                      "train": {**DATA[data]["train"], "diagnostic_batches": 2}, "cluster": {"num_workers": 2}})
+            for m in names()]
+    samples_dir, meta, _ = prepare(runs[0])  # every model reads the same samples
+    jobs = [job_spec(r, meta) for r in runs]
+    make_trainer(jobs[0], samples_dir, runs[0].cluster, runs[0].name, out, loop=zoo_loop_per_worker,
+                 loop_config={"jobs": [j.to_dict() for j in jobs]}).fit()
+    return data, json.loads((out / runs[0].name / RESULTS).read_text())
+
+
 @pytest.mark.parametrize("model", names())
-def test_model_trains_on_two_workers(ray_local, out_dir, model, data):
-    run = run_file({"name": f"{model}-{data}", "output_dir": str(out_dir), "model": model,
-                    "model_config": SMALL_K if model in TWO_STAGE else {}, **DATA[data],
-                    "train": {**DATA[data]["train"], "diagnostic_batches": 2}, "cluster": {"num_workers": 2}})
-    s = train(run)
+def test_model_trains_on_two_workers(zoo, model):
+    data, results = zoo
+    s = results[model]
     assert all(math.isfinite(s[k]) for k in ("valid_auc", "valid_logloss", "train_loss")), s
     assert s["train_loss_end"] < s["train_loss_start"], (s["train_loss_start"], s["train_loss_end"])
     assert s["train_steps"] == DATA[data]["train"]["max_steps"]
+    assert s["reloaded_auc"] == pytest.approx(s["valid_auc"], abs=1e-6)  # the checkpoint holds what was trained
     if model in TWO_STAGE:
         assert 0 <= s["valid_gsu_recall"] <= 1 and s["valid_gsu_recall_rows"] > 0, s
     else:

@@ -38,6 +38,8 @@ ELSEWHERE = {
     "ray job submit": "the GPU cluster's job (as above); the job itself is tests/test_job_submit.py's",
 }
 MAKE_RUN = LIFELONG + "train --model sim_hard"
+NOISE = ("RayTrainWorker", "GreedyPerfPartitioner", "Successfully loaded", "Reporting training result",
+         "Failed to query Ray Train Controller", "Running Dataset")
 
 
 def commands() -> list[str]:
@@ -91,8 +93,13 @@ def test_readme_command_runs_verbatim(cmd, scratch):
         return
     assert done.returncode == 0, out[-3000:]
     assert len(out.splitlines()) <= 60, out
-    if argv[1] == "train":
-        assert done.stdout.splitlines()[-1].lstrip().startswith("resumed_global_step")  # the result block last
+    if argv[1] == "train":  # lifelong's own lines only: the plan once, one line per epoch, the result block last
+        lines = done.stdout.splitlines()
+        assert sum("sharding plan:" in line for line in lines) == 1
+        assert sum(line.startswith("[lifelong] epoch 0 (") for line in lines) == 1
+        assert lines[-1].lstrip().startswith("resumed_global_step")
+        for noise in NOISE:  # what `--verbose` brings back (tests/test_console.py)
+            assert noise not in out, noise
         run = _run_file(parser().parse_args(argv[1:]))
         summary = json.loads((scratch / run.output_dir / run.name / "summary.json").read_text())
         assert summary["model"] == run.model and summary["train_steps"] <= 2 and 0 < summary["valid_auc"] < 1

@@ -89,9 +89,10 @@ class HitSimilarityUnit(nn.Module):
                 ) -> torch.Tensor:
         hit = self.hit(self.match(match)).squeeze(-1) + self.bias[0]  # (B, T)
         sim = self.scale * self.similarity(query, keys) + self.bias[1]  # (B, T)
-        logits = torch.stack([hit, sim], 1).masked_fill(~mask.unsqueeze(1), MASK_FILL)  # (B, 2, T)
+        logits = torch.stack([hit, sim], 1)  # (B, 2, T)
         sink = logits.new_zeros(*logits.shape[:2], 1)  # (B, 2, 1)
-        return 10 * torch.softmax(torch.cat([logits, sink], -1), -1)[..., :-1].sum(-1)  # (B, 2)
+        keep = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1).unsqueeze(1)  # (B, 1, T + 1): the sink is real
+        return 10 * masked_softmax(torch.cat([logits, sink], -1), keep)[..., :-1].sum(-1)  # (B, 2)
 
 
 class TargetAttention(nn.Module):

@@ -179,3 +179,18 @@ def assert_finite(model: nn.Module) -> None:
         for x in local:
             if x.is_floating_point() and not torch.isfinite(x).all():
                 raise ValueError(f"refusing to checkpoint: '{name}' holds non-finite values")
+
+
+def choose(run_dir: Optional[str], registered: Optional[str]) -> tuple[Optional[str], str]:
+    """Which checkpoint a (re)started run resumes from, and the line that says so: the newest complete
+    checkpoint in the run directory, whether or not Ray Train's controller registered it before a
+    failure (incomplete ones are named and skipped); Ray's registered one where the run directory is
+    not on a local file system."""
+    if run_dir and Path(run_dir).is_dir():
+        found = latest(run_dir)
+        if found is None:
+            return None, f"[lifelong] no complete checkpoint in {run_dir}: training from scratch"
+        return str(found), f"[lifelong] resuming from {found}"
+    if registered:
+        return registered, f"[lifelong] resuming from Ray Train's checkpoint {registered}"
+    return None, "[lifelong] no checkpoint: training from scratch"

@@ -79,21 +79,6 @@ def maybe_inject_fault(job: JobSpec, rank: int, world: int, global_step: int) ->
             os._exit(1)
 
 
-def choose_checkpoint(run_dir: Optional[str], registered: Optional[str]) -> tuple[Optional[str], str]:
-    """Which checkpoint a (re)started run resumes from, and the line that says so: the newest complete
-    checkpoint in the run directory, whether or not Ray Train's controller registered it before a
-    failure (incomplete ones are named and skipped); Ray's registered one where the run directory is
-    not on a local file system."""
-    if run_dir and Path(run_dir).is_dir():
-        found = checkpoint.latest(run_dir)
-        if found is None:
-            return None, f"[lifelong] no complete checkpoint in {run_dir}: training from scratch"
-        return str(found), f"[lifelong] resuming from {found}"
-    if registered:
-        return registered, f"[lifelong] resuming from Ray Train's checkpoint {registered}"
-    return None, "[lifelong] no checkpoint: training from scratch"
-
-
 def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str]) -> dict:
     """Trainer state of the run's newest complete checkpoint, loaded into model and optimiser ({} if
     none); rank 0 chooses it and every rank loads the same one. A checkpoint of another job (model, its
@@ -102,7 +87,7 @@ def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str]) 
     registered = ray.train.get_checkpoint()
     chosen = [None]
     if rank == 0:
-        chosen[0], line = choose_checkpoint(run_dir, registered.path if registered else None)
+        chosen[0], line = checkpoint.choose(run_dir, registered.path if registered else None)
         logs.say(line)
     if dist.is_initialized():
         dist.broadcast_object_list(chosen, src=0)
