@@ -70,11 +70,16 @@ def tuned_params(run: RunFile, models: list[str], tuned_dir: str | Path) -> tupl
     return {m: s["params"] for m, s in chosen.items()}, f"tuned on valid: {budget}, {epochs} epoch(s) per trial"
 
 
+def run_name(run: RunFile, max_len: int, model: str, seed: int) -> str:
+    """The name of one comparison run (its directory under the output dir)."""
+    return f"{run.name}.L{max_len}.{model}.s{seed}"
+
+
 def model_run(base: RunFile, run: RunFile, model: str, seed: int, params: dict | None) -> RunFile:
     """One comparison run: the model with its own defaults (or the run file's config, for its model),
     its tuned values when given, the comparison's data, budget and seed."""
     r = replace(base, model=model, model_config=dict(run.model_config) if model == run.model else {},
-                name=f"{run.name}.L{base.samples.max_len}.{model}.s{seed}", train=replace(run.train, seed=seed))
+                name=run_name(run, base.samples.max_len, model, seed), train=replace(run.train, seed=seed))
     return with_params(r, params) if params else r
 
 
@@ -209,7 +214,7 @@ def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
     agg = write(rows, out, f"{label}: {len(seeds)} seed(s) per model; {budget(run, tuning)}")
     if tuned:
         (out / "tuned.json").write_text(json.dumps({"tuning": tuning, "params": tuned}, indent=2))
-    runs = {f"{model} L={max_len}": [Path(run.output_dir) / f"{run.name}.L{max_len}.{model}.s{seed}" for seed in seeds]
+    runs = {f"{model} L={max_len}": [Path(run.output_dir) / run_name(run, max_len, model, seed) for seed in seeds]
             for max_len in max_lens for model in models}
     plot_runs(runs, out / "curves.png", f"{label}: learning curves, every seed")
     print((out / "compare.md").read_text(), flush=True)
