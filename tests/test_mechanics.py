@@ -228,6 +228,18 @@ def test_sdim_bucket_form_equals_collision_gather_forward_and_backward_with_padd
     assert direct[3].abs().max() == 0  # empty history: nothing
 
 
+@pytest.mark.parametrize("tau", [1, 3, 4, 8])
+def test_simhash_codes_fast_path_equals_the_plain_arithmetic(tau):
+    h = SimHash(16, 48, seed=3)
+    x = torch.randn(5, 7, 16)  # (B, L, E)
+    fast, ref = h.codes(x, tau), h.codes_reference(x, tau)
+    assert fast.dtype == ref.dtype == torch.int64 and fast.shape == (5, 7, 48 // tau)
+    assert torch.equal(fast, ref) and int(fast.max()) < 2**tau
+    assert torch.equal(h.codes(x[0, 0], tau), ref[0, 0])  # one vector, no batch dims
+    with pytest.raises(ValueError, match="tau 9"):
+        h.codes(x, 9)
+
+
 def test_sdim_collision_rate_is_one_minus_angle_over_pi_to_the_tau():
     torch.manual_seed(0)
     tau, m = 3, 4000

@@ -4,9 +4,12 @@ Long-Term User Behaviors for CTR Prediction", CIKM 2022).
 No top-k: `hashes` random projections, each giving a `tau`-bit SimHash code of the target and of
 every behaviour (`gsu/simhash.py`). Per hash function the behaviours whose code equals the
 target's are summed and L2-normalised; the interest is the mean over functions. This equals
-attention with weight P(collision) = (1 - θ/π)^τ in expectation. Two forms with one result:
-`gather` (collision mask times embeddings) and `bucket` (the paper's BSE: per user and function,
-sum behaviours into the 2^τ buckets, target-independent; a target then reads its bucket).
+attention with weight P(collision) = (1 - θ/π)^τ in expectation. Two forms with one result
+(a parity test, forward and backward): `gather` (the default: the collision mask times the
+embeddings, one batched matmul over every function) and `bucket` (the paper's BSE: per user and
+function, sum behaviours into the 2^τ buckets, target-independent, so one user's sums serve many
+targets; a target then reads its bucket). Training reads one target per sample, where `gather`
+is the cheaper (measured in BENCHMARKS.md); `bucket` is kept for the serving shape.
 Padded behaviours never collide. A DIN unit on the short history runs beside it (`use_short`).
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ class SDIMConfig:
     hashes: int = 48
     tau: int = 3
     hash_seed: int = 0
-    form: str = "bucket"
+    form: str = "gather"
     use_short: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)
     head_hidden: tuple[int, ...] = (128, 64)
@@ -39,6 +42,10 @@ class SDIMConfig:
     def __post_init__(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"sdim form '{self.form}' not in {FORMS}")
+        if not 1 <= self.tau <= 8:
+            raise ValueError(f"sdim tau {self.tau} must be in [1, 8] (bits per hash function)")
+        if self.hashes < 1:
+            raise ValueError(f"sdim hashes {self.hashes} must be >= 1")
 
 
 def collision_gather(codes_q: torch.Tensor, codes: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,8 @@ class SimHash(nn.Module):
 
     def sign_bits(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., bits) bool: x R > 0."""
-        return (x.detach() @ self.R) > 0
+        flat = x.detach().reshape(-1, x.shape[-1])  # (N, dim): one 2-D matmul, faster than a batched one on CPU
+        return ((flat @ self.R) > 0).view(*x.shape[:-1], self.bits)  # (..., bits)
 
     def pack(self, bits: torch.Tensor) -> torch.Tensor:
         """(..., n) bool -> (..., ceil(n / 64)) int64 words, bit j of a word = bit 64w + j."""
@@ -70,7 +71,21 @@ class SimHash(nn.Module):
         return h[..., 0] | (h[..., 1] << 16) | (h[..., 2] << 32) | (h[..., 3] << 48)  # bit 63 wraps like pack
 
     def codes(self, x: torch.Tensor, tau: int) -> torch.Tensor:
-        """SDIM: (..., dim) -> (..., bits // tau) bucket ids in [0, 2^tau), tau bits per function."""
+        """SDIM: (..., dim) -> (..., bits // tau) bucket ids in [0, 2^tau), tau bits per function:
+        bit i of function j's id is sign bit j tau + i. Shifts and ors in uint8 (tau <= 8);
+        `codes_reference` is the plain arithmetic."""
+        if not 1 <= tau <= 8:
+            raise ValueError(f"SimHash codes: tau {tau} must be in [1, 8]")
+        fns = self.bits // tau
+        b = self.sign_bits(x)[..., :fns * tau].to(torch.uint8)
+        b = b.view(*b.shape[:-1], fns, tau)  # (..., m, tau)
+        code = b[..., 0].clone()  # (..., m)
+        for i in range(1, tau):
+            code |= b[..., i] << i
+        return code.long()
+
+    def codes_reference(self, x: torch.Tensor, tau: int) -> torch.Tensor:
+        """`codes` as plain arithmetic: sum_i bit_i 2^i in int64."""
         b = self.sign_bits(x)
         fns = self.bits // tau
         b = b[..., :fns * tau].reshape(*b.shape[:-1], fns, tau).long()  # (..., m, tau)
