@@ -33,10 +33,23 @@ def test_store_layout_expands_to_the_copy_layout(log):
     assert store.expand(ref, COPY.max_len).equals(copy)
 
 
-@pytest.mark.parametrize("model,cfg", [("din_full", {}), ("sim_hard", {"k": 6}), ("sim_soft", {"k": 6})])
-def test_batches_equal_across_layouts(log, model, cfg):
+class CountingStore(SequenceStore):
+    """A store that records how many events per sample each `lists` call asked for."""
+
+    def __init__(self, table: pa.Table) -> None:
+        super().__init__(table)
+        self.asked: list[int] = []
+
+    def lists(self, users, ends, max_len):
+        self.asked.append(max_len)
+        return super().lists(users, ends, max_len)
+
+
+@pytest.mark.parametrize("model,cfg,reads", [("din_full", {}, 64), ("sim_hard", {"k": 6}, 64),
+                                             ("sim_soft", {"k": 6}, 64), ("din", {}, 8), ("dien", {}, 8)])
+def test_batches_equal_across_layouts(log, model, cfg, reads):
     table, meta = log
-    store = SequenceStore(build_store_local(table, STORE))
+    store = CountingStore(build_store_local(table, STORE))
     copy_rows, store_rows = build_local(table, COPY).slice(0, 50), build_local(table, STORE).slice(0, 50)
     job = tiny_job(model, meta, cfg, users=True)
     a = make_collator(job)(copy_rows)
@@ -45,6 +58,7 @@ def test_batches_equal_across_layouts(log, model, cfg):
     assert torch.equal(a.sparse.values(), b.sparse.values()) and torch.equal(a.sparse.lengths(), b.sparse.lengths())
     for f in ("target_ts", "short_ts", "long_ts", "labels", "user_ids"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert store.asked == [reads]  # a short-history model reads short_len events per sample, not max_len
 
 
 def _bytes(tmp_path, impressions):

@@ -60,11 +60,14 @@ class Collator(ArrowBatchCollateFn):
         self.use_long, self.prefilter, self.side = use_long, prefilter, side
         self.keys = list(features(side, user=spec.n_users > 0))
         self.long_width = 0 if not use_long else min(long_len, prefilter.k) if prefilter else long_len
+        # How many of each sample's latest events the model reads: a short-only model (DIN, DIEN,
+        # DSIN) reads `short_len` of a store's histories, not the whole `long_len`.
+        self.read_len = max(short_len, long_len) if use_long else short_len
 
     def __call__(self, table: pa.Table) -> Batch:
         if self.store is not None:  # "store" layout: samples hold hist_end, histories live in the store
             offsets, v = self.store.lists(table.column("user_id").to_numpy(), table.column("hist_end").to_numpy(),
-                                          self.long_len)
+                                          self.read_len)
             hist, hist_ts = {t: v[f"hist_{t}"] for t in TABLE_COLUMNS}, v["hist_ts"]
         else:
             lists = {t: list_arrays(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
