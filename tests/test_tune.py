@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifelong.jobs.compare import TUNE_SUMMARY, model_run, tuned_params
+from lifelong.jobs.compare import TUNE_SUMMARY, budget, model_run, tuned_params
 from lifelong.jobs.config import load_run_file, plain, run_file, with_params
 
 ROOT = Path(__file__).parents[1]
@@ -64,6 +64,8 @@ def test_compare_tuned_reads_each_models_search_and_refuses_unequal_budgets(tmp_
     params, tuning = tuned_params(run, ["din", "twin"], tmp_path)
     assert params == {"din": {"train.dense_lr": 0.003}, "twin": {"train.dense_lr": 0.003}}
     assert tuning == "tuned on valid: 4 trial(s), 3 epoch(s) per trial"
+    assert "lr 0.001 where not tuned, tuned on valid: 4 trial(s)" in budget(run, tuning)
+    assert "lr 0.001, no tuning; valid split" in budget(run)  # an untuned report claims no tuning anywhere
     r = model_run(run, run, "din", 1, params["din"])
     assert (r.model, r.train.dense_lr, r.train.seed, r.name) == ("din", 0.003, 1, "cmp.L64.din.s1")
     with pytest.raises(ValueError, match=r"no tune_summary.json for \['sim_hard'\]"):

@@ -196,12 +196,14 @@ def write(rows: list[dict], out: Path, title: str) -> list[dict]:
 
 
 def budget(run: RunFile, tuning: str = "no tuning") -> str:
-    """The training budget every model got, as the report states it."""
+    """The training budget every model got, as the report states it (the run file's learning
+    rates are the defaults a tuned model's own values replace)."""
     t = run.train
     steps = f", at most {t.max_steps} steps per epoch" if t.max_steps else " (whole train split)"
+    tuned = " where not tuned" if tuning != "no tuning" else ""
     return (f"budget per run: {t.epochs} epoch(s){steps}, batch {t.batch_size} per worker x "
             f"{run.cluster.num_workers or 'auto'} workers, sparse {t.sparse_optimizer} lr {t.sparse_lr}, "
-            f"dense {t.dense_optimizer} lr {t.dense_lr} (unless tuned), {tuning}; valid split")
+            f"dense {t.dense_optimizer} lr {t.dense_lr}{tuned}, {tuning}; valid split")
 
 
 def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int],
