@@ -4,6 +4,7 @@ on planted SYNTHETIC data in the sequence-store layout.
     .venv/bin/python benchmarks/lifelong_scale.py --lens 1000,10000 \
         --models din_full,sim_hard,eta,eta+cache,sdim,twin,twin+cache,lic,lic+cache
 
+A model name takes `+key=value` model_config overrides (`sdim+form=bucket+hashes=2+tau=4`).
 A model name with `+cache` runs its GSU on the key cache (`train.key_cache_every` = --refresh),
 refreshed once before timing; its one refresh is timed and its cost, spread over --refresh
 steps, is included in samples/s. `+dedup` also deduplicates ids in every lookup.
@@ -87,6 +88,8 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
     L = meta["max_len"]
     model, *opts = variant.split("+")
     cfg = {"k": k} if issubclass(entry(model).module, TwoStage) else {}
+    for key, value in (o.split("=", 1) for o in opts if "=" in o):  # e.g. sdim+hashes=2+tau=4
+        cfg[key] = int(value) if value.lstrip("-").isdigit() else value
     train = TrainConfig(batch_size=batch, key_cache_every=refresh if "cache" in opts else 0, dedup_ids="dedup" in opts)
     job = JobSpec(model, cfg, FeatureSpec(meta["n_items"], meta["n_categories"], 16),
                   SampleConfig(max_len=L, short_len=50, layout="store"), train)
