@@ -12,6 +12,8 @@ import torch
 from lifelong.data.samples import SampleConfig, build_local, build_store_local
 from lifelong.data.store import SequenceStore
 from lifelong.data.synthetic import SyntheticConfig, generate
+from lifelong.jobs.config import run_file
+from lifelong.jobs.prepare import samples_key
 from lifelong.trainers.inputs import make_collator
 from tests.helpers import store_run, tiny_job
 
@@ -110,3 +112,16 @@ def test_store_layout_trains_on_ray_and_evaluates(ray_local, tmp_path):
     assert SequenceStore.read(samples_dir / "store").events == 60 * 400  # every history event, once
     again = evaluate(s["checkpoint"], "valid")
     assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]
+
+
+def test_store_samples_do_not_depend_on_max_len_so_lengths_share_one_build(log):
+    table, _ = log
+    short, long = replace(STORE, max_len=16), replace(STORE, max_len=64)
+    assert build_local(table, short).equals(build_local(table, long))
+    assert build_store_local(table, short).equals(build_store_local(table, long))
+    at = {L: run_file({"samples": {"max_len": L, "short_len": 8, "layout": layout}})
+          for L, layout in ((16, "store"), (64, "store"), (17, "copy"), (65, "copy"))}
+    assert samples_key(at[16]) == samples_key(at[64])  # one cache for every L
+    assert samples_key(at[17]) != samples_key(at[65])  # copy-layout samples hold max_len events
+    assert samples_key(at[16]) != samples_key(run_file({"samples": {"max_len": 16, "short_len": 4,
+                                                                     "layout": "store"}}))

@@ -29,9 +29,15 @@ def load_log(run: RunFile):
 
 
 def samples_key(run: RunFile) -> str:
+    """The sample cache's key: the data source and every sample setting the samples depend on.
+    Store-layout samples hold whole histories (a sample keeps only `hist_end`; the collator cuts
+    the last `max_len`), so runs at several lengths L share one build."""
     path = run.data.resolved_path()
     stat = [str(path), path.stat().st_size, path.stat().st_mtime_ns] if path and path.exists() else None
-    blob = json.dumps({"data": asdict(run.data), "file": stat, "samples": asdict(run.samples), "v": 1},
+    samples = asdict(run.samples)
+    if run.samples.layout == "store":
+        samples.pop("max_len")
+    blob = json.dumps({"data": asdict(run.data), "file": stat, "samples": samples, "v": 1},
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
