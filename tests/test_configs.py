@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.jobs.config import load_run_file, run_file
+from lifelong.jobs.compare import model_run
+from lifelong.jobs.config import config_for, load_run_file, run_file
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -33,6 +34,26 @@ def test_model_override_drops_the_other_models_config(tmp_path):
     assert load_run_file(f, {"model": "din"}).model_config == {}
     assert load_run_file(f, {"model": "sim_hard"}).model_config == {"k": 9}
     assert load_run_file(f).model_config == {"k": 9}
+
+
+def test_model_configs_give_each_other_model_its_architecture(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("model: sim_hard\nmodel_config: {k: 9}\n"
+                 "model_configs: {eta: {k: 7, match: true}, din: {match: true}}\n")
+    run = load_run_file(f)
+    assert [config_for(run, m) for m in ("sim_hard", "eta", "din", "twin")] == [
+        {"k": 9}, {"k": 7, "match": True}, {"match": True}, {}]
+    eta = load_run_file(f, {"model": "eta"})  # train/tune --model eta
+    assert eta.model_config == {"k": 7, "match": True} and "eta" not in eta.model_configs
+    r = model_run(run, run, "eta", 2, {"model_config.k": 5})  # compare: tuned values win over the file's
+    assert (r.model_config, r.name) == ({"k": 5, "match": True}, "main.L256.eta.s2")
+    assert "eta" not in r.model_configs and r.model_configs["din"] == {"match": True}
+    with pytest.raises(ValueError, match=r"model 'eta' config.*\['kk'\]"):
+        run_file({"model_configs": {"eta": {"kk": 1}}})
+    with pytest.raises(ValueError, match="unknown model 'etaa'"):
+        run_file({"model_configs": {"etaa": {}}})
+    with pytest.raises(ValueError, match=r"model_config \{'k': 9\} and model_configs.sim_hard \{'k': 8\} disagree"):
+        run_file({"model_config": {"k": 9}, "model_configs": {"sim_hard": {"k": 8}}})
 
 
 def test_run_files_are_safe_loaded_and_runs_are_named_per_model(tmp_path):

@@ -65,6 +65,10 @@ class RunFile:
     name: str = "main"
     model: str = "sim_hard"
     model_config: dict = field(default_factory=lambda: {"k": 50})
+    # Architecture of other models, by name: what `compare`, and `train`/`tune --model NAME`, use
+    # for a model that is not `model` (e.g. {eta: {k: 100, match: true}}); unnamed models get
+    # their defaults.
+    model_configs: dict = field(default_factory=dict)
     embedding_dim: int = 16
     embedding_init: float = 0.0  # rows start uniform in ±embedding_init; 0 = TorchRec's ±sqrt(1 / rows)
     user_embedding: bool = True  # a user-id table read by every model's head
@@ -94,12 +98,24 @@ def run_file(values: dict[str, Any] | None, where: str = "run config", check_tun
     run = make_config(RunFile, values, where)
     try:
         model_config(run.model, run.model_config)
+        for name, cfg in run.model_configs.items():
+            model_config(name, cfg)
     except (KeyError, ValueError) as e:
         raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
+    if run.model in run.model_configs and run.model_configs[run.model] != run.model_config:
+        raise ValueError(f"{where}: model_config {run.model_config} and model_configs.{run.model} "
+                         f"{run.model_configs[run.model]} disagree for model '{run.model}'")
     if check_tune:
         for params in run.tune.examples():
             with_params(run, params, f"{where}: tune.space at {params}")
     return run
+
+
+def config_for(run: RunFile, model: str) -> dict:
+    """The architecture config `model` trains with under this run file."""
+    if model in run.model_configs:
+        return dict(run.model_configs[model])
+    return dict(run.model_config) if model == run.model else {}
 
 
 def plain(run: RunFile) -> dict[str, Any]:
@@ -134,10 +150,14 @@ def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None =
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     file_model = values.get("model", RunFile.model)
     if overrides.get("model", file_model) != file_model:
-        # The file's (or default) model_config was written for another model: use the new defaults.
+        # The file's (or default) model_config was written for another model: use the new model's
+        # entry in model_configs, or its defaults.
         old = values.pop("model_config", None if "model" in values else RunFile().model_config)
-        values["model_config"] = {}
-        print(f"[lifelong] --model {overrides['model']} replaces {file_model}; model_config {old} not used")
+        others = dict(values.get("model_configs") or {})
+        new = dict(others.pop(overrides["model"], {}))  # now the model's own: model_config holds it
+        values["model_config"], values["model_configs"] = new, others
+        print(f"[lifelong] --model {overrides['model']} replaces {file_model}; model_config {old} not used"
+              + (f", model_configs.{overrides['model']} {new} used" if new else ""))
     if "model" in overrides and "name" not in values and "name" not in overrides:
         values["name"] = overrides["model"]  # runs of different models never share a run name (resume)
     values.update(overrides)
