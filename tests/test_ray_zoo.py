@@ -28,7 +28,7 @@ from lifelong.models import names
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.inputs import load_store, make_collator
-from lifelong.trainers.loop import evaluate, gsu_consistency, train_epoch
+from lifelong.trainers.loop import evaluate, fit_epoch
 from lifelong.trainers.model_setup import sharded_model
 from lifelong.trainers.trainer import make_trainer
 
@@ -64,19 +64,14 @@ def zoo_loop_per_worker(config: dict) -> None:
         torch.manual_seed(t.seed)
         model, optimizer, plan = sharded_model(job, device, pg)
         collate, full = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
-        valid = lambda fn: valid_shard.iter_torch_batches(batch_size=t.eval_batch_size, collate_fn=fn,  # noqa: E731
-                                                          device="cpu")
-        stats = train_epoch(model, optimizer, train_shard.iter_torch_batches(
-            batch_size=t.batch_size, collate_fn=collate, drop_last=True, device="cpu"), device, t.max_steps, 0,
-            show=False, grad_clip=t.grad_clip)
-        metrics = evaluate(model, valid(collate), device)
-        metrics.update(gsu_consistency(model, valid(full), device, t.diagnostic_batches))
+        valid = lambda history: valid_shard.iter_torch_batches(  # noqa: E731
+            batch_size=t.eval_batch_size, collate_fn=full if history else collate, device="cpu")
+        metrics = fit_epoch(model, optimizer, t, device, train_shard.iter_torch_batches(
+            batch_size=t.batch_size, collate_fn=collate, drop_last=True, device="cpu"), valid)
         checkpoint.save(model, run_dir / job.model, job_dict, describe(plan), metrics, optimizer)
         fresh, fresh_optimizer, _ = sharded_model(job, device, pg)
         checkpoint.load(fresh, run_dir / job.model, fresh_optimizer)
-        results[job.model] = {**{f"train_{k}": v for k, v in stats.items()},
-                              **{f"valid_{k}": v for k, v in metrics.items()},
-                              "reloaded_auc": evaluate(fresh, valid(collate), device)["auc"]}
+        results[job.model] = {**metrics, "reloaded_auc": evaluate(fresh, valid(False), device)["auc"]}
     if dist.get_rank() == 0:
         (run_dir / RESULTS).write_text(json.dumps(results))
     ray.train.report({"models": len(results)})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lifelong.trainers.local as local
+import lifelong.trainers.loop as loop
 from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping
 from tests.helpers import store_run, tiny_job, tiny_samples
@@ -64,7 +65,7 @@ def test_fit_local_stops_early_and_restores_the_best_epochs_weights(monkeypatch,
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return {"auc": scores[len(seen) - 1]}
 
-    monkeypatch.setattr(local, "evaluate", scripted)
+    monkeypatch.setattr(loop, "evaluate", scripted)
     model, history = local.fit_local(job, samples.slice(0, split), samples.slice(split))
     assert len(seen) == stop_after + 1  # validated epochs 0..stop_after, then stopped
     assert history[-1]["best_epoch"] == best and history[-1]["valid_auc"] == scores[best]
@@ -79,7 +80,7 @@ def test_fit_local_decays_the_learning_rates_on_a_plateau(monkeypatch):
     split = samples.num_rows // 2
     job = tiny_job("din", meta, epochs=4, patience=3, lr_decay=0.5, batch_size=32, diagnostic_batches=0)
     scores = iter([0.70, 0.60, 0.65, 0.80])
-    monkeypatch.setattr(local, "evaluate", lambda model, batches, device: {"auc": next(scores)})
+    monkeypatch.setattr(loop, "evaluate", lambda model, batches, device: {"auc": next(scores)})
     made = []
     monkeypatch.setattr(local, "local_optimizer", lambda job, model: made.append(real(job, model)) or made[-1])
     real = local_optimizer

@@ -15,7 +15,7 @@ from lifelong.data.store import SequenceStore
 from lifelong.embeddings.batch import Batch
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.inputs import make_collator
-from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups, train_epoch
+from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, fit_epoch, lr_groups
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
 
 
@@ -74,27 +74,18 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     stopper = EarlyStopping(job.train.patience, lr_decay=job.train.lr_decay) if job.train.patience else None
     base_lr = [g["lr"] for g in lr_groups(model, opt)] if stopper is not None else []
     best_state: dict = {}
+    valid_batches = lambda full: batches(valid, job, job.train.eval_batch_size, None, full, store)  # noqa: E731
     for epoch in range(job.train.epochs):
         train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
-        stats = train_epoch(model, opt, train_batches, device, job.train.max_steps, 0, show=False,
-                            before_step=keys.step, grad_clip=job.train.grad_clip)
-        keys.refresh()
-        metrics = evaluate(model, batches(valid, job, job.train.eval_batch_size, None, store=store), device)
-        metrics.update(gsu_consistency(model, batches(valid, job, job.train.eval_batch_size, None, True, store),
-                                       device, job.train.diagnostic_batches))
-        history.append({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
-                        **{f"valid_{k}": v for k, v in metrics.items()}, **keys.metrics()})
-        if stopper is not None:
-            if stopper.update(epoch, history[-1]):
-                best_state = copy.deepcopy(model.state_dict())
-            if stopper.stop:
-                if on_epoch is not None:
-                    on_epoch(model, history[-1])
-                break
-            stopper.set_lr(model, opt, base_lr)
-            history[-1]["lr_scale"] = stopper.lr_scale  # the rate the next epoch trains at
+        history.append({"epoch": epoch, **fit_epoch(model, opt, job.train, device, train_batches, valid_batches,
+                                                    keys)})
+        best, stop = stopper.after_epoch(epoch, history[-1], model, opt, base_lr) if stopper else (False, False)
+        if best:
+            best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:
             on_epoch(model, history[-1])
+        if stop:
+            break
     if stopper is not None:
         if stopper.best_epoch != epoch:
             model.load_state_dict(best_state)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from lifelong.embeddings.batch import Batch
+from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.metrics import evaluate_arrays
 
 
@@ -109,6 +110,26 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
             "skipped_batches": max(skipped[0], 0) if skipped else 0}
 
 
+def fit_epoch(model: torch.nn.Module, optimizer, t: TrainConfig, device: torch.device, batches: Iterable[Batch],
+              valid: Callable[[bool], Iterable[Batch]], keys: Optional["KeyCacheRefresh"] = None,
+              **hooks) -> dict:
+    """One epoch of the training core, the same in-process, on a Ray worker and in tests: a training
+    pass (`train_epoch`; `hooks` are its start / every / on_checkpoint / on_step / log_every / show),
+    the key cache refreshed so evaluation reads fresh keys, valid AUC / GAUC / logloss and the GSU
+    consistency diagnostics. `valid(full_history)` gives the valid batches, with the full lifelong
+    history when `full_history`. Returns flat `train_*`, `valid_*` and `key_cache_*` metrics."""
+    hooks.setdefault("log_every", 0)
+    hooks.setdefault("show", False)
+    stats = train_epoch(model, optimizer, batches, device, t.max_steps, before_step=keys.step if keys else None,
+                        grad_clip=t.grad_clip, **hooks)
+    if keys is not None:
+        keys.refresh()
+    metrics = evaluate(model, valid(False), device)
+    metrics.update(gsu_consistency(model, valid(True), device, t.diagnostic_batches))
+    return {**{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in metrics.items()},
+            **(keys.metrics() if keys is not None else {})}
+
+
 class EarlyStopping:
     """Early stopping on valid AUC, with learning-rate decay on a plateau: `update` after each epoch
     says whether it is the best so far; `stop` once `patience` epochs in a row were not; each such
@@ -158,6 +179,16 @@ class EarlyStopping:
         for g, lr in zip(groups, base):
             g["lr"] = lr * self.lr_scale
         optimizer.zero_grad()
+
+    def after_epoch(self, epoch: int, metrics: dict, model: torch.nn.Module, optimizer, base_lr: list[float]
+                    ) -> tuple[bool, bool]:
+        """(best, stop) for this epoch's metrics; unless stopping, the learning rates are set for the
+        next epoch and `metrics["lr_scale"]` says the rate it trains at."""
+        best = self.update(epoch, metrics)
+        if not self.stop:
+            self.set_lr(model, optimizer, base_lr)
+            metrics["lr_scale"] = self.lr_scale
+        return best, self.stop
 
     def final(self, last_epoch: int, epochs: int) -> dict:
         """What the run reports about it: the best epoch, and whether it stopped before `epochs`."""

@@ -21,7 +21,7 @@ from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
 from lifelong.trainers.inputs import load_store, make_collator
-from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, evaluate, gsu_consistency, lr_groups, train_epoch
+from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, fit_epoch, lr_groups
 from lifelong.trainers.metrics import peak_rss_mb
 from lifelong.trainers.model_setup import sharded_model
 
@@ -192,35 +192,26 @@ def train_loop_per_worker(config: dict) -> None:
             if t.shuffle == "local" else {}
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, drop_last=True,
                                                  prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
-        stats = train_epoch(model, optimizer, batches, device, t.max_steps, t.log_every,
-                            show=rank == 0 and not logs.relaying(),
-                            start=start_step if epoch == start_epoch else 0, every=t.checkpoint_every,
-                            on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
-                                                             "train_loss_epochs": list(epoch_losses)},
-                                                            epoch, step, False),
-                            on_step=on_step, before_step=keys.step, grad_clip=t.grad_clip)
-        valid_batches = lambda fn: valid_shard.iter_torch_batches(  # noqa: E731
-            batch_size=t.eval_batch_size, collate_fn=fn, prefetch_batches=t.prefetch_batches, device="cpu")
-        keys.refresh()  # evaluation reads fresh keys
-        valid = evaluate(model, valid_batches(collate), device)
-        valid.update(gsu_consistency(model, valid_batches(full_collate), device, t.diagnostic_batches))
-        epoch_losses.append(stats["loss"])
+        valid_batches = lambda full: valid_shard.iter_torch_batches(  # noqa: E731
+            batch_size=t.eval_batch_size, collate_fn=full_collate if full else collate,
+            prefetch_batches=t.prefetch_batches, device="cpu")
+        epoch_metrics = fit_epoch(
+            model, optimizer, t, device, batches, valid_batches, keys, log_every=t.log_every,
+            show=rank == 0 and not logs.relaying(), start=start_step if epoch == start_epoch else 0,
+            every=t.checkpoint_every, on_step=on_step,
+            on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
+                                             "train_loss_epochs": list(epoch_losses)}, epoch, step, False))
+        epoch_losses.append(epoch_metrics["train_loss"])
         metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step,
-                   **keys.metrics(),
-                   **{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
+                   **epoch_metrics}
         curves.epoch(global_step, metrics)
         if rank == 0:
             logs.say(epoch_line(epoch, time.perf_counter() - started, metrics))
-        stop = False
-        if stopper is not None:
-            if stopper.update(epoch, metrics):  # every rank writes its shards of the best weights
-                checkpoint.save(model, best_dir, config["job"], plan_text, metrics)
-            stop = stopper.stop
-            if not stop:
-                stopper.set_lr(model, optimizer, base_lr)
-                metrics["lr_scale"] = stopper.lr_scale  # the rate the next epoch trains at
+        best, stop = stopper.after_epoch(epoch, metrics, model, optimizer, base_lr) if stopper else (False, False)
+        if best:  # every rank writes its shards of the best weights
+            checkpoint.save(model, best_dir, config["job"], plan_text, metrics)
         if epoch < t.epochs - 1 and not stop:
-            save(metrics, epoch, stats["steps"], True)
+            save(metrics, epoch, epoch_metrics["train_steps"], True)
         if stop:
             break
     if stopper is not None and start_epoch < t.epochs:
