@@ -173,3 +173,16 @@ def test_curves_of_a_resumed_run_drop_the_killed_attempts_later_points(tmp_path)
     acc.Reload()
     assert acc.Scalars("valid/auc")[0].value == pytest.approx(0.7) and "valid/logloss" not in acc.Tags()["scalars"]
     assert Curves(None, log_every=3).writer is None  # ranks other than 0 write nothing
+
+
+def test_local_batches_are_the_same_from_a_chunked_table_and_a_combined_one():
+    samples, meta = tiny_samples()
+    assert samples.column("hist_item").num_chunks > 1  # one chunk per user, as a build leaves it
+    job = tiny_job("sim_hard", meta, {"k": 6})
+    for seed in (None, 3):
+        a = list(local.batches(samples, job, 50, seed))
+        b = list(local.batches(samples.combine_chunks(), job, 50, seed))
+        assert len(a) == len(b) == -(-samples.num_rows // 50)
+        for x, y in zip(a, b):
+            assert torch.equal(x.sparse.values(), y.sparse.values()) and torch.equal(x.labels, y.labels)
+            assert torch.equal(x.long_ts, y.long_ts) and torch.equal(x.user_ids, y.user_ids)
