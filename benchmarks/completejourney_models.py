@@ -9,7 +9,9 @@ Every variant trains the run file's budget (`configs/completejourney.yaml`: one 
 and shuffling; the negatives are fixed by the data seed). A run name that already finished is
 re-reported, not retrained. The table gives valid AUC / GAUC / logloss (mean ± std over seeds) and
 samples/s; with `--test` each run's checkpoint is scored once on the test split too (do that
-only after every choice was made on valid). `--max-lens` trains each variant at several lifelong
+only after every choice was made on valid; the scores are kept in the run's `test_scores.json`,
+so `--report --test` prints the table of finished runs without training or scoring anything).
+`--max-lens` trains each variant at several lifelong
 lengths L (`samples.max_len`; the short window stays the run file's); a short-history variant
 (DIN, DIEN, DSIN) reads only its short window, so it runs once. `--plot` draws AUC against L.
 Variants:
@@ -17,8 +19,10 @@ Variants:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +32,7 @@ from lifelong.jobs.train import train
 from lifelong.models import entry
 
 CACHE = {"key_cache_every": 20, "dedup_ids": True}
+TEST_SCORES = "test_scores.json"
 VARIANTS = {  # name -> (model, model_config, train overrides)
     "din": ("din", {}, {}),
     "din+match": ("din", {"match": True}, {}),
@@ -50,6 +55,19 @@ __doc__ += "".join(f"\n    {k}: model {m}, model_config {c}, train {t}" for k, (
 def pm(xs: list[float], d: int = 4) -> str:
     xs = [x for x in xs if not math.isnan(x)]
     return f"{np.mean(xs):.{d}f}" + (f" ± {np.std(xs, ddof=1):.{d}f}" if len(xs) > 1 else "")
+
+
+def test_scores(out: Path, checkpoint: str, cached_only: bool) -> dict:
+    """The run's test AUC / GAUC / logloss: scored once, then read from `<run>/test_scores.json`
+    (a run retrained later writes a new checkpoint, and its scores are taken again)."""
+    path = out / TEST_SCORES
+    if path.exists() and json.loads(path.read_text()).get("checkpoint") == checkpoint:
+        return json.loads(path.read_text())["scores"]
+    if cached_only:
+        raise SystemExit(f"{out}: no test scores for {checkpoint}; run without --report first")
+    scores = {f"test_{k}": v for k, v in evaluate(checkpoint, "test").items() if k in ("auc", "gauc", "logloss")}
+    path.write_text(json.dumps({"checkpoint": checkpoint, "scores": scores}, indent=2))
+    return scores
 
 
 def plot(rows: list[tuple[str, int, list[dict]]], splits: list[str], path: str) -> None:
@@ -82,6 +100,8 @@ def main() -> None:
     p.add_argument("--max-lens", default="", help="lifelong lengths L to train each variant at (default: the "
                                                    "run file's samples.max_len)")
     p.add_argument("--plot", default="", help="write AUC against L here (PNG)")
+    p.add_argument("--report", action="store_true", help="train nothing: report finished runs (and, with --test, "
+                                                          "their saved test scores)")
     a = p.parse_args()
     base = load_run_file(a.config)
     lens = [int(x) for x in a.max_lens.split(",")] if a.max_lens else [base.samples.max_len]
@@ -97,11 +117,16 @@ def main() -> None:
                 run = replace(base, name=f"{base.name}-{variant}{at}.s{seed}", model=model, model_config=cfg,
                               samples=replace(base.samples, max_len=L) if at else base.samples,
                               train=replace(base.train, seed=seed, **extra))
-                s = train(run)
+                out = Path(run.output_dir) / run.name
+                if a.report:  # finished runs only: their summaries and test scores, nothing trained
+                    s = json.loads((out / "summary.json").read_text())
+                else:
+                    s = train(run)
                 if a.test:
-                    s.update({f"test_{k}": v for k, v in evaluate(s["checkpoint"], "test").items()
-                              if k in ("auc", "gauc", "logloss")})
+                    s.update(test_scores(out, s["checkpoint"], a.report))
                 runs.append(s)
+                print(f"[{variant} L={L} seed {seed}] valid AUC {s['valid_auc']:.4f}"
+                      + (f", test AUC {s['test_auc']:.4f}" if a.test else ""), flush=True)
             rows.append((variant, L, runs))
     split_cols = ["valid"] + (["test"] if a.test else [])
     head = " | ".join(f"{sp} {m}" for sp in split_cols for m in ("AUC", "GAUC", "logloss"))
