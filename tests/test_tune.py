@@ -176,3 +176,30 @@ def test_a_ray_train_trial_is_the_train_job_and_leaves_no_placement_group(ray_lo
     assert again["auc"] == pytest.approx(summary["valid_auc"], abs=1e-5)
     left = [pg for pg in ray_local.util.placement_group_table().values() if pg["state"] != "REMOVED"]
     assert not left, left  # neither Tune's trials nor Ray Train's worker groups leave one behind
+
+
+def test_asha_rungs_survive_a_driver_restart(tmp_path):
+    from types import SimpleNamespace
+
+    from lifelong.jobs.tune_scheduler import ResumableASHA
+
+    def asha():
+        return ResumableASHA(tmp_path / "asha_state.pkl", time_attr="training_iteration", metric="valid_auc",
+                             mode="max", max_t=3, grace_period=1, reduction_factor=2)
+
+    first = asha()
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
+    for t, auc in zip(trials, (0.70, 0.72, 0.74)):  # three trials pass rung 1 before the driver dies
+        first.on_trial_add(None, t)
+        assert first.on_trial_result(None, t, {"training_iteration": 1, "valid_auc": auc}) == "CONTINUE"
+    again = asha()  # the restored experiment's scheduler, as constructed before the first run
+    late = SimpleNamespace(trial_id="t3")
+    for t in [*trials, late]:
+        again.on_trial_add(None, t)
+    # The rung holds the three earlier results, so a weak newcomer is stopped at once; without the
+    # saved state it would be the rung's first result and continue.
+    assert again.on_trial_result(None, late, {"training_iteration": 1, "valid_auc": 0.60}) == "STOP"
+    fresh = ResumableASHA(tmp_path / "other.pkl", time_attr="training_iteration", metric="valid_auc", mode="max",
+                          max_t=3, grace_period=1, reduction_factor=2)
+    fresh.on_trial_add(None, late)
+    assert fresh.on_trial_result(None, late, {"training_iteration": 1, "valid_auc": 0.60}) == "CONTINUE"

@@ -33,7 +33,7 @@ import ray
 import torch
 import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from lifelong.cluster.connect import connect, resolve
@@ -43,6 +43,7 @@ from lifelong.jobs.compare import TUNE_SUMMARY as SUMMARY
 from lifelong.jobs.config import RunFile, plain, with_params
 from lifelong.jobs.prepare import prepare, samples_key
 from lifelong.jobs.train import job_spec, train
+from lifelong.jobs.tune_scheduler import STATE as ASHA_STATE, ResumableASHA
 from lifelong.trainers.curves import TB_DIR, Curves
 from lifelong.trainers.local import fit_local
 
@@ -185,7 +186,7 @@ def tune_model(run: RunFile) -> dict:
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
     else:
         t = run.tune
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=run.train.epochs,
+        scheduler = ResumableASHA(out / ASHA_STATE, time_attr="training_iteration", max_t=run.train.epochs,
                                   grace_period=min(t.grace_period, run.train.epochs),
                                   reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler()
         tuner = tune.Tuner(
