@@ -1,7 +1,7 @@
 """Our DIN and DIEN beside deepctr-torch's on the same MovieLens samples: training samples per
 CPU-second (one thread, batch building included, evaluation excluded) and valid AUC (issue 17;
 the MovieLens rows of its peer table; FuxiCTR's whole pipeline is not wired in yet, see
-`sdim_peer.py` for its SDIM operator).
+`gsu_peer.py` for its SDIM and ETA operators).
 
     python3 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip install torch==2.13.0 deepctr-torch==0.3.0
     .venv/bin/python benchmarks/peers.py --peer-python /tmp/peers-venv/bin/python [--models din,dien] [--repeats 2]

@@ -228,6 +228,22 @@ def test_sdim_bucket_form_equals_collision_gather_forward_and_backward_with_padd
     assert direct[3].abs().max() == 0  # empty history: nothing
 
 
+@pytest.mark.parametrize("n", [1, 16, 63, 64, 100, 128])
+def test_simhash_pack_and_hamming_fast_paths_equal_their_references(n):
+    from lifelong.models.gsu.simhash import hamming, hamming_reference
+
+    h = SimHash(8, 64)
+    bits = torch.rand(3, 5, n) > 0.5  # (B, L, n)
+    bits[0, 0] = True  # all ones: the sign bit of every full word is set
+    fast, ref = h.pack(bits), h.pack_reference(bits)
+    assert fast.dtype == torch.int64 and fast.shape == (3, 5, -(-n // 64)) and torch.equal(fast, ref)
+    words = torch.randint(-2**63, 2**63 - 1, (4, 6, 3), dtype=torch.int64)  # negative words included
+    q = words[:, :1]  # (B, 1, W) broadcast against (B, L, W), as the GSU calls it
+    assert torch.equal(hamming(q, words), hamming_reference(q, words))
+    assert torch.equal(hamming(fast[:, :1], fast), hamming_reference(fast[:, :1], fast))
+    assert hamming(torch.tensor([-1]), torch.tensor([0])).item() == 64
+
+
 @pytest.mark.parametrize("tau", [1, 3, 4, 8])
 def test_simhash_codes_fast_path_equals_the_plain_arithmetic(tau):
     h = SimHash(16, 48, seed=3)

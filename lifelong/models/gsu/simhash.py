@@ -7,6 +7,8 @@ estimates the angle and more bits estimate it better.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -44,7 +46,22 @@ class SimHash(nn.Module):
         return ((flat @ self.R) > 0).view(*x.shape[:-1], self.bits)  # (..., bits)
 
     def pack(self, bits: torch.Tensor) -> torch.Tensor:
-        """(..., n) bool -> (..., ceil(n / 64)) int64 words, bit j of a word = bit 64w + j."""
+        """(..., n) bool -> (..., ceil(n / 64)) int64 words, bit j of a word = bit 64w + j. Eight
+        bits at a time into uint8 bytes, read as int64 words (little-endian byte order);
+        `pack_reference` is the plain weighted sum."""
+        if sys.byteorder != "little":
+            return self.pack_reference(bits)
+        n = bits.shape[-1]
+        words = -(-n // 64)
+        b = torch.nn.functional.pad(bits.to(torch.uint8), (0, words * 64 - n))  # (..., words * 64)
+        b = b.view(*bits.shape[:-1], words * 8, 8)  # (..., bytes, 8)
+        byte = b[..., 0].clone()  # (..., bytes)
+        for i in range(1, 8):
+            byte |= b[..., i] << i
+        return byte.contiguous().view(torch.int64)  # (..., words): byte j of a word holds bits 8j..8j+7
+
+    def pack_reference(self, bits: torch.Tensor) -> torch.Tensor:
+        """`pack` as the weighted sum of its bits, in int64 (bit 63 wraps to -2^63)."""
         n = bits.shape[-1]
         words = -(-n // 64)
         padded = torch.nn.functional.pad(bits.long(), (0, words * 64 - n))  # (..., words * 64)
@@ -93,7 +110,18 @@ class SimHash(nn.Module):
 
 
 def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamming distance of packed signatures a (..., W), b (..., W) (broadcast) -> (...)."""
+    """Hamming distance of packed signatures a (..., W), b (..., W) (broadcast) -> (...): the
+    word-parallel (SWAR) popcount of the xor, in int64 arithmetic (the arithmetic shifts of
+    negative words are masked off); `hamming_reference` counts bits by a per-byte table."""
+    x = torch.bitwise_xor(a, b)
+    x = x - ((x >> 1) & 0x5555555555555555)  # 2-bit counts
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)  # 4-bit counts
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F  # 8-bit counts
+    return (((x * 0x0101010101010101) >> 56) & 0xFF).sum(-1)  # the byte sums gather in the top byte
+
+
+def hamming_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`hamming` by a popcount table over the xor's bytes."""
     x = torch.bitwise_xor(a, b).contiguous()
     per_byte = _POPCOUNT.to(x.device)[x.view(torch.uint8).long()]  # (..., W * 8)
     return per_byte.sum(-1)
