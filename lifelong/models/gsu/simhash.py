@@ -20,6 +20,14 @@ _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.in
 HALF = 16  # bits per cached signature piece: a float32 holds 0..65535 exactly
 
 
+def or_bits(b: torch.Tensor) -> torch.Tensor:
+    """(..., w) uint8 bits (w <= 8) -> (..., ) uint8 with bit i = b[..., i]: shifts and ors."""
+    out = b[..., 0].clone()
+    for i in range(1, b.shape[-1]):
+        out |= b[..., i] << i
+    return out
+
+
 class SimHash(nn.Module):
     """Fixed random projection R (dim, bits); not trained, saved with the model (seeded).
 
@@ -54,10 +62,7 @@ class SimHash(nn.Module):
         n = bits.shape[-1]
         words = -(-n // 64)
         b = torch.nn.functional.pad(bits.to(torch.uint8), (0, words * 64 - n))  # (..., words * 64)
-        b = b.view(*bits.shape[:-1], words * 8, 8)  # (..., bytes, 8)
-        byte = b[..., 0].clone()  # (..., bytes)
-        for i in range(1, 8):
-            byte |= b[..., i] << i
+        byte = or_bits(b.view(*bits.shape[:-1], words * 8, 8))  # (..., bytes)
         return byte.contiguous().view(torch.int64)  # (..., words): byte j of a word holds bits 8j..8j+7
 
     def pack_reference(self, bits: torch.Tensor) -> torch.Tensor:
@@ -95,11 +100,7 @@ class SimHash(nn.Module):
             raise ValueError(f"SimHash codes: tau {tau} must be in [1, 8]")
         fns = self.bits // tau
         b = self.sign_bits(x)[..., :fns * tau].to(torch.uint8)
-        b = b.view(*b.shape[:-1], fns, tau)  # (..., m, tau)
-        code = b[..., 0].clone()  # (..., m)
-        for i in range(1, tau):
-            code |= b[..., i] << i
-        return code.long()
+        return or_bits(b.view(*b.shape[:-1], fns, tau)).long()  # (..., m)
 
     def codes_reference(self, x: torch.Tensor, tau: int) -> torch.Tensor:
         """`codes` as plain arithmetic: sum_i bit_i 2^i in int64."""
