@@ -38,15 +38,23 @@ class _Both:
         return [g for o in self.opts for g in o.param_groups]
 
 
+def one_chunk(table: pa.Table) -> pa.Table:
+    """The table with each column in one chunk (as it is when already so): `take` of shuffled rows
+    across many chunks (one per user after a build) is ~50x slower. Stays chunked where list
+    offsets would pass int32."""
+    if table.num_rows and max(c.num_chunks for c in table.columns) > 1:
+        try:
+            return table.combine_chunks()
+        except (pa.ArrowInvalid, OverflowError):
+            pass
+    return table
+
+
 def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, full_history: bool = False,
             store: Optional[SequenceStore] = None) -> Iterator[Batch]:
     collate = make_collator(job, full_history, store)
     order = np.arange(table.num_rows) if seed is None else np.random.default_rng(seed).permutation(table.num_rows)
-    if table.num_rows and max(c.num_chunks for c in table.columns) > 1:
-        try:  # `take` of shuffled rows across many chunks (one per user after a build) is ~50x slower
-            table = table.combine_chunks()
-        except (pa.ArrowInvalid, OverflowError):  # list offsets past int32: stay chunked
-            pass
+    table = one_chunk(table)
     for i in range(0, table.num_rows, batch_size):
         yield collate(table.take(pa.array(order[i:i + batch_size])))
 
@@ -71,6 +79,7 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     `best_epoch`, `stopped_early` and `epochs_trained`. `on_epoch(model, metrics)` sees every
     epoch's metrics as they come (a tune trial reports them)."""
     torch.manual_seed(job.train.seed)
+    train, valid = one_chunk(train), one_chunk(valid)  # once, not at every epoch's `batches`
     model = plain_model(job)
     opt = local_optimizer(job, model)
     history = []
