@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lifelong.cluster.connect import connect
-from lifelong.jobs.config import RunFile, config_for, plain, with_params
+from lifelong.jobs.config import RunFile, for_model, plain, with_params
 from lifelong.jobs.prepare import prepare
 from lifelong.jobs.train import train
 from lifelong.models import entry
@@ -76,12 +76,11 @@ def run_name(run: RunFile, max_len: int, model: str, seed: int) -> str:
 
 
 def model_run(base: RunFile, run: RunFile, model: str, seed: int, params: dict | None) -> RunFile:
-    """One comparison run: the model with the run file's config for it (`config_for`: model_config
+    """One comparison run: the model with the run file's config for it (`for_model`: model_config
     or model_configs.<model>, else its defaults), its tuned values when given, the comparison's
     data, budget and seed."""
-    r = replace(base, model=model, model_config=config_for(run, model),
-                model_configs={m: c for m, c in run.model_configs.items() if m != model},
-                name=run_name(run, base.samples.max_len, model, seed), train=replace(run.train, seed=seed))
+    r = replace(for_model(base, model), name=run_name(run, base.samples.max_len, model, seed),
+                train=replace(run.train, seed=seed))
     return with_params(r, params) if params else r
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -140,7 +140,8 @@ def with_params(run: RunFile, params: dict[str, Any], where: str = "tuned run") 
 
 
 def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None = None) -> RunFile:
-    """Safe-load YAML (or {} without a file) and apply top-level overrides such as model/name."""
+    """Safe-load YAML (or {} without a file) and apply top-level overrides such as model/name; a
+    `model` override switches the run to that model (`for_model`)."""
     values: dict[str, Any] = {}
     if path:
         with open(path) as f:
@@ -148,17 +149,21 @@ def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None =
         if not isinstance(values, dict):
             raise ValueError(f"{path}: top level must be a mapping")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    file_model = values.get("model", RunFile.model)
-    if overrides.get("model", file_model) != file_model:
-        # The file's (or default) model_config was written for another model: use the new model's
-        # entry in model_configs, or its defaults.
-        old = values.pop("model_config", None if "model" in values else RunFile().model_config)
-        others = dict(values.get("model_configs") or {})
-        new = dict(others.pop(overrides["model"], {}))  # now the model's own: model_config holds it
-        values["model_config"], values["model_configs"] = new, others
-        print(f"[lifelong] --model {overrides['model']} replaces {file_model}; model_config {old} not used"
-              + (f", model_configs.{overrides['model']} {new} used" if new else ""))
-    if "model" in overrides and "name" not in values and "name" not in overrides:
-        values["name"] = overrides["model"]  # runs of different models never share a run name (resume)
-    values.update(overrides)
-    return run_file(values, str(path or "defaults"))
+    model = overrides.pop("model", None)
+    if model is not None and "name" not in values and "name" not in overrides:
+        overrides["name"] = model  # runs of different models never share a run name (resume)
+    where = str(path or "defaults")
+    run = run_file({**values, **overrides}, where)
+    if model is None or model == run.model:
+        return run
+    switched = for_model(run, model)
+    print(f"[lifelong] --model {model} replaces {run.model}; model_config {run.model_config} not used"
+          + (f", model_configs.{model} {switched.model_config} used" if model in run.model_configs else ""))
+    return run_file(plain(switched), where)  # the tune space is checked against the new model
+
+
+def for_model(run: RunFile, model: str) -> RunFile:
+    """The run file with `model` as its model and the architecture `config_for` gives it; the
+    other models' entries stay in model_configs, the replaced model's config is dropped."""
+    return replace(run, model=model, model_config=config_for(run, model),
+                   model_configs={m: c for m, c in run.model_configs.items() if m != model})
