@@ -106,9 +106,14 @@ def run_file(values: dict[str, Any] | None, where: str = "run config", check_tun
         raise ValueError(f"{where}: model_config {run.model_config} and model_configs.{run.model} "
                          f"{run.model_configs[run.model]} disagree for model '{run.model}'")
     if check_tune:
-        for params in run.tune.examples():
-            with_params(run, params, f"{where}: tune.space at {params}")
+        check_tune_space(run, where)
     return run
+
+
+def check_tune_space(run: RunFile, where: str) -> None:
+    """Every `tune.space` range end and choice must give a valid run of this run file's model."""
+    for params in run.tune.examples():
+        with_params(run, params, f"{where}: tune.space at {params}")
 
 
 def config_for(run: RunFile, model: str) -> dict:
@@ -153,13 +158,14 @@ def load_run_file(path: Optional[str | Path], overrides: dict[str, Any] | None =
     if model is not None and "name" not in values and "name" not in overrides:
         overrides["name"] = model  # runs of different models never share a run name (resume)
     where = str(path or "defaults")
-    run = run_file({**values, **overrides}, where)
-    if model is None or model == run.model:
-        return run
-    switched = for_model(run, model)
-    print(f"[lifelong] --model {model} replaces {run.model}; model_config {run.model_config} not used"
-          + (f", model_configs.{model} {switched.model_config} used" if model in run.model_configs else ""))
-    return run_file(plain(switched), where)  # the tune space is checked against the new model
+    run = run_file({**values, **overrides}, where, check_tune=False)
+    if model is not None and model != run.model:
+        switched = for_model(run, model)
+        print(f"[lifelong] --model {model} replaces {run.model}; model_config {run.model_config} not used"
+              + (f", model_configs.{model} {switched.model_config} used" if model in run.model_configs else ""))
+        run = switched
+    check_tune_space(run, where)  # against the model that trains
+    return run
 
 
 def for_model(run: RunFile, model: str) -> RunFile:
