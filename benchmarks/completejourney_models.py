@@ -2,18 +2,20 @@
 rules: does a model read more than counting the target in the history does?
 
     .venv/bin/python benchmarks/completejourney_models.py --variants din,din+match,sim_hard,twin,twin+match \
-        --seeds 0,1,2 [--max-lens 50,500,4096] [--test] [--plot benchmarks/results/completejourney-auc-vs-len.png]
+        --seeds 0,1,2 [--max-lens 50,500,4096] [--dense-lrs 0.001,0.003] [--test] \
+        [--plot benchmarks/results/completejourney-auc-vs-len.png]
 
-Every variant trains the run file's budget (`configs/completejourney.yaml`: one epoch, batch 256,
-2 Ray workers, sharded tables) on the same samples, once per seed (`train.seed`: initialisation
-and shuffling; the negatives are fixed by the data seed). A run name that already finished is
-re-reported, not retrained. The table gives valid AUC / GAUC / logloss (mean ± std over seeds) and
-samples/s; with `--test` each run's checkpoint is scored once on the test split too (do that
-only after every choice was made on valid; the scores are kept in the run's `test_scores.json`,
-so `--report --test` prints the table of finished runs without training or scoring anything).
-`--max-lens` trains each variant at several lifelong
-lengths L (`samples.max_len`; the short window stays the run file's); a short-history variant
-(DIN, DIEN, DSIN) reads only its short window, so it runs once. `--plot` draws AUC against L.
+Every variant trains the run file's budget (`configs/completejourney.yaml`: one epoch, batch 256
+per worker, 2 Ray workers, sharded tables) on the same samples, once per seed (`train.seed`:
+initialisation and shuffling; the negatives are fixed by the data seed). A run name that already
+finished is re-reported, not retrained. The table gives valid AUC / GAUC / logloss (mean ± std over
+seeds) and samples/s. `--max-lens` trains each variant at several lifelong lengths L
+(`samples.max_len`; the short window stays the run file's); a short-history variant (DIN, DIEN,
+DSIN) reads only its short window, so it runs once. `--dense-lrs` is an equal tuning budget: every
+variant trains at each dense learning rate, and per (variant, L) the one with the best mean valid
+AUC over the seeds is chosen. With `--test` only the chosen runs' checkpoints are scored on the
+test split, once (the scores are kept in the run's `test_scores.json`, so `--report --test` prints
+the tables of finished runs without training or scoring anything). `--plot` draws AUC against L.
 Variants:
 """
 from __future__ import annotations
@@ -91,52 +93,80 @@ def plot(rows: list[tuple[str, int, list[dict]]], splits: list[str], path: str) 
     print(f"plot: {path}")
 
 
+def run_for(base, variant: str, L: int, seed: int, lr: float):
+    """The run of one variant at length L, seed and dense learning rate. The run file's own L and
+    lr keep the plain name (runs trained before --max-lens / --dense-lrs existed)."""
+    model, cfg, extra = VARIANTS[variant]
+    at = "" if L == base.samples.max_len else f".L{L}"
+    at += "" if lr == base.train.dense_lr else f".lr{lr:g}"
+    return replace(base, name=f"{base.name}-{variant}{at}.s{seed}", model=model, model_config=cfg,
+                   samples=replace(base.samples, max_len=L), train=replace(base.train, seed=seed, dense_lr=lr, **extra))
+
+
+def chosen(rows: list[tuple[str, int, float, list[dict]]]) -> dict[tuple[str, int], float]:
+    """Per (variant, L): the dense learning rate with the best mean valid AUC over seeds."""
+    best: dict[tuple[str, int], tuple[float, float]] = {}
+    for variant, L, lr, runs in rows:
+        auc = float(np.mean([r["valid_auc"] for r in runs]))
+        if (variant, L) not in best or auc > best[(variant, L)][0]:
+            best[(variant, L)] = (auc, lr)
+    return {key: lr for key, (_, lr) in best.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/completejourney.yaml")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0")
-    p.add_argument("--test", action="store_true", help="also score each run's checkpoint on the test split")
+    p.add_argument("--test", action="store_true", help="also score the chosen runs' checkpoints on the test split")
     p.add_argument("--max-lens", default="", help="lifelong lengths L to train each variant at (default: the "
                                                    "run file's samples.max_len)")
+    p.add_argument("--dense-lrs", default="", help="dense learning rates to train each variant at (the same grid "
+                                                    "for every variant; the one with the best mean valid AUC is "
+                                                    "chosen, and only it is scored on test)")
     p.add_argument("--plot", default="", help="write AUC against L here (PNG)")
     p.add_argument("--report", action="store_true", help="train nothing: report finished runs (and, with --test, "
                                                           "their saved test scores)")
     a = p.parse_args()
     base = load_run_file(a.config)
     lens = [int(x) for x in a.max_lens.split(",")] if a.max_lens else [base.samples.max_len]
+    lrs = [float(x) for x in a.dense_lrs.split(",")] if a.dense_lrs else [base.train.dense_lr]
     rows = []
     for variant in a.variants.split(","):
-        model, cfg, extra = VARIANTS[variant]
+        model, cfg, _ = VARIANTS[variant]
         uses_long = entry(model).module.inputs(entry(model).config(**cfg)).use_long
-        for L in lens if uses_long else [base.samples.short_len]:
-            runs = []
-            for seed in (int(s) for s in a.seeds.split(",")):
-                # The run file's own L keeps the plain name (runs trained before --max-lens existed).
-                at = "" if L == base.samples.max_len or not uses_long else f".L{L}"
-                run = replace(base, name=f"{base.name}-{variant}{at}.s{seed}", model=model, model_config=cfg,
-                              samples=replace(base.samples, max_len=L) if at else base.samples,
-                              train=replace(base.train, seed=seed, **extra))
-                out = Path(run.output_dir) / run.name
-                if a.report:  # finished runs only: their summaries and test scores, nothing trained
-                    s = json.loads((out / "summary.json").read_text())
-                else:
-                    s = train(run)
-                if a.test:
-                    s.update(test_scores(out, s["checkpoint"], a.report))
-                runs.append(s)
-                print(f"[{variant} L={L} seed {seed}] valid AUC {s['valid_auc']:.4f}"
-                      + (f", test AUC {s['test_auc']:.4f}" if a.test else ""), flush=True)
-            rows.append((variant, L, runs))
-    split_cols = ["valid"] + (["test"] if a.test else [])
-    head = " | ".join(f"{sp} {m}" for sp in split_cols for m in ("AUC", "GAUC", "logloss"))
-    print(f"\n| variant | L seen | seeds | {head} | train samples/s |\n|---|---|---|"
-          + "---|" * (3 * len(split_cols) + 1))
-    for variant, L, runs in rows:
-        cells = " | ".join(pm([r[f"{sp}_{m}"] for r in runs]) for sp in split_cols for m in ("auc", "gauc", "logloss"))
-        print(f"| {variant} | {L:,} | {len(runs)} | {cells} | {pm([r['train_samples_per_s'] for r in runs], 0)} |")
+        for L in lens if uses_long else [base.samples.max_len]:  # a short-history model reads its window only
+            for lr in lrs:
+                runs = []
+                for seed in (int(s) for s in a.seeds.split(",")):
+                    run = run_for(base, variant, L, seed, lr)
+                    out = Path(run.output_dir) / run.name
+                    s = json.loads((out / "summary.json").read_text()) if a.report else train(run)
+                    runs.append({**s, "out": out})
+                    print(f"[{variant} L={L} lr={lr:g} seed {seed}] valid AUC {s['valid_auc']:.4f}", flush=True)
+                rows.append((variant, L if uses_long else base.samples.short_len, lr, runs))
+    pick = chosen(rows)
+    print("\n| variant | L seen | dense lr | seeds | valid AUC | valid GAUC | valid logloss | train samples/s |"
+          "\n|---|---|---|---|---|---|---|---|")
+    for variant, L, lr, runs in rows:
+        mark = " (chosen)" if len(lrs) > 1 and pick[(variant, L)] == lr else ""
+        cells = " | ".join(pm([r[f"valid_{m}"] for r in runs]) for m in ("auc", "gauc", "logloss"))
+        print(f"| {variant} | {L:,} | {lr:g}{mark} | {len(runs)} | {cells} | "
+              f"{pm([r['train_samples_per_s'] for r in runs], 0)} |")
+    if a.test:  # the chosen setting of each (variant, L) only: test is read once, after every choice
+        picked = [(v, L, lr, runs) for v, L, lr, runs in rows if pick[(v, L)] == lr]
+        print("\n| variant | L seen | dense lr (chosen on valid) | seeds | valid AUC | test AUC | test GAUC "
+              "| test logloss | per seed (valid / test) |\n|---|---|---|---|---|---|---|---|---|")
+        for variant, L, lr, runs in picked:
+            for r in runs:
+                r.update(test_scores(r["out"], r["checkpoint"], a.report))
+            cells = " | ".join(pm([r[f"test_{m}"] for r in runs]) for m in ("auc", "gauc", "logloss"))
+            seeds = ", ".join(f"{r['valid_auc']:.4f} / {r['test_auc']:.4f}" for r in runs)
+            print(f"| {variant} | {L:,} | {lr:g} | {len(runs)} | {pm([r['valid_auc'] for r in runs])} | {cells} "
+                  f"| {seeds} |")
+        rows = picked
     if a.plot:
-        plot(rows, split_cols, a.plot)
+        plot([(v, L, runs) for v, L, _, runs in rows], ["valid"] + (["test"] if a.test else []), a.plot)
 
 
 if __name__ == "__main__":
