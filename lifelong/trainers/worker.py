@@ -142,7 +142,8 @@ def train_loop_per_worker(config: dict) -> None:
     model, optimizer, plan = sharded_model(job, device, dist.group.WORLD)
     plan_text = describe(plan)
     if rank == 0:
-        logs.say(f"[lifelong] model={job.model} world={world} device={device}\n"
+        logs.say(f"[lifelong] model={job.model} world={world} device={device} "
+                 f"batch={job.train.batch_size} per worker ({job.train.batch_size * world} a step)\n"
                  f"[lifelong] sharding plan:\n{plan_text}")
     store = load_store(config)
     collate, full_collate = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
