@@ -93,14 +93,16 @@ def plot(rows: list[tuple[str, int, list[dict]]], splits: list[str], path: str) 
     print(f"plot: {path}")
 
 
-def run_for(base, variant: str, L: int, seed: int, lr: float):
-    """The run of one variant at length L, seed and dense learning rate. The run file's own L and
-    lr keep the plain name (runs trained before --max-lens / --dense-lrs existed)."""
+def run_for(base, variant: str, L: int, seed: int, lr: float, workers: int):
+    """The run of one variant at length L, seed, dense learning rate and worker count. The run
+    file's own L, lr and workers keep the plain name (runs trained before those flags existed)."""
     model, cfg, extra = VARIANTS[variant]
     at = "" if L == base.samples.max_len else f".L{L}"
     at += "" if lr == base.train.dense_lr else f".lr{lr:g}"
+    at += "" if workers == base.cluster.num_workers else f".w{workers}"
     return replace(base, name=f"{base.name}-{variant}{at}.s{seed}", model=model, model_config=cfg,
-                   samples=replace(base.samples, max_len=L), train=replace(base.train, seed=seed, dense_lr=lr, **extra))
+                   samples=replace(base.samples, max_len=L), train=replace(base.train, seed=seed, dense_lr=lr, **extra),
+                   cluster=replace(base.cluster, num_workers=workers))
 
 
 def chosen(rows: list[tuple[str, int, float, list[dict]]]) -> dict[tuple[str, int], float]:
@@ -124,6 +126,8 @@ def main() -> None:
     p.add_argument("--dense-lrs", default="", help="dense learning rates to train each variant at (the same grid "
                                                     "for every variant; the one with the best mean valid AUC is "
                                                     "chosen, and only it is scored on test)")
+    p.add_argument("--workers", type=int, default=0, help="training workers (default: the run file's; "
+                                                            "batch_size is per worker, README)")
     p.add_argument("--plot", default="", help="write AUC against L here (PNG)")
     p.add_argument("--report", action="store_true", help="train nothing: report finished runs (and, with --test, "
                                                           "their saved test scores)")
@@ -139,7 +143,7 @@ def main() -> None:
             for lr in lrs:
                 runs = []
                 for seed in (int(s) for s in a.seeds.split(",")):
-                    run = run_for(base, variant, L, seed, lr)
+                    run = run_for(base, variant, L, seed, lr, a.workers or base.cluster.num_workers)
                     out = Path(run.output_dir) / run.name
                     s = json.loads((out / "summary.json").read_text()) if a.report else train(run)
                     runs.append({**s, "out": out})
