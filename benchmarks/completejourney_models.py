@@ -140,6 +140,7 @@ def main() -> None:
         model, cfg, _ = VARIANTS[variant]
         uses_long = entry(model).module.inputs(entry(model).config(**cfg)).use_long
         for L in lens if uses_long else [base.samples.max_len]:  # a short-history model reads its window only
+            seen = L if uses_long else base.samples.short_len
             for lr in lrs:
                 runs = []
                 for seed in (int(s) for s in a.seeds.split(",")):
@@ -147,8 +148,8 @@ def main() -> None:
                     out = Path(run.output_dir) / run.name
                     s = json.loads((out / "summary.json").read_text()) if a.report else train(run)
                     runs.append({**s, "out": out})
-                    print(f"[{variant} L={L} lr={lr:g} seed {seed}] valid AUC {s['valid_auc']:.4f}", flush=True)
-                rows.append((variant, L if uses_long else base.samples.short_len, lr, runs))
+                    print(f"[{variant} L={seen} lr={lr:g} seed {seed}] valid AUC {s['valid_auc']:.4f}", flush=True)
+                rows.append((variant, seen, lr, runs))
     pick = chosen(rows)
     print("\n| variant | L seen | dense lr | seeds | valid AUC | valid GAUC | valid logloss | train samples/s |"
           "\n|---|---|---|---|---|---|---|---|")
