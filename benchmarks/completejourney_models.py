@@ -67,10 +67,12 @@ __doc__ += "".join(f"\n    {k}: model {m}, model_config {c}, train {t}" for k, (
 
 
 def pm(xs: list[float], d: int = 4) -> str:
-    xs = [x for x in xs if not math.isnan(x)]
-    if not xs:
+    """Mean ± std over the values that exist; "(k of n)" when some runs lack it (transcribed rows)."""
+    have = [x for x in xs if not math.isnan(x)]
+    if not have:
         return ""
-    return f"{np.mean(xs):.{d}f}" + (f" ± {np.std(xs, ddof=1):.{d}f}" if len(xs) > 1 else "")
+    part = f" ({len(have)} of {len(xs)})" if len(have) < len(xs) else ""
+    return f"{np.mean(have):.{d}f}" + (f" ± {np.std(have, ddof=1):.{d}f}" if len(have) > 1 else "") + part
 
 
 def test_scores(out: Path, checkpoint: str, cached_only: bool) -> dict:
