@@ -37,3 +37,48 @@ def store_run(tmp_path, name: str, model: str, model_config: dict, sharding=None
                                  "layout": "store"},
                      "train": {"batch_size": 64, "epochs": 1, "diagnostic_batches": 2, **train},
                      "sharding": sharding or {}, "cluster": {"num_workers": 2}})
+
+
+def check_shard_bench(out_dir, run) -> None:
+    """What a `lifelong shard-bench` run on 1 and 2 workers must have written under `out_dir`: every
+    plan the CPU allows ran, and the measurements behave as the plans say (row-wise halves memory per
+    rank, one rank moves nothing, data-parallel replaces the all-to-alls with an all-reduce of the
+    tables); the run file's `sharding` constraints hold in the planner's plan; no scratch runs left."""
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    out = Path(out_dir) / run.name
+    rows = json.loads((out / "shard_bench.json").read_text())
+    by = {(r["world_size"], r["plan"]): r for r in rows}
+    plans = ["planner", "data_parallel", "table_wise", "column_wise", "row_wise"]
+    assert sorted(by) == sorted((w, p) for w in (1, 2) for p in plans)
+    errors = {k: r["error"] for k, r in by.items() if r.get("error")}
+    # On CPU, fbgemm's dense kernel behind data-parallel EmbeddingCollection shards returns one row per
+    # bag, not per id (TorchRec 1.8): the planner is never given that type there, and the bench reports
+    # the forced plan with that reason instead of a raw kernel error.
+    assert {p for _, p in errors} <= {"data_parallel"}, errors
+    assert all("data_parallel cannot be used on cpu" in e and "one row per bag" in e for e in errors.values())
+    for r in (r for r in rows if not r.get("error")):
+        assert r["samples_per_s"] > 0 and len(r["emb_mb"]) == len(r["est_mb"]) == r["world_size"]
+        assert all(x > 0 for x in r["est_mb"]) or r["plan"] == "table_wise"
+    for table, types in run.sharding.items():
+        assert any(f"{table}: {t}" in by[2, "planner"]["plan_text"] for t in types), (table, types)
+    for p in plans:
+        if (1, p) not in errors:
+            assert by[1, p]["a2a_mb_per_step"] == [0.0] and by[1, p]["allreduce_mb_per_step"] == 0.0
+    full = by[1, "table_wise"]["emb_mb"][0]
+    rw = by[2, "row_wise"]["emb_mb"]
+    assert all(abs(x - full / 2) < 0.1 * full for x in rw), (rw, full)  # each rank holds half the rows
+    if (2, "data_parallel") not in errors:
+        assert by[2, "data_parallel"]["emb_mb"][0] == pytest.approx(full, rel=0.05)  # replicated
+        assert by[2, "data_parallel"]["a2a_mb_per_step"] == [0.0, 0.0]
+        # DP all-reduces every table's gradient beyond the dense part.
+        assert by[2, "data_parallel"]["allreduce_mb_per_step"] > by[2, "table_wise"]["allreduce_mb_per_step"]
+    for p in ("table_wise", "row_wise", "column_wise"):
+        assert sum(by[2, p]["a2a_mb_per_step"]) > 0
+    for f in ("shard_bench.md", "shard_bench.csv", "shard_bench.png", "plans.txt"):
+        assert (out / f).stat().st_size > 0
+    assert "# world 2, planner\n" in (out / "plans.txt").read_text()
+    assert not list(out.parent.glob(f"{run.name}.w*")) and not [p for p in out.iterdir() if p.name.startswith("w")]

@@ -18,6 +18,7 @@ import pytest
 from lifelong.cluster import logs
 from lifelong.jobs.cli import _run_file, parser
 from lifelong.jobs.config import load_run_file
+from tests.helpers import check_shard_bench
 
 ROOT = Path(__file__).parents[1]
 LIFELONG = ".venv/bin/lifelong "
@@ -105,5 +106,7 @@ def test_readme_command_runs_verbatim(cmd, scratch):
         assert summary["model"] == run.model and summary["train_steps"] <= 2 and 0 < summary["valid_auc"] < 1
     if argv[1] == "evaluate":
         assert json.loads(done.stdout[done.stdout.index("{"):])["split"] == "test"
-    if argv[1] == "shard-bench":
+    if argv[1] == "shard-bench":  # both README runs are the shard-bench tests (world sizes 1 and 2)
         assert "plans.txt" in done.stdout and "| planner |" in done.stdout
+        run = _run_file(parser().parse_args(argv[1:]))
+        check_shard_bench(scratch / run.output_dir, run)
