@@ -3,7 +3,8 @@
 Every command of every ```bash block is accounted for: the single runs (`train`, `prepare`,
 `evaluate`, `shard-bench`) run here verbatim, in README order, from a scratch directory that holds
 links to `.venv` and `configs` (so `runs/` lands there), capped with the documented `--max-steps`
-(train) or `--steps` (shard-bench); the others are named with the test that covers them or why
+(train) or `--steps` (shard-bench), the first on its own embedded Ray and the rest on one shared
+local Ray; the others are named with the test that covers them or why
 none can here. Every `lifelong` command also parses with the CLI and its run file validates.
 """
 import json
@@ -80,11 +81,27 @@ def scratch(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One local Ray that every command but the first joins through RAY_ADDRESS, as a command inside
+    `ray job submit` does: the first (`make run`'s) starts its own embedded Ray as a new user's
+    would; the others would each pay Ray's start and stop and cold Ray Data workers (~10 s)."""
+    import ray
+
+    from lifelong.cluster.connect import STARTUP
+
+    ctx = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _system_config=STARTUP)
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()
+
+
 @pytest.mark.parametrize("cmd", runnable())
-def test_readme_command_runs_verbatim(cmd, scratch):
+def test_readme_command_runs_verbatim(cmd, scratch, shared_ray):
     argv = shlex.split(cmd)
     argv += CAPS.get(argv[1], [])
-    env = {k: v for k, v in os.environ.items() if k != logs.ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (logs.ENV, "RAY_ADDRESS")}
+    if cmd != MAKE_RUN:
+        env["RAY_ADDRESS"] = shared_ray
     done = subprocess.run(argv, cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
     out = done.stdout + done.stderr
     if "--address" in argv:  # no cluster named `head` here: a clear one-line error, at once

@@ -44,7 +44,8 @@ def samples_key(run: RunFile) -> str:
 
 def prepare(run: RunFile, num_workers: int | None = None) -> tuple[Path, LogMeta, dict]:
     """Samples directory, log meta and the build report (cached: reused when present)."""
-    out = Path(run.output_dir) / "samples" / samples_key(run)
+    # absolute: Ray Data tasks write and read it from their own working directory
+    out = (Path(run.output_dir) / "samples" / samples_key(run)).resolve()
     if (out / REPORT).exists():
         report = json.loads((out / REPORT).read_text())
         return out, LogMeta(**report["meta"]), report

@@ -30,7 +30,7 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
                  loop_config: Optional[dict] = None, relay: Optional[ActorHandle] = None) -> TorchTrainer:
     """A TorchTrainer running `loop` (default: training) on the job's sample splits; its workers say
     their lines through `relay` (`lifelong.cluster.logs.relayed`) when one is given."""
-    cluster = resolve(cluster)
+    cluster, samples_dir = resolve(cluster), Path(samples_dir).resolve()  # workers do not share our cwd
     store = store_path(samples_dir, job.samples.layout)  # workers read it from shared storage
     return TorchTrainer(
         loop,
