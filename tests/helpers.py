@@ -82,3 +82,27 @@ def check_shard_bench(out_dir, run) -> None:
         assert (out / f).stat().st_size > 0
     assert "# world 2, planner\n" in (out / "plans.txt").read_text()
     assert not list(out.parent.glob(f"{run.name}.w*")) and not [p for p in out.iterdir() if p.name.startswith("w")]
+
+
+# What every multi-process test's ranks import: loaded once, in the fork server they are forked from.
+RANK_PRELOAD = ["torch", "torchrec", "lifelong.trainers.model_setup", "lifelong.trainers.checkpoint",
+                "lifelong.embeddings.state", "lifelong.trainers.inputs", "tests.helpers"]
+
+
+def start_ranks(fn, args: tuple, nprocs: int, timeout_s: float = 600.0) -> None:
+    """Run `fn(rank, *args)` in `nprocs` processes forked from a fork server that imported torch,
+    TorchRec and lifelong once (a spawned rank spends ~4 s importing them); raises if a rank fails or
+    the ranks are still running after `timeout_s`."""
+    import multiprocessing
+    import time
+
+    import torch.multiprocessing as mp
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(RANK_PRELOAD + [fn.__module__])
+    ranks = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="forkserver")
+    deadline = time.monotonic() + timeout_s
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            raise TimeoutError(f"{nprocs} rank(s) of {fn.__name__} still running after {timeout_s:.0f} s")

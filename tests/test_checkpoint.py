@@ -9,13 +9,12 @@ import shutil
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lifelong.embeddings.state import gather_full_state
 from lifelong.trainers import checkpoint
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.model_setup import sharded_model
-from tests.helpers import tiny_job, tiny_samples
+from tests.helpers import start_ranks, tiny_job, tiny_samples
 
 N, NEXT, B = 3, 5, 16  # save after N steps, then compare NEXT more; B rows per rank and step
 SAVE_PLAN = {"item": ["row_wise"], "cat": ["table_wise"], "user": ["row_wise"]}
@@ -85,7 +84,7 @@ def saved(tmp_path_factory):
     """A directory holding `ckpt`, a checkpoint written by 2 ranks (row-wise item table), and the
     uninterrupted run's losses, state and predictions."""
     out = str(tmp_path_factory.mktemp("ckpt"))
-    mp.start_processes(_train_and_save, args=(os.path.join(out, "pg0"), out), nprocs=2, start_method="spawn")
+    start_ranks(_train_and_save, (os.path.join(out, "pg0"), out), 2)
     return out
 
 
@@ -94,16 +93,15 @@ def test_resume_is_exact_and_checkpoints_reshard(saved):
     pg = lambda: os.path.join(out, f"pg{len(os.listdir(out))}")  # noqa: E731  fresh rendezvous file
     ref = [torch.load(f"{out}/run.{r}", weights_only=True) for r in range(2)]
     # 1. Same plan, same world: the next NEXT losses are exactly those of the uninterrupted run.
-    mp.start_processes(_resume, args=(2, pg(), out, SAVE_PLAN, "same"), nprocs=2, start_method="spawn")
+    start_ranks(_resume, (2, pg(), out, SAVE_PLAN, "same"), 2)
     same = [torch.load(f"{out}/same.{r}", weights_only=True) for r in range(2)]
     for r in range(2):
         assert same[r]["trainer"] == {"epoch": 0, "step": N, "world_size": 2}
         assert same[r]["losses"] == ref[r]["losses"], (same[r]["losses"], ref[r]["losses"])
     # 2. Other plan on 2 ranks, and 1 rank: tables gathered equal exactly, predictions within 1e-5.
     other = {"item": ["column_wise"], "cat": ["row_wise"], "user": ["table_wise"]}
-    mp.start_processes(_resume, args=(2, pg(), out, other, "other"), nprocs=2, start_method="spawn")
-    mp.start_processes(_resume, args=(1, pg(), out, {"item": ["table_wise"]}, "one"), nprocs=1,
-                       start_method="spawn")
+    start_ranks(_resume, (2, pg(), out, other, "other"), 2)
+    start_ranks(_resume, (1, pg(), out, {"item": ["table_wise"]}, "one"), 1)
     for tag in ("other", "one"):
         got = torch.load(f"{out}/{tag}.0", weights_only=True)
         for name, want in ref[0]["state"].items():

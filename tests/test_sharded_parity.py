@@ -8,14 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lifelong.embeddings.state import gather_full_state, load_full_state
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping, lr_groups
 from lifelong.trainers.model_setup import plain_model, sharded_model
-from tests.helpers import tiny_job, tiny_samples
+from tests.helpers import start_ranks, tiny_job, tiny_samples
 
 WORLD = 2
 LR_DENSE, LR_SPARSE = 0.05, 200.0  # embedding grads are tiny: a large LR makes their step visible
@@ -101,8 +100,7 @@ def test_sharded_equals_unsharded_after_one_step(model, sharding):
     assert emb_step > 1e-2, f"embedding step {emb_step} too small for the test to see"
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out")
-        mp.start_processes(_worker, args=(os.path.join(tmp, "pg"), job, batch, halves, init, out),
-                           nprocs=WORLD, start_method="spawn")
+        start_ranks(_worker, (os.path.join(tmp, "pg"), job, batch, halves, init, out), WORLD)
         r0, r1 = torch.load(out + ".0", weights_only=True), torch.load(out + ".1", weights_only=True)
     got_before = torch.cat([r0["before"], r1["before"]])
     got_after = torch.cat([r0["after"], r1["after"]])
@@ -157,8 +155,7 @@ def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse, lr_scale, l
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "state")
         fused_job = replace(job, train=replace(job.train, sparse_lr=0.3, dense_lr=1e-2))
-        mp.start_processes(_fused_steps, args=(os.path.join(tmp, "pg"), fused_job, init, tables, out, lr_scale),
-                           nprocs=1, start_method="spawn")
+        start_ranks(_fused_steps, (os.path.join(tmp, "pg"), fused_job, init, tables, out, lr_scale), 1)
         got = torch.load(out, weights_only=True)
     for name, want in model.state_dict().items():
         assert torch.allclose(got[name], want, atol=1e-5), (name, (got[name] - want).abs().max())
