@@ -62,8 +62,9 @@ def zoo_loop_per_worker(config: dict) -> None:
     train_shard, valid_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
     store, run_dir = load_store(config), Path(config["run_dir"])
     first = JobSpec.from_dict(config["jobs"][0]).train  # every job of a data set has the same train section
-    train_rows = list(train_shard.iter_batches(batch_size=first.batch_size, batch_format="pyarrow",
-                                               drop_last=True))[:first.max_steps]
+    # the whole shard is read (both ranks' iterations end together) but only the first max_steps batches kept
+    train_rows = [b for i, b in enumerate(train_shard.iter_batches(
+        batch_size=first.batch_size, batch_format="pyarrow", drop_last=True)) if i < first.max_steps]
     valid_rows = list(valid_shard.iter_batches(batch_size=first.eval_batch_size, batch_format="pyarrow"))
     results = {}
     for job_dict in config["jobs"]:
