@@ -31,7 +31,7 @@ from lifelong.jobs.train import job_spec
 from lifelong.models import names
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.inputs import load_store, make_collator
+from lifelong.trainers.inputs import load_store, make_collator, make_eval_collator
 from lifelong.trainers.loop import evaluate, fit_epoch
 from lifelong.trainers.model_setup import sharded_model
 from lifelong.trainers.trainer import make_trainer
@@ -72,13 +72,12 @@ def zoo_loop_per_worker(config: dict) -> None:
         t = job.train
         torch.manual_seed(t.seed)
         model, optimizer, plan = sharded_model(job, device, pg)
-        collate, full = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
-        valid = lambda history: map(full if history else collate, valid_rows)  # noqa: E731
-        metrics = fit_epoch(model, optimizer, t, device, map(collate, train_rows), valid)
+        collate, valid = make_collator(job, store=store), make_eval_collator(job, store=store)
+        metrics = fit_epoch(model, optimizer, t, device, map(collate, train_rows), map(valid, valid_rows))
         checkpoint.save(model, run_dir / job.model, job_dict, describe(plan), metrics, optimizer)
         fresh, fresh_optimizer, _ = sharded_model(job, device, pg)
         checkpoint.load(fresh, run_dir / job.model, fresh_optimizer)
-        results[job.model] = {**metrics, "reloaded_auc": evaluate(fresh, valid(False), device)["auc"]}
+        results[job.model] = {**metrics, "reloaded_auc": evaluate(fresh, map(collate, valid_rows), device)["auc"]}
     if dist.get_rank() == 0:
         (run_dir / RESULTS).write_text(json.dumps(results))
     ray.train.report({"models": len(results)})

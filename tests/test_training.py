@@ -61,11 +61,11 @@ def test_fit_local_stops_early_and_restores_the_best_epochs_weights(monkeypatch,
                    diagnostic_batches=0)
     seen = []  # weights at each validation
 
-    def scripted(model, batches, device):
+    def scripted(model, batches, device, diagnostic_batches):
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return {"auc": scores[len(seen) - 1]}
 
-    monkeypatch.setattr(loop, "evaluate", scripted)
+    monkeypatch.setattr(loop, "validate", scripted)
     model, history = local.fit_local(job, samples.slice(0, split), samples.slice(split))
     assert len(seen) == stop_after + 1  # validated epochs 0..stop_after, then stopped
     assert history[-1]["best_epoch"] == best and history[-1]["valid_auc"] == scores[best]
@@ -80,7 +80,7 @@ def test_fit_local_decays_the_learning_rates_on_a_plateau(monkeypatch):
     split = samples.num_rows // 2
     job = tiny_job("din", meta, epochs=4, patience=3, lr_decay=0.5, batch_size=32, diagnostic_batches=0)
     scores = iter([0.70, 0.60, 0.65, 0.80])
-    monkeypatch.setattr(loop, "evaluate", lambda model, batches, device: {"auc": next(scores)})
+    monkeypatch.setattr(loop, "validate", lambda model, batches, device, diagnostic_batches: {"auc": next(scores)})
     made = []
     monkeypatch.setattr(local, "local_optimizer", lambda job, model: made.append(real(job, model)) or made[-1])
     real = local_optimizer

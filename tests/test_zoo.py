@@ -13,7 +13,8 @@ from lifelong.models import entry, names
 from lifelong.models.gsu.base import valid_slots
 from lifelong.models.two_stage import TwoStage
 from lifelong.trainers.inputs import make_collator
-from lifelong.trainers.local import fit_local
+from lifelong.trainers.local import batches, eval_batches, fit_local
+from lifelong.trainers.loop import evaluate, validate
 from lifelong.trainers.model_setup import plain_model
 from tests.helpers import tiny_job, tiny_samples
 
@@ -121,6 +122,32 @@ def test_gsu_recall_is_a_fraction_and_twin_is_consistent(name):
         assert torch.allclose(recall, torch.ones_like(recall))
     elif name == "sim_hard":
         assert recall.mean() < 1  # category match is not what the untrained ESU would pick
+
+
+@pytest.mark.parametrize("name", ["sim_hard", "twin"])
+def test_one_validation_pass_equals_evaluate_plus_the_recall_of_the_first_batches(name):
+    """`validate` reads the valid batches once: its AUC/logloss are `evaluate`'s, its GSU recall the
+    eligible-row mean over the first n batches' full histories, collated for those n batches only."""
+    samples, meta = tiny_samples()
+    job = tiny_job(name, meta, {"k": K}, eval_batch_size=16)  # sim_hard's GSU runs in collate here
+    torch.manual_seed(0)
+    model = plain_model(job).eval()
+    full, n = make_collator(job, full_history=True), 3
+    asked = []
+    items = list(eval_batches(samples, job))
+    for item in items:
+        item.full_history = (lambda f: lambda: asked.append(1) or f())(item.full_history)
+    got = validate(model, items, torch.device("cpu"), n)
+    want = evaluate(model, batches(samples, job, 16, None), torch.device("cpu"))
+    assert got["auc"] == pytest.approx(want["auc"], abs=1e-12) and got["logloss"] == pytest.approx(want["logloss"])
+    assert len(asked) == n and len(items) > n
+    recall = [model.gsu_recall(full(samples.slice(16 * i, 16))) for i in range(n)]
+    rows = sum(int(e.sum()) for _, e in recall)
+    assert got["gsu_recall_rows"] == rows > 0
+    assert got["gsu_recall"] == pytest.approx(sum(float((r * e).sum()) for r, e in recall) / rows)
+    if name == "sim_hard":  # the model's batches are the GSU's k, not the full history
+        assert items[0].batch.long_len == K < items[0].full_history().long_len
+    assert "gsu_recall" not in validate(model, items, torch.device("cpu"), 0)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -3,7 +3,7 @@ models import neither Ray nor the collator."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -58,3 +58,12 @@ class Batch:
     @property
     def size(self) -> int:
         return int(self.labels.shape[0])
+
+
+@dataclass
+class EvalBatch:
+    """A validation batch and, on demand, the same rows with their whole lifelong history (no
+    collate-time GSU): what the GSU consistency diagnostics read, in the same pass."""
+
+    batch: Batch
+    full_history: Callable[[], Batch]

@@ -17,7 +17,7 @@ from torchrec import KeyedJaggedTensor
 
 from lifelong.data.samples import concat_ranges, list_arrays
 from lifelong.data.store import SequenceStore
-from lifelong.embeddings.batch import Batch, Prefilter
+from lifelong.embeddings.batch import Batch, EvalBatch, Prefilter
 from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, USER, FeatureSpec, SideTable, feature_name, features
 
 
@@ -125,3 +125,14 @@ class Collator(ArrowBatchCollateFn):
             bad = ids[(ids < 0) | (ids >= num_embeddings)][0]
             raise FeatureRangeError(
                 f"feature '{feature}': id {int(bad)} outside table of {num_embeddings} rows [0, {num_embeddings})")
+
+
+class EvalCollator(ArrowBatchCollateFn):
+    """Arrow sample batch -> `EvalBatch`: the model's batch now (in the iterator's prefetch threads),
+    the full-history batch (`full`, a collator without prefilter) only when it is asked for."""
+
+    def __init__(self, collate: Collator, full: Collator) -> None:
+        self.collate, self.full = collate, full
+
+    def __call__(self, table: pa.Table) -> EvalBatch:
+        return EvalBatch(self.collate(table), lambda: self.full(table))

@@ -10,6 +10,7 @@ from lifelong.models.registry import make_config, model_config
 
 SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad", "adam")
 DENSE_OPTIMIZERS = ("adam", "sgd", "adagrad")
+PARQUET_READERS = ("tasks", "footer_actors")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class TrainConfig:
     prefetch_batches: int = 2
     shuffle: str = "global"  # global (Ray Data random_shuffle), local (buffer per worker), none
     local_shuffle_buffer: int = 16384
+    parquet_reader: str = "tasks"  # how Ray Data reads the sample files each epoch: "tasks" (its V1
+    #                                datasource: footers read once on the driver, one read task per file) or
+    #                                "footer_actors" (V2: a new pool of footer-reading actors per read, built
+    #                                for thousands of files on object storage; ~2-4 s more per read here)
     diagnostic_batches: int = 8  # validation batches for the GSU/ESU consistency recall; 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
     keep_checkpoints: int = 2  # Ray Train deletes older ones
@@ -55,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"train.fault '{self.fault}' not in ('exit', 'hang')")
         if self.shuffle not in ("global", "local", "none"):
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
+        if self.parquet_reader not in PARQUET_READERS:
+            raise ValueError(f"train.parquet_reader '{self.parquet_reader}' not in {PARQUET_READERS}")
         if self.key_cache_every < 0:
             raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
         if self.grad_clip < 0 or self.patience < 0 or self.embedding_l2 < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from lifelong.data.store import SequenceStore
-from lifelong.embeddings.collate import Collator
+from lifelong.embeddings.collate import Collator, EvalCollator
 from lifelong.models import entry
 from lifelong.trainers.config import JobSpec
 
@@ -17,6 +17,11 @@ def make_collator(job: JobSpec, full_history: bool = False, store: Optional[Sequ
         raise ValueError(f"samples.layout '{job.samples.layout}' needs a sequence store exactly when it is 'store'")
     return Collator(job.features, job.samples.short_len, job.samples.max_len, inputs.use_long,
                     None if full_history else inputs.prefilter, inputs.side_tables, store)
+
+
+def make_eval_collator(job: JobSpec, store: Optional[SequenceStore] = None) -> EvalCollator:
+    """The validation collator: the model's batches, and their full histories for the diagnostics."""
+    return EvalCollator(make_collator(job, store=store), make_collator(job, full_history=True, store=store))
 
 
 def load_store(config: dict) -> Optional[SequenceStore]:

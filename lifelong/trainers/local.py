@@ -12,9 +12,9 @@ import pyarrow as pa
 import torch
 
 from lifelong.data.store import SequenceStore
-from lifelong.embeddings.batch import Batch
+from lifelong.embeddings.batch import Batch, EvalBatch
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.inputs import make_collator
+from lifelong.trainers.inputs import make_collator, make_eval_collator
 from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, fit_epoch, lr_groups
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
 
@@ -59,6 +59,13 @@ def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, fu
         yield collate(table.take(pa.array(order[i:i + batch_size])))
 
 
+def eval_batches(table: pa.Table, job: JobSpec, store: Optional[SequenceStore] = None) -> Iterator[EvalBatch]:
+    """The table's validation batches in order, each with its full-history batch on demand."""
+    collate, table = make_eval_collator(job, store), one_chunk(table)
+    for i in range(0, table.num_rows, job.train.eval_batch_size):
+        yield collate(table.slice(i, job.train.eval_batch_size))
+
+
 def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
     """The job's sparse and dense optimisers over an unsharded model: the same optimiser classes the
     sharded path fuses (TorchRec's RowWiseAdagrad updates exactly the rows the fused kernel does)."""
@@ -88,11 +95,10 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     stopper = EarlyStopping(job.train.patience, lr_decay=job.train.lr_decay) if job.train.patience else None
     base_lr = [g["lr"] for g in lr_groups(model, opt)] if stopper is not None else []
     best_state: dict = {}
-    valid_batches = lambda full: batches(valid, job, job.train.eval_batch_size, None, full, store)  # noqa: E731
     for epoch in range(job.train.epochs):
         train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
-        history.append({"epoch": epoch, **fit_epoch(model, opt, job.train, device, train_batches, valid_batches,
-                                                    keys)})
+        history.append({"epoch": epoch, **fit_epoch(model, opt, job.train, device, train_batches,
+                                                    eval_batches(valid, job, store), keys)})
         best, stop = stopper.after_epoch(epoch, history[-1], model, opt, base_lr) if stopper else (False, False)
         if best:
             best_state = copy.deepcopy(model.state_dict())

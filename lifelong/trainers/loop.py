@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from lifelong.embeddings.batch import Batch
+from lifelong.embeddings.batch import Batch, EvalBatch
 from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.metrics import evaluate_arrays
 
@@ -111,21 +111,19 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
 
 
 def fit_epoch(model: torch.nn.Module, optimizer, t: TrainConfig, device: torch.device, batches: Iterable[Batch],
-              valid: Callable[[bool], Iterable[Batch]], keys: Optional["KeyCacheRefresh"] = None,
-              **hooks) -> dict:
+              valid: Iterable[EvalBatch], keys: Optional["KeyCacheRefresh"] = None, **hooks) -> dict:
     """One epoch of the training core, the same in-process, on a Ray worker and in tests: a training
     pass (`train_epoch`; `hooks` are its start / every / on_checkpoint / on_step / log_every / show),
-    the key cache refreshed so evaluation reads fresh keys, valid AUC / GAUC / logloss and the GSU
-    consistency diagnostics. `valid(full_history)` gives the valid batches, with the full lifelong
-    history when `full_history`. Returns flat `train_*`, `valid_*` and `key_cache_*` metrics."""
+    the key cache refreshed so evaluation reads fresh keys, then one pass over the `valid` batches
+    (`validate`: AUC / GAUC / logloss and the GSU consistency diagnostics). Returns flat `train_*`,
+    `valid_*` and `key_cache_*` metrics."""
     hooks.setdefault("log_every", 0)
     hooks.setdefault("show", False)
     stats = train_epoch(model, optimizer, batches, device, t.max_steps, before_step=keys.step if keys else None,
                         grad_clip=t.grad_clip, **hooks)
     if keys is not None:
         keys.refresh()
-    metrics = evaluate(model, valid(False), device)
-    metrics.update(gsu_consistency(model, valid(True), device, t.diagnostic_batches))
+    metrics = validate(model, valid, device, t.diagnostic_batches)
     return {**{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in metrics.items()},
             **(keys.metrics() if keys is not None else {})}
 
@@ -256,31 +254,29 @@ def topk_overlap(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, to
     return float((hit.any(2) & vb).sum() / vb.sum().clamp(min=1))
 
 
-def _eval_lockstep(batches: Iterable[Batch], device: torch.device, max_batches: int = 0
-                   ) -> Iterator[tuple[Batch, bool]]:
-    """(batch, real) while any rank has batches left (at most max_batches if > 0); a rank that ran
-    out repeats its last batch with real=False, so the sharded lookups stay in step."""
-    it = iter(batches)
-    last: Optional[Batch] = None
-    n = 0
-    while not max_batches or n < max_batches:
+def _eval_lockstep(items: Iterable, device: torch.device) -> Iterator[tuple]:
+    """(item, real) while any rank has items left; a rank that ran out repeats its last item with
+    real=False, so the sharded lookups stay in step."""
+    it = iter(items)
+    last = None
+    while True:
         nxt = next(it, None)
         if not _any_rank(nxt is not None, device):
             return
-        batch = nxt if nxt is not None else last
-        if batch is None:
+        item = nxt if nxt is not None else last
+        if item is None:
             raise RuntimeError("a rank has no evaluation data at all; use fewer workers")
-        last, n = batch, n + 1
-        yield batch, nxt is not None
+        last = item
+        yield item, nxt is not None
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device
+def _scores(model: torch.nn.Module, pairs: Iterable[tuple[Batch, bool]], device: torch.device
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, labels, users) of this rank's batches, running in step with the other ranks."""
+    """(logits, labels, users) of the real batches of lockstep (batch, real) pairs."""
     model.eval()
     out_s, out_l, out_u = [], [], []
-    for batch, real in _eval_lockstep(batches, device):
+    for batch, real in pairs:
         logits = model(batch.to(device))
         if real:
             out_s.append(logits.float().cpu().numpy())
@@ -290,30 +286,14 @@ def predict(model: torch.nn.Module, batches: Iterable[Batch], device: torch.devi
     return cat(out_s, np.float64), cat(out_l, np.float64), cat(out_u, np.int64)
 
 
-@torch.no_grad()
-def gsu_consistency(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
-                    max_batches: int) -> dict:
-    """Mean recall of a two-stage model's GSU top-k against the exact top-k of its ESU relevance over
-    all L, over rows with more than k behaviours (all ranks); {} for other models. The batches must
-    carry the full lifelong history (no collate-time GSU)."""
-    module = model.module if hasattr(model, "module") else model
-    if not hasattr(module, "gsu_recall") or max_batches <= 0:
-        return {}
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # recall sum, rows
-    for batch, real in _eval_lockstep(batches, device, max_batches):
-        recall, eligible = module.gsu_recall(batch.to(device))
-        if real:
-            total += torch.stack([(recall * eligible).sum(), eligible.sum()]).double()
-    if dist.is_initialized():
-        dist.all_reduce(total)
-    rows = int(total[1].item())
-    return {"gsu_recall": total[0].item() / rows if rows else math.nan, "gsu_recall_rows": rows}
+def predict(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, users) of this rank's batches, running in step with the other ranks."""
+    return _scores(model, _eval_lockstep(batches, device), device)
 
 
-def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> dict:
-    """AUC, GAUC and logloss over all ranks' rows (gathered, then computed on every rank)."""
-    s, y, u = predict(model, batches, device)
+def _all_ranks_metrics(s: np.ndarray, y: np.ndarray, u: np.ndarray) -> dict:
+    """AUC, GAUC and logloss of every rank's (logits, labels, users), gathered to every rank."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, (s, y, u))
@@ -321,3 +301,36 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.dev
     if not np.isfinite(s).all():
         raise NonFiniteLoss(f"{int((~np.isfinite(s)).sum())} non-finite predictions in evaluation")
     return evaluate_arrays(s, y, u)
+
+
+def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> dict:
+    """AUC, GAUC and logloss over all ranks' rows (gathered, then computed on every rank)."""
+    return _all_ranks_metrics(*predict(model, batches, device))
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches: Iterable[EvalBatch], device: torch.device,
+             diagnostic_batches: int) -> dict:
+    """`evaluate` and, in the same pass over the batches, the GSU consistency diagnostics of a
+    two-stage model on the full histories of the first `diagnostic_batches` (0: off): the mean recall
+    of its GSU top-k against the exact top-k of its ESU relevance over all L, over rows with more
+    than k behaviours (all ranks)."""
+    module = model.module if hasattr(model, "module") else model
+    diagnose = diagnostic_batches if hasattr(module, "gsu_recall") else 0
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # recall sum, rows
+
+    def pairs() -> Iterator[tuple[Batch, bool]]:
+        for n, (item, real) in enumerate(_eval_lockstep(batches, device)):
+            if n < diagnose:  # every rank at the same lockstep batch: the sharded lookups stay paired
+                recall, eligible = module.gsu_recall(item.full_history().to(device))
+                if real:
+                    total.add_(torch.stack([(recall * eligible).sum(), eligible.sum()]).double())
+            yield item.batch, real
+
+    metrics = _all_ranks_metrics(*_scores(model, pairs(), device))
+    if diagnose:
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        rows = int(total[1].item())
+        metrics.update(gsu_recall=total[0].item() / rows if rows else math.nan, gsu_recall_rows=rows)
+    return metrics

@@ -16,12 +16,22 @@ from lifelong.trainers.config import JobSpec
 from lifelong.trainers.worker import train_loop_per_worker
 
 
+def read_samples(path: Path, reader: str) -> ray.data.Dataset:
+    """One split's sample files as a Dataset, read by `reader` (`TrainConfig.parquet_reader`)."""
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, reader == "footer_actors"
+    try:
+        return ray.data.read_parquet(str(path))
+    finally:
+        ctx.use_datasource_v2 = before
+
+
 def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data.Dataset]:
-    samples_dir = Path(samples_dir)
-    train = ray.data.read_parquet(str(samples_dir / "train"))
+    samples_dir, reader = Path(samples_dir), job.train.parquet_reader
+    train = read_samples(samples_dir / "train", reader)
     if job.train.shuffle == "global":
         train = train.random_shuffle(seed=job.train.seed)
-    return {"train": train, "valid": ray.data.read_parquet(str(samples_dir / "valid"))}
+    return {"train": train, "valid": read_samples(samples_dir / "valid", reader)}
 
 
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,

@@ -20,7 +20,7 @@ from lifelong.embeddings.plan import describe
 from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
-from lifelong.trainers.inputs import load_store, make_collator
+from lifelong.trainers.inputs import load_store, make_collator, make_eval_collator
 from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, fit_epoch, lr_groups
 from lifelong.trainers.metrics import peak_rss_mb
 from lifelong.trainers.model_setup import sharded_model
@@ -146,7 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
                  f"batch={job.train.batch_size} per worker ({job.train.batch_size * world} a step)\n"
                  f"[lifelong] sharding plan:\n{plan_text}")
     store = load_store(config)
-    collate, full_collate = make_collator(job, store=store), make_collator(job, full_history=True, store=store)
+    collate, eval_collate = make_collator(job, store=store), make_eval_collator(job, store=store)
     t = job.train
     state = resume(model, optimizer, config["job"], rank, config.get("run_dir"))
     metrics: dict = state.get("metrics", {})
@@ -193,9 +193,8 @@ def train_loop_per_worker(config: dict) -> None:
             if t.shuffle == "local" else {}
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, drop_last=True,
                                                  prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
-        valid_batches = lambda full: valid_shard.iter_torch_batches(  # noqa: E731
-            batch_size=t.eval_batch_size, collate_fn=full_collate if full else collate,
-            prefetch_batches=t.prefetch_batches, device="cpu")
+        valid_batches = valid_shard.iter_torch_batches(batch_size=t.eval_batch_size, collate_fn=eval_collate,
+                                                       prefetch_batches=t.prefetch_batches, device="cpu")
         epoch_metrics = fit_epoch(
             model, optimizer, t, device, batches, valid_batches, keys, log_every=t.log_every,
             show=rank == 0 and not logs.relaying(), start=start_step if epoch == start_epoch else 0,
