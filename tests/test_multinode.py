@@ -45,6 +45,20 @@ def test_example_gpu_cluster_files_load():
     assert scaling_config(resolve(run.cluster, {"CPU": 32.0, "GPU": 4.0})).num_workers == 4
 
 
+def test_the_poll_interval_reaches_ray_trains_controller(monkeypatch, tmp_path):
+    """`cluster.poll_s` is set where Ray Train's controller reads it: a driver environment variable
+    that Ray Train propagates to the controller (each report waits for a poll: 2 s by Ray's default)."""
+    from ray.train.v2._internal.constants import HEALTH_CHECK_INTERVAL_S_ENV_VAR, get_env_vars_to_propagate
+
+    from lifelong.cluster.connect import POLL_ENV, controller_env
+
+    monkeypatch.delenv(POLL_ENV, raising=False)
+    controller_env(ClusterConfig(poll_s=0.25))
+    assert POLL_ENV == HEALTH_CHECK_INTERVAL_S_ENV_VAR and get_env_vars_to_propagate()[POLL_ENV] == "0.25"
+    with pytest.raises(ValueError, match="poll_s"):
+        ClusterConfig(poll_s=0)
+
+
 @pytest.mark.ray
 def test_two_node_cluster_spreads_workers_and_trains(tmp_path):
     import ray

@@ -24,6 +24,7 @@ PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 # Ray Train's workers, Ray Data's tasks and actors start together at a run's start; on a small
 # machine Ray's default (one worker start per CPU at a time) makes the raylet warn on every run.
 STARTUP = {"worker_maximum_startup_concurrency": 16}
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller, propagated from the driver by Ray Train
 DATA_CPUS = 2  # CPUs left free for Ray Data's read/collate tasks when num_workers is auto
 
 
@@ -37,12 +38,16 @@ class ClusterConfig:
     placement_strategy: str = "PACK"  # Ray placement group strategy; SPREAD puts workers on many nodes
     local_cpus: Optional[int] = None  # logical CPUs of the embedded local Ray (default below)
     collective_timeout_s: int = 120
+    poll_s: float = 0.5  # how often Ray Train's controller polls the workers (Ray's default: 2 s). A worker's
+    #                      `ray.train.report` (every checkpoint, every epoch) waits for the next poll
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ValueError("cluster.num_workers must be >= 1, or 0 for auto")
         if self.placement_strategy not in PLACEMENT:
             raise ValueError(f"cluster.placement_strategy '{self.placement_strategy}' not in {PLACEMENT}")
+        if self.poll_s <= 0:
+            raise ValueError("cluster.poll_s must be > 0")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
             raise ValueError("cluster.cpus_per_worker and cluster.gpus_per_worker must be > 0")
 
@@ -104,6 +109,11 @@ def resolve(cfg: ClusterConfig, resources: Optional[dict] = None) -> ClusterConf
                          f"CPUs (`ray start --head --num-cpus={int(workers * cfg.cpus_per_worker) + DATA_CPUS}`), "
                          "or set cluster.num_workers lower or cluster.cpus_per_worker below 1")
     return replace(cfg, num_workers=workers, use_gpu=use_gpu)
+
+
+def controller_env(cfg: ClusterConfig) -> None:
+    """Sets the environment that Ray Train copies from the driver to its controller: the poll interval."""
+    os.environ[POLL_ENV] = f"{cfg.poll_s:g}"
 
 
 def scaling_config(cfg: ClusterConfig) -> ScalingConfig:

@@ -10,7 +10,7 @@ from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lifelong.cluster.connect import ClusterConfig, resolve, scaling_config
+from lifelong.cluster.connect import ClusterConfig, controller_env, resolve, scaling_config
 from lifelong.data.store import store_path
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.worker import train_loop_per_worker
@@ -41,6 +41,7 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
     """A TorchTrainer running `loop` (default: training) on the job's sample splits; its workers say
     their lines through `relay` (`lifelong.cluster.logs.relayed`) when one is given."""
     cluster, samples_dir = resolve(cluster), Path(samples_dir).resolve()  # workers do not share our cwd
+    controller_env(cluster)
     store = store_path(samples_dir, job.samples.layout)  # workers read it from shared storage
     return TorchTrainer(
         loop,
