@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import ray
+import ray.data
 
 ENV = "LIFELONG_VERBOSE"
 QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
@@ -43,10 +44,12 @@ def short(v):
 
 def quiet_driver() -> None:
     """Ray's driver-side INFO logs (Ray Data's execution plans and logged progress) off unless verbose;
-    Ray Data still draws its progress bars on a terminal."""
+    Ray Data still draws its progress bars on a terminal, and only there."""
     if verbose():
         return
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data re-reads it when it configures logging
+    if not sys.stderr.isatty():  # e.g. its Parquet reader's file-sampling bar, drawn with \r into a log
+        ray.data.DataContext.get_current().enable_progress_bars = False
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
