@@ -179,7 +179,10 @@ def test_unique_ids_by_marking_rows_equals_torch_unique():
 
 
 @pytest.mark.ray
-def test_key_cache_trains_on_ray_sharded_like_its_source_and_evaluates(ray_local, tmp_path):
+def test_key_cache_and_store_layout_train_on_ray_sharded_like_the_source_and_evaluate(ray_local, tmp_path):
+    """One Ray run for two features: the key cache (TWIN, refreshed every 4 steps, tables sharded like
+    the item table) and the store layout (histories once per user, read by every worker)."""
+    from lifelong.data.store import SequenceStore
     from lifelong.jobs.evaluate import evaluate
     from lifelong.jobs.train import train
 
@@ -188,8 +191,12 @@ def test_key_cache_trains_on_ray_sharded_like_its_source_and_evaluates(ray_local
     steps = s["train_steps"]
     assert steps > 4 and s["key_cache_refreshes"] == -(-steps // 4) + 1  # every 4 steps, then before evaluation
     assert 0 < s["key_cache_rel_change"] < 1 and 0 < s["key_cache_topk_overlap"] <= 1
+    assert 0 <= s["valid_auc"] <= 1 and s["valid_gsu_recall_rows"] > 0
     plan = (tmp_path / "cached" / "plan.txt").read_text()
     assert "item_key: row_wise" in plan and "item_query: row_wise" in plan  # cache tables follow the item table
+    samples_dir = next((tmp_path / "samples").iterdir())
+    assert {"train", "valid", "test", "store"} <= {p.name for p in samples_dir.iterdir()}
+    assert SequenceStore.read(samples_dir / "store").events == 60 * 400  # every history event, once
     again = evaluate(s["checkpoint"], "valid")
     assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]
 

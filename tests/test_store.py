@@ -1,5 +1,6 @@
 """The sequence store layout: each user's history stored once, samples hold hist_end. Batches
-equal those of the copy layout exactly; storage grows with events, not samples x L."""
+equal those of the copy layout exactly; storage grows with events, not samples x L. On Ray the layout
+trains in tests/test_key_cache.py (TWIN with the key cache) and in the README's synthetic run."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -15,7 +16,7 @@ from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.jobs.config import run_file
 from lifelong.jobs.prepare import samples_key
 from lifelong.trainers.inputs import make_collator
-from tests.helpers import store_run, tiny_job
+from tests.helpers import tiny_job
 
 COPY = SampleConfig(max_len=64, short_len=8, sample_behaviors=(1,), history_behaviors=(0,))
 STORE = replace(COPY, layout="store")
@@ -97,21 +98,6 @@ def test_store_errors_name_the_user():
         store.lists(pa.array([3]).to_numpy(), pa.array([5]).to_numpy(), 8)
     offsets, values = store.lists(pa.array([3, 3]).to_numpy(), pa.array([2, 1]).to_numpy(), 1)
     assert offsets.tolist() == [0, 1, 2] and values["hist_item"].tolist() == [2, 1]  # last max_len before end
-
-
-@pytest.mark.ray
-def test_store_layout_trains_on_ray_and_evaluates(ray_local, tmp_path):
-    from lifelong.jobs.evaluate import evaluate
-    from lifelong.jobs.train import train
-
-    run = store_run(tmp_path, "store", "sim_hard", {"k": 16})
-    s = train(run)
-    assert s["train_steps"] > 0 and 0 <= s["valid_auc"] <= 1 and s["valid_gsu_recall_rows"] > 0
-    samples_dir = next((tmp_path / "samples").iterdir())
-    assert {"train", "valid", "test", "store"} <= {p.name for p in samples_dir.iterdir()}
-    assert SequenceStore.read(samples_dir / "store").events == 60 * 400  # every history event, once
-    again = evaluate(s["checkpoint"], "valid")
-    assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]
 
 
 def test_store_samples_do_not_depend_on_max_len_so_lengths_share_one_build(log):
