@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import yaml
 from ray.train import WorkerGroupError
 
 from lifelong.cluster import logs
@@ -25,7 +26,15 @@ def lifelong(*args: str) -> subprocess.CompletedProcess:
 def test_verbose_brings_back_rays_and_the_workers_output(tmp_path):
     # The quiet default (the plan once, one line per epoch, the result last, none of these lines) is
     # checked on every README train command by tests/test_readme.py.
-    loud = lifelong("train", "--model", "din", "--max-steps", "3", "--output-dir", str(tmp_path), "--verbose")
+    # a small planted log in the store layout: what is checked is the output, not the training
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "loud", "model": "din",
+        "data": {"format": "synthetic", "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40, "n_impressions": 20, "seed": 3}},
+        "samples": {"max_len": 64, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
+                    "layout": "store"},
+        "train": {"batch_size": 32, "shuffle": "local"}, "cluster": {"num_workers": 2}}))
+    loud = lifelong("train", "--config", str(cfg), "--max-steps", "3", "--output-dir", str(tmp_path), "--verbose")
     assert loud.returncode == 0, loud.stderr[-3000:]
     both = loud.stdout + loud.stderr
     assert "(RayTrainWorker" in both and "[lifelong] result" in both
