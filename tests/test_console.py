@@ -30,7 +30,8 @@ def test_verbose_brings_back_rays_and_the_workers_output(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({
         "name": "loud", "model": "din",
-        "data": {"format": "synthetic", "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40, "n_impressions": 20, "seed": 3}},
+        "data": {"format": "synthetic",
+                 "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40, "n_impressions": 20, "seed": 3}},
         "samples": {"max_len": 64, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
                     "layout": "store"},
         "train": {"batch_size": 32, "shuffle": "local"}, "cluster": {"num_workers": 2}}))
