@@ -40,7 +40,7 @@ pytestmark = pytest.mark.ray
 
 DATA = {
     "movielens": {"data": {"format": "movielens"}, "samples": {"max_len": 64, "short_len": 20},
-                  "train": {"batch_size": 256, "max_steps": 40, "dense_lr": 3e-3, "shuffle": "local"}},
+                  "train": {"batch_size": 256, "max_steps": 40, "dense_lr": 3e-3}},
     # planted log with dense old interests (3 x 60 events, reaching into the short window: guard 10)
     # and a low click rate (0.26): every model, short or lifelong, has something to learn in 40
     # steps (with the defaults' 0.45 the loss moved by 0.005-0.017, within noise)
@@ -48,7 +48,7 @@ DATA = {
                            "synthetic": {"n_users": 200, "seq_len": 400, "n_impressions": 40, "guard": 10,
                                          "interest_events": 60, "interest_p": 0.5, "unseen_p": 0.02, "seed": 2}},
                   "samples": {"max_len": 256, "short_len": 30, "sample_behaviors": [1], "history_behaviors": [0]},
-                  "train": {"batch_size": 64, "max_steps": 40, "dense_lr": 3e-3, "shuffle": "local"}},
+                  "train": {"batch_size": 64, "max_steps": 40, "dense_lr": 3e-3}},
 }
 SMALL_K = {"k": 16}
 TWO_STAGE = {"sim_hard", "sim_soft", "eta", "twin", "cain", "lic"}
@@ -63,10 +63,8 @@ def zoo_loop_per_worker(config: dict) -> None:
     store, run_dir = load_store(config), Path(config["run_dir"])
     first = JobSpec.from_dict(config["jobs"][0]).train  # every job of a data set has the same train section
     # the whole shard is read (both ranks' iterations end together) but only the first max_steps batches kept
-    # (a per-worker shuffle buffer: Ray Data's global shuffle of 80k MovieLens rows took ~9 s here)
     train_rows = [b for i, b in enumerate(train_shard.iter_batches(
-        batch_size=first.batch_size, batch_format="pyarrow", drop_last=True,
-        local_shuffle_buffer_size=first.local_shuffle_buffer, local_shuffle_seed=first.seed)) if i < first.max_steps]
+        batch_size=first.batch_size, batch_format="pyarrow", drop_last=True)) if i < first.max_steps]
     valid_rows = list(valid_shard.iter_batches(batch_size=first.eval_batch_size, batch_format="pyarrow"))
     results = {}
     for job_dict in config["jobs"]:
