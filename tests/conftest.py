@@ -5,14 +5,27 @@ import pytest
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One embedded Ray per test module (2 training workers plus room for Ray Data tasks)."""
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts the shared embedded Ray down at the end of the session (see `ray_local`)."""
+    yield
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """The embedded Ray the Ray tests share (2 training workers plus room for Ray Data tasks), with
+    lifelong's local start-up settings; started by the first module that asks, and again after a
+    test stopped it (job submit's `ray stop`, the two-node cluster): a start and stop cost ~5 s."""
+    import ray
+
+    from lifelong.cluster.connect import STARTUP
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _system_config=STARTUP)
+    yield ray
 
 
 _FILE_SECONDS: dict[str, float] = {}

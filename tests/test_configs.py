@@ -100,6 +100,7 @@ def test_cli_errors_are_one_line_naming_the_file_and_key_before_ray_starts(tmp_p
 
     from lifelong.jobs.cli import main
 
+    ray.shutdown()  # the Ray tests' shared Ray, if it runs: this test asserts that none is started
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: twin\nmodel_config: {k: 10, heads_typo: 4}\n")
     assert main(["train", "--config", str(bad)]) == 2

@@ -82,17 +82,11 @@ def scratch(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shared_ray():
-    """One local Ray that every command but the first joins through RAY_ADDRESS, as a command inside
+def shared_ray(ray_local) -> str:
+    """The local Ray that every command but the first joins through RAY_ADDRESS, as a command inside
     `ray job submit` does: the first (`make run`'s) starts its own embedded Ray as a new user's
     would; the others would each pay Ray's start and stop and cold Ray Data workers (~10 s)."""
-    import ray
-
-    from lifelong.cluster.connect import STARTUP
-
-    ctx = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _system_config=STARTUP)
-    yield ctx.address_info["gcs_address"]
-    ray.shutdown()
+    return ray_local.get_runtime_context().gcs_address
 
 
 @pytest.mark.parametrize("cmd", runnable())

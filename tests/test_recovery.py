@@ -13,6 +13,15 @@ from lifelong.jobs.train import train
 pytestmark = pytest.mark.ray
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_ray_after():
+    """Killed and hung ranks must not outlive this module in the Ray the test modules share."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 def _run(out, name, timeout_s=120, **train_extra):
     # a small planted log (6,400 train samples: 50 batches per worker; Ray Data reads it in well under a
     # second, MovieLens' 80k samples took ~5 s per epoch and run)

@@ -167,6 +167,9 @@ def test_a_ray_train_trial_is_the_train_job_and_leaves_no_placement_group(ray_lo
     run = run_file({**RUN_FILE, "name": "t", "output_dir": str(tmp_path),
                     "train": {**RUN_FILE["train"], "epochs": 1, "max_steps": 3},
                     "tune": {"space": {"train.dense_lr": {"grid": [1e-2]}}, "trials": 1}})  # choosing: above
+    live = lambda: {k for k, pg in ray_local.util.placement_group_table().items()  # noqa: E731
+                    if pg["state"] != "REMOVED"}
+    before = live()  # the Ray is shared with other test modules
     summary = tune_model(run)
     trial = tmp_path / "t" / "trials" / summary["best_trial"]
     assert summary["checkpoint"] == str(trial) and (trial / "summary.json").exists()
@@ -174,7 +177,7 @@ def test_a_ray_train_trial_is_the_train_job_and_leaves_no_placement_group(ray_lo
     assert trained["valid_auc"] == pytest.approx(summary["valid_auc"]) and trained["train_world_size"] == 2
     again = evaluate(trial, "valid")  # the trial's checkpoint re-scored in one process
     assert again["auc"] == pytest.approx(summary["valid_auc"], abs=1e-5)
-    left = [pg for pg in ray_local.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+    left = live() - before
     assert not left, left  # neither Tune's trials nor Ray Train's worker groups leave one behind
 
 
