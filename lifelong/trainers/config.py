@@ -26,7 +26,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     prefetch_batches: int = 2
-    shuffle: str = "global"  # global (Ray Data random_shuffle), local (buffer per worker), none
+    shuffle: str = "global"  # global: Ray Data's random_shuffle(seed), one permutation of the split, the same in
+    #                          every epoch but recomputed at each; local: a buffer per worker, reseeded each epoch;
+    #                          none: file order
     local_shuffle_buffer: int = 16384
     parquet_reader: str = "tasks"  # how Ray Data reads the sample files each epoch: "tasks" (its V1
     #                                datasource: footers read once on the driver, one read task per file) or
