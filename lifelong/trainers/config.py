@@ -33,7 +33,8 @@ class TrainConfig:
     parquet_reader: str = "tasks"  # how Ray Data reads the sample files each epoch: "tasks" (its V1
     #                                datasource: footers read once on the driver, one read task per file) or
     #                                "footer_actors" (V2: a new pool of footer-reading actors per read, built
-    #                                for thousands of files on object storage; ~2-4 s more per read here)
+    #                                for thousands of files on object storage): here ~5 s more per unshuffled
+    #                                pass, ~3 s less under the global shuffle (benchmarks/ray_overhead.py)
     diagnostic_batches: int = 2  # validation batches per rank for the GSU/ESU consistency recall (an ESU over all
     #                              L: at L = 4,096 each 1,024-row batch cost ~2.3 s here); 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
