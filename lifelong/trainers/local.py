@@ -50,9 +50,9 @@ def one_chunk(table: pa.Table) -> pa.Table:
     return table
 
 
-def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None, full_history: bool = False,
+def batches(table: pa.Table, job: JobSpec, batch_size: int, seed: int | None,
             store: Optional[SequenceStore] = None) -> Iterator[Batch]:
-    collate = make_collator(job, full_history, store)
+    collate = make_collator(job, store=store)
     order = np.arange(table.num_rows) if seed is None else np.random.default_rng(seed).permutation(table.num_rows)
     table = one_chunk(table)
     for i in range(0, table.num_rows, batch_size):
