@@ -30,8 +30,7 @@ def test_aggregate_gives_mean_and_sample_std_per_model():
 def test_compare_two_seeds_tuned_then_evaluate_a_checkpoint(ray_local, tmp_path):
     run = run_file({"name": "cmp", "output_dir": str(tmp_path), "data": {"format": "movielens"},
                     "samples": {"max_len": 32, "short_len": 10},
-                    "train": {"batch_size": 256, "max_steps": 8, "diagnostic_batches": 1, "log_every": 4,
-                              "shuffle": "local"},
+                    "train": {"batch_size": 256, "max_steps": 8, "diagnostic_batches": 1, "log_every": 4},
                     "cluster": {"num_workers": 2}})
     tuned = tmp_path / "tuned" / "tune.din"  # what `lifelong tune --model din` leaves (tests/test_tune.py)
     tuned.mkdir(parents=True)

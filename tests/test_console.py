@@ -34,7 +34,7 @@ def test_verbose_brings_back_rays_and_the_workers_output(tmp_path):
                  "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40, "n_impressions": 20, "seed": 3}},
         "samples": {"max_len": 64, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
                     "layout": "store"},
-        "train": {"batch_size": 32, "shuffle": "local"}, "cluster": {"num_workers": 2}}))
+        "train": {"batch_size": 32}, "cluster": {"num_workers": 2}}))
     loud = lifelong("train", "--config", str(cfg), "--max-steps", "3", "--output-dir", str(tmp_path), "--verbose")
     assert loud.returncode == 0, loud.stderr[-3000:]
     both = loud.stdout + loud.stderr

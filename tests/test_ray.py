@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,6 +33,15 @@ def test_same_samples_on_one_or_two_workers(ray_local, tmp_path):
         assert one.num_rows > 0 and one.equals(two)
         want = local.filter(pa.compute.equal(local["split"], code)).drop_columns(["split"]).sort_by(SORT)
         assert one.equals(want)
+    # the train split is written in one seeded order: users interleave, a rebuild repeats it, another seed not
+    order = pq.read_table(tmp_path / "2" / "train")
+    users = order["user_id"].to_numpy()
+    assert (users[1:] != users[:-1]).mean() > 0.5  # grouped by user it would change ~once per user
+    build_samples(log, cfg, tmp_path / "again", num_workers=2)
+    assert pq.read_table(tmp_path / "again" / "train").equals(order)
+    build_samples(log, replace(cfg, shuffle_seed=1), tmp_path / "seed1", num_workers=2)
+    other = pq.read_table(tmp_path / "seed1" / "train")
+    assert not other.equals(order) and other.sort_by(SORT).equals(order.sort_by(SORT))
 
 
 def test_two_worker_run_on_movielens(ray_local, tmp_path):

@@ -5,7 +5,8 @@ events at the same second are excluded (their order is unknowable), so no sample
 own or a later event. Within a user, events are ordered by (timestamp, item_id, category_id,
 behavior): ties are broken deterministically. Samples are split by time with global cutoffs.
 
-Columns written (Parquet, one directory per split):
+The train split is written in a seeded random order (`SampleConfig.shuffle_seed`), valid and test
+grouped by user. Columns written (Parquet, one directory per split):
 user_id, item_id, category_id, timestamp, label (target) and, in the "copy" layout, hist_item,
 hist_cat, hist_ts (list<int64>, the last `max_len` history events, oldest first). In the "store"
 layout a sample holds only hist_end (how many of the user's history events precede it) and each
@@ -42,6 +43,8 @@ class SampleConfig:
     history_behaviors: tuple[int, ...] = ()
     split: tuple[float, float] = (0.8, 0.1)
     layout: str = "copy"  # "copy": histories inside every sample; "store": once per user, samples reference it
+    shuffle_seed: int = 0  # the train split is written in one random order drawn with this seed (built once,
+    #                        read as written every epoch: `train.shuffle`); valid and test keep the build order
 
     def __post_init__(self) -> None:
         if not (0 < self.short_len <= self.max_len):
@@ -155,6 +158,8 @@ def build_samples(log: pa.Table, cfg: SampleConfig, out_dir: str | Path, num_wor
     counts = {}
     for code, name in enumerate(SPLITS):
         part = samples.filter(expr=f"split == {code}").drop_columns(["split"])
+        if name == "train":  # one global permutation, drawn here once instead of by every epoch's read
+            part = part.random_shuffle(seed=cfg.shuffle_seed)
         part.write_parquet(str(out_dir / name), mode="overwrite")
         counts[name] = part.count()
     n_cand = count_candidates(log, cfg)

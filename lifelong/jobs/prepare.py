@@ -37,7 +37,7 @@ def samples_key(run: RunFile) -> str:
     samples = asdict(run.samples)
     if run.samples.layout == "store":
         samples.pop("max_len")
-    blob = json.dumps({"data": asdict(run.data), "file": stat, "samples": samples, "v": 1},
+    blob = json.dumps({"data": asdict(run.data), "file": stat, "samples": samples, "v": 2},
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

@@ -33,9 +33,6 @@ def shard_bench(run: RunFile, world_sizes: list[int], steps: int = 20, warmup: i
     connect(run.cluster)
     samples_dir, meta, _ = prepare(run)
     job = job_spec(run, meta)
-    # The timed steps rerun the first warmup + steps batches: shuffling the whole split first (a Ray
-    # Data all-to-all of every sample) would change no measurement and cost most of the run.
-    job = replace(job, train=replace(job.train, shuffle="none"))
     out = Path(run.output_dir) / run.name
     rows: list[dict] = []
     for world in world_sizes:

@@ -26,15 +26,15 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     prefetch_batches: int = 2
-    shuffle: str = "global"  # global: Ray Data's random_shuffle(seed), one permutation of the split, the same in
-    #                          every epoch but recomputed at each; local: a buffer per worker, reseeded each epoch;
-    #                          none: file order
+    shuffle: str = "global"  # global: read the train split in the order it was written, one seeded permutation
+    #                          drawn once when the samples were built (samples.shuffle_seed), the same every
+    #                          epoch; local: that, then a buffer per worker reseeded each epoch (train.seed + epoch)
     local_shuffle_buffer: int = 16384
     parquet_reader: str = "tasks"  # how Ray Data reads the sample files each epoch: "tasks" (its V1
     #                                datasource: footers read once on the driver, one read task per file) or
     #                                "footer_actors" (V2: a new pool of footer-reading actors per read, built
-    #                                for thousands of files on object storage): here ~5 s more per unshuffled
-    #                                pass, ~3 s less under the global shuffle (benchmarks/ray_overhead.py)
+    #                                for thousands of files on object storage): here ~5 s more per pass
+    #                                (benchmarks/ray_overhead.py)
     diagnostic_batches: int = 2  # validation batches per rank for the GSU/ESU consistency recall (an ESU over all
     #                              L: at L = 4,096 each 1,024-row batch cost ~2.3 s here); 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
@@ -62,8 +62,8 @@ class TrainConfig:
             raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every >= 0")
         if self.fault not in ("exit", "hang"):
             raise ValueError(f"train.fault '{self.fault}' not in ('exit', 'hang')")
-        if self.shuffle not in ("global", "local", "none"):
-            raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local', 'none')")
+        if self.shuffle not in ("global", "local"):
+            raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local')")
         if self.parquet_reader not in PARQUET_READERS:
             raise ValueError(f"train.parquet_reader '{self.parquet_reader}' not in {PARQUET_READERS}")
         if self.key_cache_every < 0:

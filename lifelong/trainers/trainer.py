@@ -27,11 +27,10 @@ def read_samples(path: Path, reader: str) -> ray.data.Dataset:
 
 
 def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data.Dataset]:
+    """The train and valid splits, read as written: the train split's files already hold its shuffled
+    order (`SampleConfig.shuffle_seed`), so no epoch pays for an all-to-all shuffle."""
     samples_dir, reader = Path(samples_dir), job.train.parquet_reader
-    train = read_samples(samples_dir / "train", reader)
-    if job.train.shuffle == "global":
-        train = train.random_shuffle(seed=job.train.seed)
-    return {"train": train, "valid": read_samples(samples_dir / "valid", reader)}
+    return {split: read_samples(samples_dir / split, reader) for split in ("train", "valid")}
 
 
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
