@@ -171,3 +171,22 @@ def test_a_rerun_chooses_the_newest_complete_checkpoint_or_says_it_starts_afresh
     os.remove(os.path.join(new, "__0_0.distcp"))
     path, line = choose_checkpoint(str(run), registered=new)
     assert path is None and "training from scratch" in line
+
+
+def test_a_finished_run_is_known_from_its_newest_checkpoint_and_another_job_is_refused(saved, tmp_path):
+    """What lets a rerun of a finished run report its metrics without starting a worker group."""
+    run = tmp_path / "run"
+    run.mkdir()
+    assert checkpoint.finished(tmp_path / "absent", {}) is None
+    path = _copy(os.path.join(saved, "ckpt"), run, "checkpoint_2026-01-01_00-00-05.000001", 20)
+    job = checkpoint.read_job(path)
+    assert checkpoint.finished(run, job) is None  # mid-epoch: epochs left
+    with open(os.path.join(path, checkpoint.STATE_FILE), "w") as f:
+        json.dump({"epoch": 0, "step_in_epoch": 20, "epoch_done": True, "global_step": 20, "world_size": 2}, f)
+    with open(os.path.join(path, checkpoint.METRICS_FILE), "w") as f:
+        json.dump({"valid_auc": 0.6}, f)
+    found, metrics = checkpoint.finished(run, job)
+    assert str(found) == path and metrics == {"valid_auc": 0.6, "global_step": 20}
+    assert checkpoint.finished(run, {**job, "train": {**job["train"], "epochs": 2}}) is None  # one more to train
+    with pytest.raises(ValueError, match=r"another job \(differs in \['model_config'\]\)"):
+        checkpoint.finished(run, {**job, "model_config": {"k": 7}})

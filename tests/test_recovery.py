@@ -37,14 +37,16 @@ def _run(out, name, timeout_s=120, **train_extra):
                      "cluster": {"num_workers": 2, "collective_timeout_s": timeout_s}})
 
 
-def test_killed_worker_resumes_and_rerun_resumes(ray_local, tmp_path):
+def test_killed_worker_resumes_and_rerun_resumes(ray_local, tmp_path, capsys):
     clean = train(_run(tmp_path, "clean"))
     faulty = train(_run(tmp_path, "faulty", fail_at_step=clean["global_step"] // 2 + 3, max_failures=1))
     assert faulty["resumed"] and not clean["resumed"]
     assert faulty["global_step"] == clean["global_step"]  # no step lost or repeated
     assert abs(faulty["valid_auc"] - clean["valid_auc"]) < 0.002, (faulty["valid_auc"], clean["valid_auc"])
     t0 = time.perf_counter()
+    capsys.readouterr()
     again = train(_run(tmp_path, "faulty", fail_at_step=clean["global_step"] // 2 + 3, max_failures=1))
+    assert "already finished its 2 epoch(s)" in capsys.readouterr().out  # no worker group started
     assert again["resumed"] and again["global_step"] == faulty["global_step"]
     assert again["valid_auc"] == faulty["valid_auc"]  # nothing retrained
     assert again["checkpoint"] == faulty["checkpoint"]  # and no new checkpoint written

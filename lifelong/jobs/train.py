@@ -35,16 +35,23 @@ def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None) -> 
     label = " (SYNTHETIC data)" if meta.synthetic else ""
     print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} "
           f"dropped={report['dropped']}", flush=True)
-    with relayed() as relay:
-        result = make_trainer(job_spec(run, meta), samples_dir, run.cluster, run.name, run.output_dir,
-                              relay=relay).fit()
-    out = Path(run.output_dir) / run.name
-    # The newest complete checkpoint on disk: a finished run that is rerun writes none, and Ray Train's
-    # controller may not have registered the one a resumed run started from.
+    job, out = job_spec(run, meta), Path(run.output_dir) / run.name
+    done = checkpoint.finished(out, job.to_dict())
+    if done:  # a finished run rerun: nothing to train, no worker to start, no checkpoint to write
+        print(f"[lifelong] {out} already finished its {run.train.epochs} epoch(s) at {done[0].name}: its "
+              "metrics follow (remove the run directory or pass --name to train anew)", flush=True)
+        metrics = {**done[1], "resumed": True, "resumed_from": str(done[0]),
+                   "resumed_global_step": done[1]["global_step"]}
+    else:
+        with relayed() as relay:
+            result = make_trainer(job, samples_dir, run.cluster, run.name, run.output_dir, relay=relay).fit()
+        metrics = result.metrics
+    # The newest complete checkpoint on disk: Ray Train's controller may not have registered the one a
+    # resumed run started from.
     newest = checkpoint.latest(out, log=lambda _: None)
     ckpt = str(newest) if newest else (result.checkpoint.path if result.checkpoint else None)
     summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic,
-               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": ckpt, **result.metrics}
+               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": ckpt, **metrics}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / RUN_FILE).write_text(json.dumps(asdict(run), indent=2))  # for `lifelong evaluate`

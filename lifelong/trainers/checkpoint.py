@@ -171,6 +171,32 @@ def read_job(path: str | Path) -> dict:
     return json.loads((Path(path) / JOB_FILE).read_text())
 
 
+IDENTITY = ("model", "model_config", "features", "samples")  # what a run name's checkpoints must share
+
+
+def check_same_job(path: str | Path, job: dict, name: Optional[str] = None) -> None:
+    """Refuse a checkpoint of another job (model, its config, features or samples differ) under the
+    same run name; training settings and the sharding plan may change."""
+    saved, now = read_job(path), json.loads(json.dumps(job, default=list))
+    diff = [k for k in IDENTITY if saved.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"run name already holds a checkpoint of another job (differs in {diff}): "
+                         f"choose another --name, or remove {name or path}'s run directory")
+
+
+def finished(run_dir: str | Path, job: dict) -> Optional[tuple[Path, dict]]:
+    """(checkpoint, its metrics) when the run directory's newest complete checkpoint ends the job's
+    last epoch: rerunning it has nothing to train. None otherwise (no checkpoint, or epochs left)."""
+    found = latest(run_dir, log=lambda _: None) if Path(run_dir).is_dir() else None
+    if found is None:
+        return None
+    check_same_job(found, job)
+    state = json.loads((found / STATE_FILE).read_text())
+    if not (state.get("epoch_done") and state.get("epoch", -1) >= job["train"]["epochs"] - 1):
+        return None
+    return found, {**json.loads((found / METRICS_FILE).read_text()), "global_step": state.get("global_step")}
+
+
 @torch.no_grad()
 def assert_finite(model: nn.Module) -> None:
     """Refuse to checkpoint NaN/inf weights."""

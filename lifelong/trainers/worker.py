@@ -101,11 +101,7 @@ def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str]) 
 
 
 def _load(model, optimizer, job_dict: dict, d: Path, rank: int, name: str) -> dict:
-    saved, now = checkpoint.read_job(d), json.loads(json.dumps(job_dict))
-    diff = [k for k in ("model", "model_config", "features", "samples") if saved.get(k) != now.get(k)]
-    if diff:
-        raise ValueError(f"run name already holds a checkpoint of another job (differs in {diff}): "
-                         f"choose another --name, or remove {name}'s run directory")
+    checkpoint.check_same_job(d, job_dict, name)
     state = checkpoint.load(model, d, optimizer)
     state["metrics"] = json.loads((d / checkpoint.METRICS_FILE).read_text())
     state["resumed_from"] = name
