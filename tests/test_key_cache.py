@@ -66,9 +66,8 @@ def test_fast_cached_selection_equals_its_reference(model, dedup):
     """Jagged / per-distinct-id scoring vs padded keys through the GSU module."""
     m_fast, _, batch, _ = _pair(model)
     m_fast.dedup_ids = dedup
-    assert m_fast.fast_cached
-    idx_fast, valid_fast = m_fast.select_cached_fast(batch)
-    idx_ref, valid_ref = m_fast.select_cached_reference(batch)
+    idx_fast, valid_fast = m_fast.select_cached(batch)
+    idx_ref, valid_ref = m_fast.select_cached(batch, reference=True)
     assert torch.equal(valid_fast, valid_ref)
     assert torch.equal(idx_fast, idx_ref)
 
@@ -80,9 +79,11 @@ def test_cached_gsu_picks_the_same_top_k_as_the_live_gsu(model):
     from lifelong.models.base import _mask
 
     widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
-    cached = kc.lookup(m_fast.key_cache, m_fast.cache_tables(m_fast.config), batch.sparse, widths, False)
+    scheme = m_fast.cached_keys()
+    assert scheme.tables == m_fast.cache_tables(m_fast.config)  # what the trainer built the cache from
+    cached = kc.lookup(m_fast.key_cache, scheme.tables, batch.sparse, widths, False)
     mask = _mask(batch.sparse["long_item"].lengths(), batch.long_len)
-    idx_c, s_c = m_fast.cached_gsu(*m_fast.cached_gsu_inputs(batch, cached), mask)  # the reference form
+    idx_c, s_c = scheme.gsu(*scheme.gsu_inputs(batch, cached), mask)  # the reference form
     emb = m_fast.lookup(batch)
     idx_l, s_l = m_fast.gsu(*m_fast.gsu_inputs(batch, emb), mask)
     assert torch.equal(idx_c, idx_l)

@@ -15,16 +15,14 @@ behaviour's item and category are the target's (`layers.GapAttention`), as TWIN'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.key_cache import CacheTable
-from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name
+from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
-from lifelong.models.gsu.simhash import HALF, SimHash, SimHashGSU, hamming
+from lifelong.models.cached_keys import SIMHASH_TABLES, SimHashKeys
+from lifelong.models.gsu.simhash import HALF, SimHash, SimHashGSU
 from lifelong.models.registry import register
 from lifelong.models.two_stage import GapSearch
 
@@ -64,41 +62,9 @@ class ETA(GapSearch):
         return self.hash.signature(emb.target), self.hash.signature(emb.long)  # (B, W), (B, L, W)
 
     @classmethod
-    def cache_tables(cls, config: ETAConfig) -> tuple[CacheTable, ...]:
-        return tuple(CacheTable(f"{t}_sig", t, ("target", "long")) for t in TABLE_COLUMNS)
+    def cache_tables(cls, config: ETAConfig) -> tuple:
+        return SIMHASH_TABLES
 
-    @property
-    def halves(self) -> int:
-        """16-bit pieces of one table's bits."""
-        return self.config.bits // len(TABLE_COLUMNS) // HALF
-
-    @property
-    def key_dim(self) -> int:
-        return -(-self.halves // 4) * 4  # FBGEMM tables are a multiple of 4 wide; the rest is zeros
-
-    def project(self, table: CacheTable, x: torch.Tensor) -> torch.Tensor:
-        h = self.hash.part_halves(x, list(TABLE_COLUMNS).index(table.source))  # (N, halves)
-        return torch.nn.functional.pad(h, (0, self.key_dim - self.halves))  # (N, key_dim)
-
-    def cached_gsu_inputs(self, batch: Batch, cached: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        sig = lambda g: self.hash.pack_halves(torch.cat(  # noqa: E731
-            [cached[feature_name(g, f"{t}_sig")][..., :self.halves] for t in TABLE_COLUMNS], -1))  # (B, T, W)
-        return sig("target").squeeze(1), sig("long")
-
-    # The fast form: the signature is item bits | category bits, so the Hamming distance is the
-    # sum of each table's; each table's words are compared once per distinct id and query.
-    fast_cached = True
-
-    def cached_queries(self, rows: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]
-                       ) -> dict[str, torch.Tensor]:
-        expand = lambda r, inv: r if inv is None else r[inv]  # noqa: E731
-        return {feature_name("long", f"{t}_sig"): expand(*rows[feature_name("target", f"{t}_sig")])
-                for t in TABLE_COLUMNS}  # (B, key_dim) halves
-
-    def pair_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        words = lambda h: self.hash.pack_halves(h[:, :self.halves])  # noqa: E731
-        return -hamming(words(keys).unsqueeze(1), words(queries).unsqueeze(0)).float()  # (U, B)
-
-    def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        words = lambda h: self.hash.pack_halves(h[:, :self.halves])  # noqa: E731
-        return -hamming(words(keys), words(queries)).float()  # (N,)
+    def cached_keys(self) -> SimHashKeys:
+        """The signatures' bits per id from the `item_sig`, `cat_sig` cache tables."""
+        return SimHashKeys(self.hash, self.config.bits, self.gsu)

@@ -8,7 +8,7 @@ or the head mean of α (before 2026-11-24). Clock-ESU: the same four Δ features
 selected behaviour, 4 heads each with its own W_b, W_q, W_v (and its own output of s), fused by
 a two-layer MLP h. A DIN unit on the short history runs beside it (`use_short`). Time of day is
 taken in UTC shifted by `tz_offset_min`. With the trainer's key cache the Clock-GSU reads `W_b b`
-and `W_q q` per id from cache tables (`ProjectedKeys`). Our addition, off by default (`match:
+and `W_q q` per id from cache tables (`cached_keys.ProjectedKeys`). Our addition, off by default (`match:
 true`): each behaviour's target match (`layers.match_buckets`) joins Z and adds a learned
 per-head bias to α (`gsu/clock.py`), as TWIN's `match` cross feature does; it needs no lookup, so
 the key cache's GSU scores it exactly.
@@ -25,11 +25,12 @@ from torch import nn
 from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
+from lifelong.models.cached_keys import PROJECTED_TABLES, ProjectedKeys
 from lifelong.models.gsu.clock import DAY_MIN, GSU_FORMS, ClockAttention, circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.layers import MATCH_BUCKETS, ActivationUnit
 from lifelong.models.registry import register
-from lifelong.models.two_stage import ProjectedKeys, TwoStage
+from lifelong.models.two_stage import TwoStage
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,13 @@ class LICConfig:
 
 
 @register("lic", LICConfig)
-class LIC(ProjectedKeys, TwoStage):
+class LIC(TwoStage):
     def __init__(self, config: LICConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.clock = ClockAttention(E, config.heads, config.head_dim, config.gap_hidden, config.out_hidden,
                                     config.out_dim, config.match, config.gsu_form)
         self.gsu = RelevanceGSU(self.clock.gsu, config.k)
-        self.projected_gsu = RelevanceGSU(self.clock.gsu_projected, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + config.out_dim + (E if config.use_short else 0), config.head_hidden)
 
@@ -68,13 +68,15 @@ class LIC(ProjectedKeys, TwoStage):
     def inputs(cls, config: LICConfig) -> InputSpec:
         return InputSpec(use_long=True)
 
-    @property
-    def key_proj(self) -> nn.Linear:
-        return self.clock.w_b
+    @classmethod
+    def cache_tables(cls, config: LICConfig) -> tuple:
+        return PROJECTED_TABLES
 
-    @property
-    def query_proj(self) -> nn.Linear:
-        return self.clock.w_q
+    def cached_keys(self) -> ProjectedKeys:
+        """The Clock-GSU's α = (W_b b)·(W_q q) w / sqrt(d) + s(Δ) (+ m(match)) on cached W_b b, W_q q."""
+        return ProjectedKeys(self.clock.w_b, self.clock.w_q, RelevanceGSU(self.clock.gsu_projected, self.config.k),
+                             self.clock.gsu_head_weight / math.sqrt(self.config.head_dim), self.extra_keys,
+                             self.extra_relevance)
 
     def delta(self, batch: Batch, ts: torch.Tensor) -> torch.Tensor:
         """Circular time-of-day gap Δ in minutes of behaviours at times ts (B, T) to the request."""
@@ -84,10 +86,6 @@ class LIC(ProjectedKeys, TwoStage):
     def gaps(self, batch: Batch, ts: torch.Tensor) -> torch.Tensor:
         """Δ features of behaviours at times ts (B, T) to the request: (B, T, 4)."""
         return gap_features(self.delta(batch, ts))
-
-    @property
-    def dot_scale(self) -> float:
-        return self.clock.gsu_head_weight / math.sqrt(self.config.head_dim)
 
     def extra_relevance(self, batch: Batch) -> torch.Tensor:
         per_minute = torch.arange(DAY_MIN // 2 + 1, device=batch.long_ts.device)  # every possible Δ

@@ -12,7 +12,7 @@ embeddings cannot (measured on The Complete Journey in BENCHMARKS.md). CP-GSU: t
 relevance α (head mean), computed with the very parameters the ESU trains, so the two stages
 agree (`gsu/twin.py`). ESU: 4-head softmax attention over the k, `W_o` on the concatenation.
 A DIN unit on the short history runs beside it (`use_short`). With the trainer's key cache the
-CP-GSU reads `K_h W_h` and `q W_q` per id from cache tables (`ProjectedKeys`).
+CP-GSU reads `K_h W_h` and `q W_q` per id from cache tables (`cached_keys.ProjectedKeys`).
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from torch import nn
 from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models.base import Embedded, InputSpec
+from lifelong.models.cached_keys import PROJECTED_TABLES, ProjectedKeys
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.gsu.twin import TwinAttention
 from lifelong.models.layers import ActivationUnit, CrossFeatures
 from lifelong.models.registry import register
-from lifelong.models.two_stage import ProjectedKeys, TwinFrame
+from lifelong.models.two_stage import TwinFrame
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,13 @@ class TWINConfig:
 
 
 @register("twin", TWINConfig)
-class TWIN(ProjectedKeys, TwinFrame):
+class TWIN(TwinFrame):
     def __init__(self, config: TWINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
         super().__init__(config, embeddings, spec)
         E = spec.behaviour_dim
         self.cross = CrossFeatures(config.cross_dim, config.cross_buckets, match=config.match)
         self.attention = TwinAttention(E, E, self.cross.n_features, config.cross_dim, config.heads, config.head_dim)
         self.gsu = RelevanceGSU(self.attention, config.k)
-        self.projected_gsu = RelevanceGSU(self.attention.projected, config.k)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + self.attention.out_dim + (E if config.use_short else 0), config.head_hidden)
 
@@ -61,20 +61,19 @@ class TWIN(ProjectedKeys, TwinFrame):
     def inputs(cls, config: TWINConfig) -> InputSpec:
         return InputSpec(use_long=True)
 
-    @property
-    def key_proj(self) -> nn.Linear:
-        return self.attention.w_h
+    @classmethod
+    def cache_tables(cls, config: TWINConfig) -> tuple:
+        return PROJECTED_TABLES
 
-    @property
-    def query_proj(self) -> nn.Linear:
-        return self.attention.w_q
+    def cached_keys(self) -> ProjectedKeys:
+        """TWIN's relevance on cached K_h W_h and q W_q per id, its cross features' terms lookup-free."""
+        return ProjectedKeys(self.attention.w_h, self.attention.w_q, RelevanceGSU(self.attention.projected,
+                                                                                  self.config.k),
+                             1.0 / (self.config.heads * math.sqrt(self.config.head_dim)), self.extra_keys,
+                             self.extra_relevance)
 
     def item_keys(self, emb: Embedded) -> torch.Tensor:
         return emb.long  # (B, L, E)
-
-    @property
-    def dot_scale(self) -> float:
-        return 1.0 / (self.config.heads * math.sqrt(self.config.head_dim))
 
     def extra_relevance(self, batch: Batch) -> torch.Tensor:
         lengths = batch.sparse["long_item"].lengths()

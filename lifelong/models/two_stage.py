@@ -8,11 +8,11 @@ trained path (GSU top-k, then ESU), the brute-force path (ESU over every valid b
 the GSU/ESU consistency recall. `GapSearch` fills in SIM's ESU for SIM hard/soft and ETA,
 `TwinFrame` TWIN's attention for TWIN and CAIN.
 
-Cached keys (`embeddings/key_cache.py`): a model that names `cache_tables` can run its GSU on
-per-id keys cached in TorchRec tables (set as `self.key_cache` by the trainer); the forward pass
-then looks up only the k selected behaviours in the main tables (`select_long`). With a fresh
-cache this gives the same logits and gradients as the plain path. `ProjectedKeys` fills it in
-for GSUs whose keys are bias-free linear maps of the behaviour (TWIN, LIC).
+Cached keys (`embeddings/key_cache.py`): a model that names `cache_tables` and returns its scheme
+from `cached_keys()` (`models/cached_keys.py`: projected keys for TWIN and LIC, SimHash signatures
+for ETA) can run its GSU on per-id keys cached in TorchRec tables (set as `self.key_cache` by the
+trainer); the forward pass then looks up only the k selected behaviours in the main tables
+(`select_long`). With a fresh cache this gives the same logits and gradients as the plain path.
 """
 from __future__ import annotations
 
@@ -22,13 +22,12 @@ from typing import Optional
 import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
-from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings import key_cache
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.key_cache import CacheTable
 from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name, features
-from lifelong.models.base import CTRModel, Embedded, _mask
+from lifelong.models.base import CTRModel, Embedded
+from lifelong.models.cached_keys import CachedKeys, select_fast, select_reference
 from lifelong.models.gsu.base import GSU, gather_rows, masked_topk, valid_slots
 from lifelong.models.layers import ActivationUnit, GapAttention
 
@@ -56,24 +55,27 @@ def select_long(batch: Batch, idx: torch.Tensor, valid: torch.Tensor) -> Batch:
 
 
 class TwoStage(CTRModel):
+    """The frame: a subclass sets `self.gsu` and implements the three hooks below; `cached_keys`
+    when its GSU has a key-cache form."""
+
     gsu: GSU
 
-    @property
-    def key_dim(self) -> int:
-        """Width of every cache table."""
-        raise NotImplementedError
+    def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, candidates) the GSU scores: a cheap query and per-behaviour key over all L."""
+        raise NotImplementedError(f"{type(self).__name__} must define gsu_inputs")
 
-    def project(self, table: CacheTable, x: torch.Tensor) -> torch.Tensor:
-        """Keys of source-table rows x (N, D) for cache `table`: (N, key_dim)."""
-        raise NotImplementedError
+    def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        """The ESU's relevance of every behaviour (B, L), head-mean attention logits: what the GSU
+        approximates (the consistency diagnostic, `gsu_recall`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define esu_relevance")
 
-    def cached_gsu_inputs(self, batch: Batch, cached: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query, candidates) for `cached_gsu` from the cache features (B, T, key_dim)."""
-        raise NotImplementedError
+    def interest_from(self, batch: Batch, emb: Embedded, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The interest features (B, F) read from the behaviours at positions idx (B, k) where valid."""
+        raise NotImplementedError(f"{type(self).__name__} must define interest_from")
 
-    @property
-    def cached_gsu(self) -> GSU:
-        return self.gsu
+    def cached_keys(self) -> Optional[CachedKeys]:
+        """How the GSU runs on the key cache (`models/cached_keys.py`); None: no cache form."""
+        return None
 
     @property
     def cache_dedup(self) -> Optional[dict[str, int]]:
@@ -84,41 +86,15 @@ class TwoStage(CTRModel):
         """Recompute the cached keys from the live tables and dense parameters (collective)."""
         keys = list(features((), user=self.spec.n_users > 0))
         device = next(self.head.parameters()).device
-        return key_cache.refresh(self.key_cache, self.embeddings, keys, self.cache_tables(self.config),
-                                 self.project, device, chunk)
+        scheme = self.cached_keys()
+        return key_cache.refresh(self.key_cache, self.embeddings, keys, scheme.tables, scheme.project, device, chunk)
 
-    def select_cached(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """GSU top-k positions (B, k) and validity from the cached keys of the full history."""
-        return self.select_cached_fast(batch) if self.fast_cached else self.select_cached_reference(batch)
-
-    def select_cached_reference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The plain form: padded keys (B, L, dim) through the GSU module."""
-        widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
-        mask = _mask(batch.sparse[feature_name("long", "item")].lengths(), batch.long_len)  # (B, L)
-        with torch.no_grad():
-            cached = key_cache.lookup(self.key_cache, self.cache_tables(self.config), batch.sparse, widths,
-                                      self.cache_dedup)
-            idx, scores = self.cached_gsu(*self.cached_gsu_inputs(batch, cached), mask)
-        return idx, valid_slots(scores)
-
-    # The fast form, for GSUs whose score is a sum over cache tables of a per-(behaviour, query)
-    # score plus a lookup-free term: scored on the jagged cache rows, or with dedup once per
-    # distinct id and query (when the U x B scores are not much more than the N behaviours), then
-    # gathered per behaviour; nothing (B, L, dim) is built.
-    fast_cached = False  # a subclass with `cached_queries`, `pair_scores`, `row_scores` sets it
-
-    def cached_queries(self, rows: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]
-                       ) -> dict[str, torch.Tensor]:
-        """Lifelong cache feature -> the query (B, dim) its rows are scored against."""
-        raise NotImplementedError
-
-    def pair_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Every key (U, dim) against every query (B, dim): (U, B)."""
-        raise NotImplementedError
-
-    def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Row-aligned keys and queries (N, dim): (N,)."""
-        raise NotImplementedError
+    def select_cached(self, batch: Batch, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """GSU top-k positions (B, k) and validity from the cached keys of the full history: the fast
+        form, or its plain `reference`."""
+        if reference:
+            return select_reference(self.cached_keys(), self.key_cache, batch, self.cache_dedup)
+        return select_fast(self.cached_keys(), self.key_cache, batch, self.cache_dedup, self.gsu.k)
 
     reads_match = False  # a subclass whose GSU / ESU reads target-match features says so
 
@@ -133,28 +109,6 @@ class TwoStage(CTRModel):
             emb.cache["match"] = self.long_match(batch)
         match = emb.cache["match"]
         return match if match is None or idx is None else self.gather(match, idx)
-
-    def extra_relevance(self, batch: Batch) -> torch.Tensor | float:
-        """The score's lookup-free term over the full history (B, L), or 0."""
-        return 0.0
-
-    def select_cached_fast(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = batch.sparse[feature_name("long", "item")].lengths()
-        mask = _mask(lengths, batch.long_len)  # (B, L)
-        with torch.no_grad():
-            rows = key_cache.lookup_rows(self.key_cache, self.cache_tables(self.config), batch.sparse,
-                                         self.cache_dedup)
-            row_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # (N,)
-            total = 0
-            for feature, q in self.cached_queries(rows).items():
-                keys, inv = rows[feature]
-                if inv is not None and keys.shape[0] * len(q) > 4 * len(inv):  # (U, B) would outgrow (N,)
-                    keys, inv = keys[inv], None
-                total = total + (self.row_scores(keys, q[row_of]) if inv is None
-                                 else self.pair_scores(keys, q)[inv, row_of])  # (N,)
-            scores = JaggedTensor(values=total, lengths=lengths).to_padded_dense(desired_length=batch.long_len)
-            idx, top = masked_topk(scores + self.extra_relevance(batch), mask, self.gsu.k)  # (B, L) -> (B, k)
-        return idx, valid_slots(top)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         if self.key_cache is None or (batch.long_len <= self.gsu.k and not self.gsu.filters):
@@ -266,65 +220,3 @@ class TwinFrame(TwoStage):
 
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)
-
-
-class ProjectedKeys:
-    """Mixin for two-stage models whose GSU relevance reads the behaviour b and the target q only
-    through bias-free linear maps `key_proj(b)`, `query_proj(q)` plus per-behaviour features that
-    need no lookup (`extra_keys`). As b = [item, category] embeddings, each map splits by table, so
-    the cache holds `item_key`, `cat_key` (long) and `item_query`, `cat_query` (target) per id, and
-    summing the tables' parts gives the exact projections. A subclass sets `key_proj`,
-    `query_proj` and `projected_gsu` (its relevance over (query_proj(q), [key_proj(b), extras]))."""
-
-    key_proj: nn.Linear
-    query_proj: nn.Linear
-    projected_gsu: GSU
-
-    @classmethod
-    def cache_tables(cls, config) -> tuple[CacheTable, ...]:
-        return tuple(CacheTable(f"{t}_{role}", t, (group,)) for role, group in (("key", "long"), ("query", "target"))
-                     for t in TABLE_COLUMNS)
-
-    @property
-    def key_dim(self) -> int:
-        return self.key_proj.out_features
-
-    @property
-    def cached_gsu(self) -> GSU:
-        return self.projected_gsu
-
-    def project(self, table: CacheTable, x: torch.Tensor) -> torch.Tensor:
-        w = (self.key_proj if table.name.endswith("_key") else self.query_proj).weight  # (out, E)
-        i, D = list(TABLE_COLUMNS).index(table.source), x.shape[-1]
-        return x @ w[:, i * D:(i + 1) * D].T  # (N, out)
-
-    def extra_keys(self, batch: Batch) -> torch.Tensor:
-        """Per-behaviour features of the full history that need no lookup: (B, L, X)."""
-        raise NotImplementedError
-
-    def cached_gsu_inputs(self, batch: Batch, cached: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        q = sum(cached[feature_name("target", f"{t}_query")] for t in TABLE_COLUMNS).squeeze(1)  # (B, out)
-        k = sum(cached[feature_name("long", f"{t}_key")] for t in TABLE_COLUMNS)  # (B, L, out)
-        return q, torch.cat([k, self.extra_keys(batch)], -1)
-
-    # The fast form. The GSU ranks by the head mean of α_h = k_h·q_h / sqrt(d) + e_h, which is
-    # (k·q) / (H sqrt(d)) + mean_h e_h: one dot product of the flat projections per behaviour and
-    # table, plus the head-mean extra term from lookup-free per-bucket tables.
-    fast_cached = True
-
-    @property
-    def dot_scale(self) -> float:
-        """1 / (H sqrt(d)) of the relevance's dot-product term."""
-        raise NotImplementedError
-
-    def cached_queries(self, rows: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]
-                       ) -> dict[str, torch.Tensor]:
-        expand = lambda r, inv: r if inv is None else r[inv]  # noqa: E731
-        q = sum(expand(*rows[feature_name("target", f"{t}_query")]) for t in TABLE_COLUMNS)  # (B, out)
-        return {feature_name("long", f"{t}_key"): q for t in TABLE_COLUMNS}
-
-    def pair_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        return (keys @ queries.T) * self.dot_scale  # (U, B)
-
-    def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nd,nd->n", keys, queries) * self.dot_scale  # (N,)

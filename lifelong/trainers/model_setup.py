@@ -38,7 +38,7 @@ def build(job: JobSpec, device: torch.device | str) -> CTRModel:
         raise ValueError(f"model '{job.model}': a key cache and side tables together are not supported "
                          "(the two-phase lookup cuts only the main tables' lifelong features)")
     if job.train.key_cache_every and tables:
-        model.key_cache = cache_collection(job.features, tables, model.key_dim, device)
+        model.key_cache = cache_collection(job.features, tables, model.cached_keys().key_dim, device)
     model.dedup_ids = job.train.dedup_ids
     model.embedding_l2 = job.train.embedding_l2
     return model
