@@ -36,6 +36,7 @@ from lifelong.data.store import SequenceStore
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models import entry
+from lifelong.models.base import loss as ctr_loss
 from lifelong.models.two_stage import TwoStage
 from lifelong.trainers.config import JobSpec, TrainConfig
 from lifelong.trainers.inputs import make_collator
@@ -133,7 +134,7 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
             t = time.perf_counter()
             if collate.prefilter is None:
                 gsu.seconds, gsu.bytes, gsu_samples = 0.0, 0, steps * batch
-        loss = m.loss(b, m(b))
+        loss = ctr_loss(b, m(b))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -64,6 +64,7 @@ def padded(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, np.nda
 
 
 def ours(model_name: str, run, meta, train: pa.Table, valid: pa.Table, seed: int) -> dict:
+    from lifelong.models.base import loss as ctr_loss
     from lifelong.trainers.local import batches, local_optimizer
     from lifelong.trainers.loop import evaluate
     from lifelong.trainers.model_setup import plain_model
@@ -79,7 +80,7 @@ def ours(model_name: str, run, meta, train: pa.Table, valid: pa.Table, seed: int
     model.train()
     cpu, wall = time.process_time(), time.perf_counter()
     for batch in batches(train, job, BATCH, seed):  # collate included
-        loss = model.loss(batch, model(batch))
+        loss = ctr_loss(batch, model(batch))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -14,6 +14,7 @@ from lifelong.embeddings.state import gather_full_state
 from lifelong.trainers import checkpoint
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.model_setup import sharded_model
+from lifelong.models.base import loss as ctr_loss
 from tests.helpers import start_ranks, tiny_job, tiny_samples
 
 N, NEXT, B = 3, 5, 16  # save after N steps, then compare NEXT more; B rows per rank and step
@@ -33,7 +34,7 @@ def _batches(samples, job, rank, world, steps):
 
 
 def _step(model, opt, batch) -> float:
-    loss = model.module.loss(batch, model(batch))
+    loss = ctr_loss(batch, model(batch))
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -53,7 +54,7 @@ def _train_and_save(rank, init_file, out):
     full = gather_full_state(model)
     with torch.no_grad():
         model.eval()
-        pred = model(make_collator(job)(samples.slice(0, 2 * B)))  # same rows on both ranks
+        pred = model(make_collator(job)(samples.slice(0, 2 * B))).logits  # same rows on both ranks
         model.train()
     losses = [_step(model, opt, b) for b in batches[N:]]
     torch.save({"losses": losses, "pred": pred, "state": full}, f"{out}/run.{rank}")
@@ -71,7 +72,7 @@ def _resume(rank, world, init_file, out, sharding, tag):
     full = gather_full_state(model)
     with torch.no_grad():
         model.eval()
-        pred = model(make_collator(job)(samples.slice(0, 2 * B)))
+        pred = model(make_collator(job)(samples.slice(0, 2 * B))).logits
         model.train()
     losses = [_step(model, opt, b) for b in _batches(samples, job, rank, 2, N + NEXT)[N:]] if world == 2 else []
     torch.save({"losses": losses, "pred": pred, "state": full, "trainer": state}, f"{out}/{tag}.{rank}")

@@ -44,7 +44,7 @@ def test_cached_gsu_two_phase_lookup_equals_plain_path_forward_and_backward(mode
     assert batch.long_len > m_fast.gsu.k  # the GSU has to choose
     looked = []
     m_fast.embeddings.register_forward_hook(lambda mod, args, out: looked.append(args[0]["long_item"].values().numel()))
-    out_fast, out_ref = m_fast(batch), m_ref(batch)
+    out_fast, out_ref = m_fast(batch).logits, m_ref(batch).logits
     assert looked and looked[0] <= batch.size * m_fast.gsu.k  # only the k selected ids reach the main tables
     assert looked[0] < batch.sparse["long_item"].values().numel()
     assert torch.allclose(out_fast, out_ref, atol=1e-5)
@@ -95,15 +95,15 @@ def test_stale_cache_is_reported_and_refresh_restores_parity():
     # cached scores alike, and top-k may then break the tie either way (seen with random β)
     m_fast, m_ref, batch, job = _pair("twin", random_beta=False)
     opt = local_optimizer(job, m_fast)
-    m_fast(batch).sum().backward()
+    m_fast(batch).logits.sum().backward()
     opt.step()  # the tables and W_h move; the cache does not
     m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
     with torch.no_grad():
-        stale = m_fast(batch)
+        stale = m_fast(batch).logits
     drift = m_fast.refresh_keys()
     assert drift["rel_change"] > 1e-4 and drift["rows_changed"] > 0.5
     with torch.no_grad():
-        fresh, ref = m_fast(batch), m_ref(batch)
+        fresh, ref = m_fast(batch).logits, m_ref(batch).logits
     assert torch.allclose(fresh, ref, atol=1e-5)
     assert m_fast.refresh_keys() == {"rel_change": 0.0, "rows_changed": 0.0}
     assert not torch.equal(stale, fresh) or drift["rel_change"] < 1e-3
@@ -213,6 +213,6 @@ def test_a_checkpoint_without_the_cache_loads_into_a_cached_model(tmp_path):
     assert state == {"global_step": 3, "key_cache_loaded": False}  # the caller must refresh
     m_cached.refresh_keys()
     with torch.no_grad():
-        assert torch.allclose(m_cached(batch), m_plain(batch), atol=1e-5)
+        assert torch.allclose(m_cached(batch).logits, m_plain(batch).logits, atol=1e-5)
     checkpoint.save(m_cached, tmp_path / "with", job.to_dict(), "plan", {}, None, {"global_step": 4})
     assert checkpoint.load(plain_model(job), tmp_path / "with") == {"global_step": 4}

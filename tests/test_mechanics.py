@@ -21,6 +21,7 @@ from lifelong.models.sdim import bucket_read, bucket_sums, collision_gather
 from lifelong.models.tcn import TCNLayer, receptive_fields
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.model_setup import plain_model
+from lifelong.models.base import loss as ctr_loss
 from tests.helpers import tiny_job, tiny_samples
 
 
@@ -74,11 +75,11 @@ def test_dien_adds_its_auxiliary_loss_only_in_training():
     model = plain_model(job)
     batch = make_collator(job)(samples.slice(0, 32))
     ctr = torch.nn.functional.binary_cross_entropy_with_logits
-    logits = model(batch)
-    assert model.loss(batch, logits) > ctr(logits, batch.labels) + 1e-3
+    out = model(batch)
+    assert out.aux > 1e-3 and torch.allclose(ctr_loss(batch, out), ctr(out.logits, batch.labels) + out.aux)
     model.eval()
-    logits = model(batch)
-    assert torch.allclose(model.loss(batch, logits), ctr(logits, batch.labels))
+    out = model(batch)
+    assert out.aux == 0 and torch.allclose(ctr_loss(batch, out), ctr(out.logits, batch.labels))
 
 
 # --- DSIN -------------------------------------------------------------------------------------
@@ -160,12 +161,12 @@ def test_sim_soft_search_table_is_separate_trained_only_by_the_auxiliary_head():
     assert tables["embeddings.search_item.weight"].shape[1] == 4 and tables["embeddings.item.weight"].shape[1] == 8
     assert all(any(p is q for q in model.sparse_parameters()) for p in tables.values())
     batch = make_collator(job)(samples.slice(0, 48))
-    logits = model(batch)
-    ctr = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    out = model(batch)
+    ctr = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels)
     search = [tables["embeddings.search_item.weight"], model.relevance.w_a.weight]
     g_ctr = torch.autograd.grad(ctr, search, retain_graph=True, allow_unused=True)
     assert all(g is None or g.abs().max() == 0 for g in g_ctr)  # top-k passes no gradient
-    g_all = torch.autograd.grad(model.loss(batch, logits), search)
+    g_all = torch.autograd.grad(ctr_loss(batch, out), search)
     assert all(g.abs().max() > 0 for g in g_all)  # the auxiliary CTR head trains them
 
 
@@ -284,7 +285,7 @@ def test_twin_gsu_topk_equals_topk_of_the_esu_logits_even_after_training():
         want, _ = masked_topk(esu_logits.mean(1), emb.long_mask, 6)
         assert torch.equal(idx, want)
         opt.zero_grad()
-        model.loss(batch, model(batch)).backward()
+        ctr_loss(batch, model(batch)).backward()
         opt.step()
 
 
@@ -349,10 +350,10 @@ def test_gap_search_esu_reads_the_match_of_exactly_the_selected_behaviours(name,
     buckets = model.gather(model.long_match(batch), idx)  # (B, k) of the selected behaviours
     b = int(buckets[valid].max())
     assert b > 0  # some selected behaviour shares the target's category
-    before = model(batch)
+    before = model(batch).logits
     with torch.no_grad():  # move one match bucket's row: only rows that selected such a behaviour change
         model.esu.match.weight[b] += 1.0
-    moved = (model(batch) - before).abs() > 1e-6
+    moved = (model(batch).logits - before).abs() > 1e-6
     assert torch.equal(moved, ((buckets == b) & valid).any(1))
     plain = plain_model(tiny_job(name, meta, {"k": k}))
     assert plain.esu.match is None and plain.esu.attention.k.in_features + 8 == model.esu.attention.k.in_features
@@ -595,7 +596,7 @@ def test_din_hit_similarity_config_and_a_target_free_head():
     with torch.no_grad():
         emb.target[:, :model.spec.dim] += 5.0  # the target's item columns: read by neither channel nor the head
     assert torch.equal(model.interest(batch, emb), model.interest(batch, model.lookup(batch)))
-    model(batch).sum().backward()
+    model(batch).logits.sum().backward()
     assert model.unit.proj.weight.grad.abs().sum() > 0 and model.unit.hit[0].weight.grad.abs().sum() > 0
 
 

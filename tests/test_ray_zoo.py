@@ -38,6 +38,7 @@ from lifelong.trainers.inputs import load_store, make_collator, make_eval_collat
 from lifelong.trainers.loop import evaluate, fit_epoch
 from lifelong.trainers.model_setup import sharded_model
 from lifelong.trainers.trainer import make_trainer
+from lifelong.models.base import loss as ctr_loss
 
 pytestmark = pytest.mark.ray
 
@@ -64,7 +65,7 @@ def first_batch_loss(model, batch, device) -> float:
     """The CTR loss of one batch in eval mode (no dropout, no auxiliary loss); the model is left training."""
     model.eval()
     batch = batch.to(device)
-    loss = model.module.loss(batch, model(batch)).item()
+    loss = ctr_loss(batch, model(batch)).item()
     model.train()
     return loss
 

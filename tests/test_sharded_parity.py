@@ -14,6 +14,7 @@ from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping, lr_groups
 from lifelong.trainers.model_setup import plain_model, sharded_model
+from lifelong.models.base import loss as ctr_loss
 from tests.helpers import start_ranks, tiny_job, tiny_samples
 
 WORLD = 2
@@ -34,13 +35,13 @@ def _reference(job, batch_table, halves):
     init = {k: v.clone() for k, v in model.state_dict().items()}
     collate = make_collator(job)
     refresh(model)
-    before = model(collate(batch_table)).detach()
+    before = model(collate(batch_table)).logits.detach()
     emb = model.sparse_parameters()
     cache = list(model.key_cache.parameters()) if model.key_cache is not None else []
     dense = [p for p in model.parameters() if all(p is not e for e in emb + cache)]
     # Each rank's loss is the mean over its half. DDP averages dense grads over ranks, and so does
     # TorchRec's sharded embedding backward: both equal grads of the mean of the two half-losses.
-    loss = sum(model.loss(b, model(b)) for b in (collate(h) for h in halves))
+    loss = sum(ctr_loss(b, model(b)) for b in (collate(h) for h in halves))
     loss.backward()
     with torch.no_grad():
         for p in dense:
@@ -48,7 +49,7 @@ def _reference(job, batch_table, halves):
         for p in emb:
             p -= LR_SPARSE * p.grad / WORLD
     refresh(model)
-    after = model(collate(batch_table)).detach()
+    after = model(collate(batch_table)).logits.detach()
     return init, before, after, model.state_dict()
 
 
@@ -60,13 +61,13 @@ def _worker(rank, init_file, job, table, halves, init, out):
     collate = make_collator(job)
     mine = collate(halves[rank])
     refresh(model)
-    before = model(mine).detach()
-    loss = model.module.loss(mine, model(mine))
+    before = model(mine).logits.detach()
+    loss = ctr_loss(mine, model(mine))
     opt.zero_grad()
     loss.backward()
     opt.step()
     refresh(model)
-    after = model(mine).detach()
+    after = model(mine).logits.detach()
     full = gather_full_state(model)
     if rank == 0:
         torch.save({"before": before, "after": after, "state": full}, out + ".0")
@@ -121,7 +122,7 @@ def _fused_steps(rank, init_file, job, init, tables, out, lr_scale=1.0):
     collate = make_collator(job)
     for t in tables:
         b = collate(t)
-        loss = model.module.loss(b, model(b))
+        loss = ctr_loss(b, model(b))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -146,7 +147,7 @@ def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse, lr_scale, l
     opt, collate = local_optimizer(job, model), make_collator(job)
     for t in tables:
         b = collate(t)
-        loss = model.loss(b, model(b))
+        loss = ctr_loss(b, model(b))
         opt.zero_grad()
         loss.backward()
         opt.step()

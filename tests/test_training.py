@@ -11,6 +11,7 @@ import lifelong.trainers.local as local
 import lifelong.trainers.loop as loop
 from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping
+from lifelong.models.base import loss as ctr_loss
 from tests.helpers import store_run, tiny_job, tiny_samples
 
 
@@ -118,9 +119,9 @@ def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_n
     model = plain_model(job)
     model.train()
     batch = make_collator(job)(samples.slice(0, 16))
-    plain = model.loss(batch, model(batch))
+    plain = ctr_loss(batch, model(batch))
     model.embedding_l2 = 0.1
-    penalty = model.loss(batch, model(batch)) - plain
+    penalty = ctr_loss(batch, model(batch)) - plain
     ref, tables = 0.0, {}
     for ec in (model.embeddings, model.side_embeddings):
         for cfg in ec.embedding_configs():
@@ -141,8 +142,8 @@ def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_n
     assert item.grad[~seen].abs().max() == 0  # rows the batch did not read get no decay
     assert item.grad[seen].abs().max() > 0
     model.eval()  # evaluation adds nothing
-    assert model.loss(batch, model(batch)).item() == pytest.approx(
-        torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels).item())
+    assert ctr_loss(batch, model(batch)).item() == pytest.approx(
+        torch.nn.functional.binary_cross_entropy_with_logits(model(batch).logits, batch.labels).item())
 
 
 def test_curves_of_a_resumed_run_drop_the_killed_attempts_later_points(tmp_path):

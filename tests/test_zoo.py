@@ -51,7 +51,7 @@ def test_padding_changes_nothing(name):
     model = plain_model(job).eval()
     batch = make_collator(job)(samples.slice(0, 48))
     with torch.no_grad():
-        a, b = model(batch), model(_widen(batch, 9, 5))
+        a, b = model(batch).logits, model(_widen(batch, 9, 5)).logits
     assert torch.isfinite(a).all()
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
@@ -69,8 +69,8 @@ def test_user_table_feeds_the_head_and_only_its_row(name):
     users[3] = users[3] % meta.n_users + 1  # another user for row 3 only
     moved = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(users))
     with torch.no_grad():
-        a, b = model(batch), model(make_collator(job)(moved))
-        assert torch.allclose(model(_widen(batch, 9, 5)), a, atol=1e-5)
+        a, b = model(batch).logits, model(make_collator(job)(moved)).logits
+        assert torch.allclose(model(_widen(batch, 9, 5)).logits, a, atol=1e-5)
     changed = (a - b).abs() > 1e-6
     assert changed.tolist() == [i == 3 for i in range(24)]
     users[0] = meta.n_users + 1
@@ -101,7 +101,7 @@ def test_two_stage_with_k_at_least_L_equals_brute_force(name):
         logits[k] = (two_stage, brute)
         if k == 64:
             assert torch.allclose(two_stage, brute, atol=1e-5), (two_stage - brute).abs().max()
-            assert torch.allclose(model(batch), brute, atol=1e-5)  # the trained path at k >= L
+            assert torch.allclose(model(batch).logits, brute, atol=1e-5)  # the trained path at k >= L
             g1 = torch.autograd.grad(two_stage.sum(), list(model.parameters()), allow_unused=True, retain_graph=True)
             g2 = torch.autograd.grad(brute.sum(), list(model.parameters()), allow_unused=True)
             for (n, _), a, b in zip(model.named_parameters(), g1, g2):

@@ -3,13 +3,14 @@
 A model gets its EmbeddingCollection passed in (plain in unit tests, sharded under DMP).
 `inputs(config)` tells the collator what the model reads: whether it needs the lifelong
 history, which collate-time GSU (if any) cuts it down before lookup, and which side tables the
-model owns. Models with an auxiliary loss (DIEN, SIM-soft) stash it in forward with `add_aux`;
-`loss` adds it to the CTR loss.
+model owns. `forward` returns an `Output`: the logits and the sum of the pass's auxiliary losses
+(DIEN's and SIM-soft's, the batch-wise embedding L2), which the models add to the pass's
+`Embedded.aux` in training mode; `loss(batch, output)` is the CTR loss plus them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -41,6 +42,20 @@ class Embedded:
     side: dict[str, dict[str, torch.Tensor]]  # side table -> group -> (B, D) target or (B, T, D)
     user: torch.Tensor  # (B, user_dim): the user-id embedding, (B, 0) without a user table
     cache: dict[str, object] = field(default_factory=dict)  # a model's derived tensors of this batch
+    aux: list[torch.Tensor] = field(default_factory=list)  # auxiliary losses of this pass (training only)
+
+
+class Output(NamedTuple):
+    """What a forward pass returns: logits (B,) and the sum of its auxiliary losses (a scalar, 0
+    when there are none, as in eval mode)."""
+
+    logits: torch.Tensor
+    aux: torch.Tensor
+
+
+def loss(batch: Batch, out: Output) -> torch.Tensor:
+    """The training loss: binary cross-entropy of the logits, plus the pass's auxiliary losses."""
+    return nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels) + out.aux
 
 
 def _dense(jt: JaggedTensor, width: int) -> torch.Tensor:
@@ -90,7 +105,6 @@ class CTRModel(nn.Module):
         if side_tables:  # side features follow the main ones in the KJT
             n_side = sum(len(s.groups) for s in side_tables)
             sparse, side_sparse = batch.sparse.split([len(sparse.keys()) - n_side, n_side])
-        self.__dict__.pop("_aux_loss", None)  # a forward pass starts without auxiliary losses
         out = dedup_lookup(self.embeddings, sparse, self.spec.feature_rows()) if self.dedup_ids \
             else self.embeddings(sparse)  # feature -> JaggedTensor (N, D)
         cat = lambda g, w: torch.cat([_dense(out[feature_name(g, t)], w) for t in TABLE_COLUMNS], -1)  # noqa: E731
@@ -103,8 +117,8 @@ class CTRModel(nn.Module):
             torch.zeros(len(long_len), 0, dtype=torch.long, device=long_len.device)
         widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
         side_out = self.side_embeddings(side_sparse) if side_tables else {}
-        if self.embedding_l2:
-            self.add_aux(self.embedding_l2 * l2_of_rows([*out.values(), *side_out.values()], batch.size))
+        aux = [self.embedding_l2 * l2_of_rows([*out.values(), *side_out.values()], batch.size)] \
+            if self.embedding_l2 and self.training else []
         side = {s.name: {g: _dense(side_out[feature_name(g, s.name)], widths[g]) for g in s.groups}
                 for s in side_tables}
         for groups in side.values():
@@ -112,7 +126,8 @@ class CTRModel(nn.Module):
                 groups["target"] = groups["target"].squeeze(1)  # (B, D)
         user = _dense(out[USER], 1).squeeze(1) if self.spec.n_users else target.new_zeros(target.shape[0], 0)
         return Embedded(target, cat("short", batch.short_len), _mask(short_len, batch.short_len),
-                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat, side, user)
+                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat, side, user,
+                        aux=aux)
 
     @staticmethod
     def target_match(batch: Batch, group: str, width: int) -> torch.Tensor:
@@ -130,22 +145,15 @@ class CTRModel(nn.Module):
     def logits(self, interest: torch.Tensor, emb: Embedded) -> torch.Tensor:
         return self.head(torch.cat([interest, emb.user], -1)).squeeze(-1)  # (B,)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    @staticmethod
+    def output(logits: torch.Tensor, emb: Embedded) -> Output:
+        return Output(logits, sum(emb.aux) if emb.aux else logits.new_zeros(()))
+
+    def forward(self, batch: Batch) -> Output:
         emb = self.lookup(batch)
-        return self.logits(self.interest(batch, emb), emb)
+        return self.output(self.logits(self.interest(batch, emb), emb), emb)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Embedding-table parameters (main and side collections): the sparse optimiser's."""
         side = list(self.side_embeddings.parameters()) if self.side_embeddings is not None else []
         return list(self.embeddings.parameters()) + side
-
-    def add_aux(self, loss: torch.Tensor) -> None:
-        """Add an auxiliary loss of this forward pass (training only); `loss` consumes their sum."""
-        if self.training:
-            aux = self.__dict__.get("_aux_loss")
-            self._aux_loss = loss if aux is None else aux + loss
-
-    def loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        ctr = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
-        aux = self.__dict__.pop("_aux_loss", None)
-        return ctr if aux is None else ctr + aux

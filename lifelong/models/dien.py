@@ -88,7 +88,7 @@ class DIEN(CTRModel):
         if self.training and self.config.aux_weight:
             items = batch.sparse["short_item"].to_padded_dense(desired_length=batch.short_len)  # (B, S)
             perm = torch.randperm(seq.shape[0], device=seq.device)
-            self.add_aux(self.config.aux_weight * auxiliary_loss(h, seq, items, mask, perm))
+            emb.aux.append(self.config.aux_weight * auxiliary_loss(h, seq, items, mask, perm))
         a = masked_softmax(torch.einsum("bte,be->bt", h, self.attention(emb.target)), mask)  # (B, S)
         final = self.evolution(h, a)
         mean = seq.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)

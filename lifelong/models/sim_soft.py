@@ -79,5 +79,5 @@ class SIMSoft(GapSearch):
     def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         if self.training:
             aux = nn.functional.binary_cross_entropy_with_logits(self.aux_logits(emb), batch.labels)
-            self.add_aux(self.config.aux_weight * aux)
+            emb.aux.append(self.config.aux_weight * aux)
         return super().interest(batch, emb)

@@ -26,7 +26,7 @@ from torchrec import KeyedJaggedTensor
 from lifelong.embeddings import key_cache
 from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name, features
-from lifelong.models.base import CTRModel, Embedded
+from lifelong.models.base import CTRModel, Embedded, Output
 from lifelong.models.cached_keys import CachedKeys, select_fast, select_reference
 from lifelong.models.gsu.base import GSU, gather_rows, masked_topk, valid_slots
 from lifelong.models.layers import ActivationUnit, GapAttention
@@ -110,15 +110,15 @@ class TwoStage(CTRModel):
         match = emb.cache["match"]
         return match if match is None or idx is None else self.gather(match, idx)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         if self.key_cache is None or (batch.long_len <= self.gsu.k and not self.gsu.filters):
             return super().forward(batch)
         idx, valid = self.select_cached(batch)
         selected = select_long(batch, idx, valid)
         emb = self.lookup(selected)  # full-width embeddings of the k selected behaviours only
         k = idx.shape[1]
-        return self.logits(self.interest_from(selected, emb, torch.arange(k, device=idx.device).expand_as(idx),
-                                              valid), emb)
+        return self.output(self.logits(self.interest_from(
+            selected, emb, torch.arange(k, device=idx.device).expand_as(idx), valid), emb), emb)
 
     def select(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         """GSU top-k positions and validity; with L <= k (and a GSU that does not filter) every

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lifelong.cluster import logs
 from lifelong.embeddings.plan import allowed_types, describe, estimates, planner, sharders, table_names
+from lifelong.models.base import loss as ctr_loss
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.inputs import load_store, make_collator
 from lifelong.trainers.loop import in_lockstep
@@ -126,7 +127,7 @@ def bench_plan(job: JobSpec, plan, batches: list, device: torch.device, pg, warm
                 counter.a2a = counter.allreduce = 0
                 t0 = time.perf_counter()
             batch = batch.to(device)
-            loss = model.module.loss(batch, model(batch))
+            loss = ctr_loss(batch, model(batch))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from lifelong.embeddings.batch import Batch, EvalBatch
+from lifelong.models.base import loss as ctr_loss
 from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.metrics import evaluate_arrays
 
@@ -71,8 +72,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
         batch = batch.to(device, non_blocking=True)
         if before_step is not None:
             before_step(batch)
-        logits = model(batch)
-        loss = model.module.loss(batch, logits) if hasattr(model, "module") else model.loss(batch, logits)
+        loss = ctr_loss(batch, model(batch))
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"rank {rank}: non-finite loss {loss.item()} at step {steps}")
         optimizer.zero_grad()
@@ -277,7 +277,7 @@ def _scores(model: torch.nn.Module, pairs: Iterable[tuple[Batch, bool]], device:
     model.eval()
     out_s, out_l, out_u = [], [], []
     for batch, real in pairs:
-        logits = model(batch.to(device))
+        logits = model(batch.to(device)).logits
         if real:
             out_s.append(logits.float().cpu().numpy())
             out_l.append(batch.labels.numpy())
