@@ -3,9 +3,9 @@
 Every command of every ```bash block is accounted for: the single runs (`train`, `prepare`,
 `evaluate`, `shard-bench`) run here verbatim, in README order, from a scratch directory that holds
 links to `.venv` and `configs` (so `runs/` lands there), capped with the documented `--max-steps`
-(train) or `--steps` (shard-bench), the first on its own embedded Ray and the rest on one shared
-local Ray; the others are named with the test that covers them or why
-none can here. Every `lifelong` command also parses with the CLI and its run file validates.
+and `--max-eval-batches` (train) or `--steps` (shard-bench), the first on its own embedded Ray and
+the rest on one shared local Ray; the others are named with the test that covers them or why none
+can here. Every `lifelong` command also parses with the CLI and its run file validates.
 """
 import json
 import os
@@ -24,7 +24,7 @@ from tests.helpers import check_shard_bench
 ROOT = Path(__file__).parents[1]
 LIFELONG = ".venv/bin/lifelong "
 RUN_HERE = ("train", "prepare", "evaluate", "shard-bench")
-CAPS = {"train": ["--max-steps", "2"], "shard-bench": ["--steps", "2", "--warmup", "1"]}
+CAPS = {"train": ["--max-steps", "2", "--max-eval-batches", "2"], "shard-bench": ["--steps", "2", "--warmup", "1"]}
 # Commands not run here, and where they are exercised instead (matched by prefix).
 ELSEWHERE = {
     "make test": "is this suite (`.ci/run` runs it)",
@@ -116,6 +116,8 @@ def test_readme_command_runs_verbatim(cmd, scratch, shared_ray):
         run = _run_file(parser().parse_args(argv[1:]))
         summary = json.loads((scratch / run.output_dir / run.name / "summary.json").read_text())
         assert summary["model"] == run.model and summary["train_steps"] <= 2 and 0 < summary["valid_auc"] < 1
+        eval_batch = run.train.eval_batch_size
+        assert 0 < summary["valid_samples"] <= 2 * eval_batch * (run.cluster.num_workers or 2)  # the cap held
     if argv[1] == "evaluate":
         assert json.loads(done.stdout[done.stdout.index("{"):])["split"] == "test"
     if argv[1] == "shard-bench":  # both README runs are the shard-bench tests (world sizes 1 and 2)

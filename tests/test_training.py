@@ -187,3 +187,22 @@ def test_local_batches_are_the_same_from_a_chunked_table_and_a_combined_one():
         for x, y in zip(a, b):
             assert torch.equal(x.sparse.values(), y.sparse.values()) and torch.equal(x.labels, y.labels)
             assert torch.equal(x.long_ts, y.long_ts) and torch.equal(x.user_ids, y.user_ids)
+
+
+def test_max_eval_batches_caps_the_validation_rows_and_the_cli_sets_it(tmp_path):
+    from lifelong.jobs.cli import _run_file, parser
+    from lifelong.trainers.local import fit_local
+
+    samples, meta = tiny_samples()
+    train, valid = samples.slice(0, 64), samples.slice(64)
+    assert valid.num_rows > 2 * 16
+    for cap, rows in ((2, 2 * 16), (0, valid.num_rows)):
+        _, history = fit_local(tiny_job("din", meta, batch_size=32, eval_batch_size=16, max_eval_batches=cap), train,
+                               valid)
+        assert history[-1]["valid_samples"] == rows
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("model: din\n")
+    run = _run_file(parser().parse_args(["train", "--config", str(cfg), "--max-steps", "3", "--max-eval-batches", "2"]))
+    assert (run.train.max_steps, run.train.max_eval_batches) == (3, 2)
+    with pytest.raises(ValueError, match="max_eval_batches must be >= 0"):
+        tiny_job("din", meta, max_eval_batches=-1)

@@ -24,8 +24,9 @@ def _run_file(args):
     if getattr(args, "address", None) or workers is not None:  # --workers 0 means auto, not "unset"
         run = replace(run, cluster=replace(run.cluster, address=args.address or run.cluster.address,
                                            num_workers=run.cluster.num_workers if workers is None else workers))
-    if getattr(args, "max_steps", None) is not None:
-        run = replace(run, train=replace(run.train, max_steps=args.max_steps))
+    for cap in ("max_steps", "max_eval_batches"):
+        if getattr(args, cap, None) is not None:
+            run = replace(run, train=replace(run.train, **{cap: getattr(args, cap)}))
     return run
 
 
@@ -107,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--max-steps", dest="max_steps", type=int,
                            help="cap every epoch at this many steps (train.max_steps; 0: whole epochs), "
                            "e.g. for a quick smoke run")
+            s.add_argument("--max-eval-batches", dest="max_eval_batches", type=int,
+                           help="validate on at most this many batches per worker and epoch "
+                           "(train.max_eval_batches; 0: the whole valid split), e.g. for a quick smoke run")
         if name == "compare":
             s.add_argument("--models", default=",".join(names()), help="comma-separated model names (default: all)")
             s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")

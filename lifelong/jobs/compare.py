@@ -204,7 +204,8 @@ def budget(run: RunFile, tuning: str = "no tuning") -> str:
     tuned = " where not tuned" if tuning != "no tuning" else ""
     return (f"budget per run: {t.epochs} epoch(s){steps}, batch {t.batch_size} per worker x "
             f"{run.cluster.num_workers or 'auto'} workers, sparse {t.sparse_optimizer} lr {t.sparse_lr}, "
-            f"dense {t.dense_optimizer} lr {t.dense_lr}{tuned}, {tuning}; valid split")
+            f"dense {t.dense_optimizer} lr {t.dense_lr}{tuned}, {tuning}; valid split"
+            + (f" (its first {t.max_eval_batches} batches per worker)" if t.max_eval_batches else ""))
 
 
 def compare(run: RunFile, models: list[str], seeds: list[int], max_lens: list[int],

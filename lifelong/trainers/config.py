@@ -19,6 +19,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     epochs: int = 1
     max_steps: int = 0  # per epoch; 0 = the whole shard
+    max_eval_batches: int = 0  # validation batches per rank and epoch (a smoke run's); 0 = the whole split
     dense_optimizer: str = "adam"
     dense_lr: float = 1e-3
     sparse_optimizer: str = "rowwise_adagrad"
@@ -66,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local')")
         if self.parquet_reader not in PARQUET_READERS:
             raise ValueError(f"train.parquet_reader '{self.parquet_reader}' not in {PARQUET_READERS}")
+        if self.max_steps < 0 or self.max_eval_batches < 0:
+            raise ValueError("train.max_steps and train.max_eval_batches must be >= 0 (0 = no cap)")
         if self.key_cache_every < 0:
             raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
         if self.grad_clip < 0 or self.patience < 0 or self.embedding_l2 < 0:

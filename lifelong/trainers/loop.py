@@ -115,7 +115,8 @@ def fit_epoch(model: torch.nn.Module, optimizer, t: TrainConfig, device: torch.d
     """One epoch of the training core, the same in-process, on a Ray worker and in tests: a training
     pass (`train_epoch`; `hooks` are its start / every / on_checkpoint / on_step / log_every / show),
     the key cache refreshed so evaluation reads fresh keys, then one pass over the `valid` batches
-    (`validate`: AUC / GAUC / logloss and the GSU consistency diagnostics). Returns flat `train_*`,
+    (the first `t.max_eval_batches` when set; `validate`: AUC / GAUC / logloss and the GSU
+    consistency diagnostics). Returns flat `train_*`,
     `valid_*` and `key_cache_*` metrics."""
     hooks.setdefault("log_every", 0)
     hooks.setdefault("show", False)
@@ -123,6 +124,7 @@ def fit_epoch(model: torch.nn.Module, optimizer, t: TrainConfig, device: torch.d
                         grad_clip=t.grad_clip, **hooks)
     if keys is not None:
         keys.refresh()
+    valid = itertools.islice(valid, t.max_eval_batches) if t.max_eval_batches else valid  # this rank's first N
     metrics = validate(model, valid, device, t.diagnostic_batches)
     return {**{f"train_{k}": v for k, v in stats.items()}, **{f"valid_{k}": v for k, v in metrics.items()},
             **(keys.metrics() if keys is not None else {})}
