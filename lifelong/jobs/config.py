@@ -18,7 +18,8 @@ from lifelong.data.completejourney import CompleteJourneyConfig
 from lifelong.data.samples import SampleConfig
 from lifelong.data.synthetic import SyntheticConfig
 from lifelong.jobs.tune_space import TuneConfig
-from lifelong.models.registry import make_config, model_config
+from lifelong.config import make_config
+from lifelong.models.registry import model_config
 from lifelong.trainers.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]

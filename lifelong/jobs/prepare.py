@@ -12,7 +12,7 @@ from lifelong.data.samples import build_samples
 from lifelong.data.schema import LogMeta
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.jobs.config import RunFile
-from lifelong.models.registry import make_config
+from lifelong.config import make_config
 
 REPORT = "report.json"
 

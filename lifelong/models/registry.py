@@ -1,12 +1,14 @@
 """One registry: model name -> (architecture config dataclass, module class).
 
-Configs are frozen dataclasses; building one from a dict rejects unknown keys by name.
+Configs are frozen dataclasses; building one from a dict (`lifelong.config.make_config`) rejects
+unknown keys by name.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from lifelong.config import make_config
 
 _REGISTRY: dict[str, "Entry"] = {}
 
@@ -36,16 +38,6 @@ def entry(name: str) -> Entry:
     if name not in _REGISTRY:
         raise KeyError(f"unknown model '{name}'; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
-
-
-def make_config(cls: type, values: dict[str, Any] | None, where: str) -> Any:
-    """Frozen dataclass from a dict; unknown keys are errors naming `where`; lists become tuples."""
-    values = dict(values or {})
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def model_config(name: str, values: dict[str, Any] | None = None) -> Any:

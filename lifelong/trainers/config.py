@@ -6,7 +6,8 @@ from typing import Any
 
 from lifelong.data.samples import SampleConfig
 from lifelong.embeddings.spec import FeatureSpec
-from lifelong.models.registry import make_config, model_config
+from lifelong.config import make_config
+from lifelong.models.registry import model_config
 
 SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad", "adam")
 DENSE_OPTIMIZERS = ("adam", "sgd", "adagrad")
