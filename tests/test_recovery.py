@@ -9,6 +9,7 @@ import pytest
 
 from lifelong.jobs.config import run_file
 from lifelong.jobs.train import train
+from lifelong.trainers.faults import FaultAtStep
 
 pytestmark = pytest.mark.ray
 
@@ -39,13 +40,14 @@ def _run(out, name, timeout_s=120, **train_extra):
 
 def test_killed_worker_resumes_and_rerun_resumes(ray_local, tmp_path, capsys):
     clean = train(_run(tmp_path, "clean"))
-    faulty = train(_run(tmp_path, "faulty", fail_at_step=clean["global_step"] // 2 + 3, max_failures=1))
+    fault = FaultAtStep(clean["global_step"] // 2 + 3)
+    faulty = train(_run(tmp_path, "faulty", max_failures=1), step_hook=fault)
     assert faulty["resumed"] and not clean["resumed"]
     assert faulty["global_step"] == clean["global_step"]  # no step lost or repeated
     assert abs(faulty["valid_auc"] - clean["valid_auc"]) < 0.002, (faulty["valid_auc"], clean["valid_auc"])
     t0 = time.perf_counter()
     capsys.readouterr()
-    again = train(_run(tmp_path, "faulty", fail_at_step=clean["global_step"] // 2 + 3, max_failures=1))
+    again = train(_run(tmp_path, "faulty", max_failures=1), step_hook=fault)
     assert "already finished its 2 epoch(s)" in capsys.readouterr().out  # no worker group started
     assert again["resumed"] and again["global_step"] == faulty["global_step"]
     assert again["valid_auc"] == faulty["valid_auc"]  # nothing retrained
@@ -61,7 +63,7 @@ def test_killed_worker_resumes_and_rerun_resumes(ray_local, tmp_path, capsys):
 def test_dead_rank_without_retries_fails_fast_and_a_rerun_resumes(ray_local, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(Exception, match="(?i)fail|died|exit"):
-        train(_run(tmp_path, "dies", fail_at_step=15, epochs=1))
+        train(_run(tmp_path, "dies", epochs=1), step_hook=FaultAtStep(15))
     assert time.perf_counter() - t0 < 120 + 60  # the collective timeout (120 s), plus start-up
     # The killed run left its step-10 checkpoint: the same run name continues from there, whether or
     # not Ray Train's controller registered it before the rank died (the rerun scans the run directory).
@@ -73,7 +75,7 @@ def test_dead_rank_without_retries_fails_fast_and_a_rerun_resumes(ray_local, tmp
 def test_hung_rank_fails_the_job_within_the_collective_timeout(ray_local, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(Exception) as info:
-        train(_run(tmp_path, "hangs", timeout_s=20, fail_at_step=5, fault="hang", epochs=1))
+        train(_run(tmp_path, "hangs", timeout_s=20, epochs=1), step_hook=FaultAtStep(5, "hang"))
     elapsed = time.perf_counter() - t0
     assert "Timed out waiting 20000ms" in str(info.value)  # rank 0's gloo collective, not a Ray health check
     assert elapsed < 20 + 90, elapsed  # timeout plus Ray start-up and sample preparation

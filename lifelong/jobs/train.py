@@ -5,7 +5,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from lifelong.cluster.connect import connect
 from lifelong.cluster.logs import relayed, short
@@ -25,10 +25,12 @@ def job_spec(run: RunFile, meta) -> JobSpec:
                    samples=run.samples, train=run.train, sharding=dict(run.sharding))
 
 
-def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None) -> dict:
+def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None,
+          step_hook: Optional[Callable[[int, int, int], None]] = None) -> dict:
     """Train `run.model`; returns (and writes to <output>/<name>/summary.json) the final metrics,
     printed as a block when `show`. `prepared` is `prepare`'s result when the caller holds it (a
-    tune trial, whose output directory holds no samples)."""
+    tune trial, whose output directory holds no samples). `step_hook(rank, world, global_step)` runs
+    on every worker after each step (the recovery tests' `trainers.faults.FaultAtStep`)."""
     t0 = time.perf_counter()
     mode = connect(run.cluster)
     samples_dir, meta, report = prepared or prepare(run)
@@ -44,7 +46,8 @@ def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None) -> 
                    "resumed_global_step": done[1]["global_step"]}
     else:
         with relayed() as relay:
-            result = make_trainer(job, samples_dir, run.cluster, run.name, run.output_dir, relay=relay).fit()
+            result = make_trainer(job, samples_dir, run.cluster, run.name, run.output_dir, relay=relay,
+                                  loop_config={"step_hook": step_hook} if step_hook else None).fit()
         metrics = result.metrics
     # The newest complete checkpoint on disk: Ray Train's controller may not have registered the one a
     # resumed run started from.

@@ -24,8 +24,7 @@ RANGES = ("loguniform", "uniform", "randint")
 TOP_LEVEL = ("embedding_dim", "embedding_init")
 SECTIONS = ("model_config", "train")
 FIXED = {"train.epochs": "the budget: ASHA's rungs are its epochs", "train.max_steps": "the budget per epoch",
-         "train.seed": "every trial starts from the same seed", "train.fail_at_step": "a test-only fault",
-         "train.fault": "a test-only fault", "train.max_failures": "a runtime setting",
+         "train.seed": "every trial starts from the same seed", "train.max_failures": "a runtime setting",
          "train.keep_checkpoints": "a runtime setting", "train.checkpoint_every": "a runtime setting"}
 SCHEDULERS = ("asha", "fifo")
 EXECUTORS = ("ray_train", "local")

@@ -41,8 +41,6 @@ class TrainConfig:
     #                              L: at L = 4,096 each 1,024-row batch cost ~2.3 s here); 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
     keep_checkpoints: int = 2  # Ray Train deletes older ones
-    fail_at_step: int = 0  # fault injection for recovery tests: the last rank fails once at this global step
-    fault: str = "exit"  # how it fails: "exit" (the process dies) or "hang" (it stops before the next collective)
     deterministic_data: bool = False  # Ray Data keeps block order: the same batches per worker in every run
     max_failures: int = 0  # worker-group restarts Ray Train allows, each from the latest checkpoint
     key_cache_every: int = 0  # refresh cached GSU keys every N steps (ETA, TWIN, LIC); 0 = GSU on live embeddings
@@ -62,8 +60,6 @@ class TrainConfig:
             raise ValueError(f"train.dense_optimizer '{self.dense_optimizer}' not in {DENSE_OPTIMIZERS}")
         if self.keep_checkpoints < 1 or self.checkpoint_every < 0:
             raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every >= 0")
-        if self.fault not in ("exit", "hang"):
-            raise ValueError(f"train.fault '{self.fault}' not in ('exit', 'hang')")
         if self.shuffle not in ("global", "local"):
             raise ValueError(f"train.shuffle '{self.shuffle}' not in ('global', 'local')")
         if self.parquet_reader not in PARQUET_READERS:

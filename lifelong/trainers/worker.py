@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -53,30 +52,6 @@ def worker_nodes() -> int:
         nodes = [None] * dist.get_world_size()
         dist.all_gather_object(nodes, node)
     return len(set(nodes))
-
-
-@ray.remote(num_cpus=0)
-class FaultCounter:
-    """Counts injected faults of one run (a named actor outlives the worker it kills)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def claim(self) -> bool:
-        self.n += 1
-        return self.n == 1
-
-
-def maybe_inject_fault(job: JobSpec, rank: int, world: int, global_step: int) -> None:
-    """`train.fail_at_step`: the last rank dies (or hangs, `train.fault`) once at that global step."""
-    if job.train.fail_at_step and global_step == job.train.fail_at_step and rank == world - 1:
-        name = f"lifelong-fault-{ray.train.get_context().get_experiment_name()}"
-        counter = FaultCounter.options(name=name, get_if_exists=True, lifetime="detached").remote()
-        if ray.get(counter.claim.remote()):
-            logs.say(f"[lifelong] injected fault: rank {rank} {job.train.fault}s at step {global_step}")
-            if job.train.fault == "hang":
-                time.sleep(24 * 3600)  # the other ranks wait in their next collective until its timeout
-            os._exit(1)
 
 
 def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str]) -> dict:
@@ -129,6 +104,7 @@ BEST_DIR = "best"  # inside the run directory: the best epoch's weights under ea
 def train_loop_per_worker(config: dict) -> None:
     job = JobSpec.from_dict(config["job"])
     logs.use(config.get("relay"))
+    step_hook = config.get("step_hook")  # (rank, world, global step) after every step; tests install faults
     started = time.perf_counter()
     logging.getLogger().addFilter(_NoTBEArgumentDump())
     ctx = ray.train.get_context()
@@ -176,7 +152,8 @@ def train_loop_per_worker(config: dict) -> None:
         nonlocal global_step
         global_step += 1
         curves.step(global_step, loss)
-        maybe_inject_fault(job, rank, world, global_step)
+        if step_hook is not None:  # e.g. a recovery test's `faults.FaultAtStep`
+            step_hook(rank, world, global_step)
         if rank == 0 and time.perf_counter() - shown[0] >= PROGRESS_EVERY_S:  # a terminal's progress line
             shown[0] = time.perf_counter()
             logs.say(f"[lifelong] epoch {epoch}: step {step} (global {global_step}), "
