@@ -61,6 +61,7 @@ class LIC(TwoStage):
         self.clock = ClockAttention(E, config.heads, config.head_dim, config.gap_hidden, config.out_hidden,
                                     config.out_dim, config.match, config.gsu_form)
         self.gsu = RelevanceGSU(self.clock.gsu, config.k)
+        self.projected_gsu = RelevanceGSU(self.clock.gsu_projected, config.k)  # the key cache's (no parameters)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + config.out_dim + (E if config.use_short else 0), config.head_hidden)
 
@@ -74,7 +75,7 @@ class LIC(TwoStage):
 
     def cached_keys(self) -> ProjectedKeys:
         """The Clock-GSU's α = (W_b b)·(W_q q) w / sqrt(d) + s(Δ) (+ m(match)) on cached W_b b, W_q q."""
-        return ProjectedKeys(self.clock.w_b, self.clock.w_q, RelevanceGSU(self.clock.gsu_projected, self.config.k),
+        return ProjectedKeys(self.clock.w_b, self.clock.w_q, self.projected_gsu,
                              self.clock.gsu_head_weight / math.sqrt(self.config.head_dim), self.extra_keys,
                              self.extra_relevance)
 

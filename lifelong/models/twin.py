@@ -54,6 +54,7 @@ class TWIN(TwinFrame):
         self.cross = CrossFeatures(config.cross_dim, config.cross_buckets, match=config.match)
         self.attention = TwinAttention(E, E, self.cross.n_features, config.cross_dim, config.heads, config.head_dim)
         self.gsu = RelevanceGSU(self.attention, config.k)
+        self.projected_gsu = RelevanceGSU(self.attention.projected, config.k)  # the key cache's (no parameters)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None
         self.head = self.make_head(E + self.attention.out_dim + (E if config.use_short else 0), config.head_hidden)
 
@@ -67,8 +68,7 @@ class TWIN(TwinFrame):
 
     def cached_keys(self) -> ProjectedKeys:
         """TWIN's relevance on cached K_h W_h and q W_q per id, its cross features' terms lookup-free."""
-        return ProjectedKeys(self.attention.w_h, self.attention.w_q, RelevanceGSU(self.attention.projected,
-                                                                                  self.config.k),
+        return ProjectedKeys(self.attention.w_h, self.attention.w_q, self.projected_gsu,
                              1.0 / (self.config.heads * math.sqrt(self.config.head_dim)), self.extra_keys,
                              self.extra_relevance)
 
