@@ -44,15 +44,16 @@ def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None,
               "metrics follow (remove the run directory or pass --name to train anew)", flush=True)
         metrics = {**done[1], "resumed": True, "resumed_from": str(done[0]),
                    "resumed_global_step": done[1]["global_step"]}
+        ckpt = str(done[0])
     else:
         with relayed() as relay:
             result = make_trainer(job, samples_dir, run.cluster, run.name, run.output_dir, relay=relay,
                                   loop_config={"step_hook": step_hook} if step_hook else None).fit()
         metrics = result.metrics
-    # The newest complete checkpoint on disk: Ray Train's controller may not have registered the one a
-    # resumed run started from.
-    newest = checkpoint.latest(out, log=lambda _: None)
-    ckpt = str(newest) if newest else (result.checkpoint.path if result.checkpoint else None)
+        # The newest complete checkpoint on disk: Ray Train's controller may not have registered the one
+        # a resumed run started from.
+        newest = checkpoint.latest(out, log=lambda _: None)
+        ckpt = str(newest) if newest else (result.checkpoint.path if result.checkpoint else None)
     summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic,
                "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": ckpt, **metrics}
     out.mkdir(parents=True, exist_ok=True)

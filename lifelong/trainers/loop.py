@@ -116,8 +116,7 @@ def fit_epoch(model: torch.nn.Module, optimizer, t: TrainConfig, device: torch.d
     pass (`train_epoch`; `hooks` are its start / every / on_checkpoint / on_step / log_every / show),
     the key cache refreshed so evaluation reads fresh keys, then one pass over the `valid` batches
     (the first `t.max_eval_batches` when set; `validate`: AUC / GAUC / logloss and the GSU
-    consistency diagnostics). Returns flat `train_*`,
-    `valid_*` and `key_cache_*` metrics."""
+    consistency diagnostics). Returns flat `train_*`, `valid_*` and `key_cache_*` metrics."""
     hooks.setdefault("log_every", 0)
     hooks.setdefault("show", False)
     stats = train_epoch(model, optimizer, batches, device, t.max_steps, before_step=keys.step if keys else None,
