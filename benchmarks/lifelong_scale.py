@@ -110,11 +110,11 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
     m = plain_model(job)
     opt = local_optimizer(job, m)
     refresh_s = 0.0
-    if m.key_cache is not None:
+    if m.sparse.key_cache is not None:
         t = time.perf_counter()
         m.refresh_keys()
         refresh_s = time.perf_counter() - t
-    if collate.prefilter is None and isinstance(m, TwoStage) and m.key_cache is not None:
+    if collate.prefilter is None and isinstance(m, TwoStage) and m.sparse.key_cache is not None:
         # GSU on the key cache: it reads each behaviour's ids and time stamp, and the cache rows it
         # fetches (one per behaviour, or one per distinct id with dedup)
         m.select_cached = gsu.wrap(m.select_cached, lambda b: sum(
@@ -122,7 +122,7 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
 
         def count_rows(module, args, out):
             gsu.bytes += sum(out[f].values().nbytes for f in out.keys())
-        m.key_cache.register_forward_hook(count_rows)
+        m.sparse.key_cache.register_forward_hook(count_rows)
     elif collate.prefilter is None and isinstance(m, TwoStage):
         m.select = gsu.wrap(m.select, lambda b, emb: 0)  # keys' bytes come from the hook below
 
@@ -141,7 +141,7 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
     elapsed = time.perf_counter() - t + refresh_s * steps / max(refresh, 1)  # refreshes amortised
     timed = steps * batch
     return {"model": variant, "L": L, "samples_per_s": timed / elapsed, "collate_per_s": collate_rate,
-            "refresh_ms": 1e3 * refresh_s if m.key_cache is not None else None,
+            "refresh_ms": 1e3 * refresh_s if m.sparse.key_cache is not None else None,
             "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss,
             "gsu_us_per_sample": 1e6 * gsu.seconds / gsu_samples if gsu.bytes else None,
             "gsu_key_bytes_per_sample": gsu.bytes / gsu_samples if gsu.bytes else None}

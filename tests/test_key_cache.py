@@ -33,7 +33,7 @@ def _pair(variant: str, random_beta: bool = True, **train):
     if getattr(getattr(m_fast, "clock", None), "m", None) is not None:
         torch.nn.init.normal_(m_fast.clock.m)  # LIC's match bias (0 at init) counts too
     m_ref = plain_model(ref)
-    m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
+    m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("sparse.key_cache.")})
     m_fast.refresh_keys()
     return m_fast, m_ref, make_collator(fast)(samples.slice(0, 48)), fast
 
@@ -43,7 +43,8 @@ def test_cached_gsu_two_phase_lookup_equals_plain_path_forward_and_backward(mode
     m_fast, m_ref, batch, _ = _pair(model)
     assert batch.long_len > m_fast.gsu.k  # the GSU has to choose
     looked = []
-    m_fast.embeddings.register_forward_hook(lambda mod, args, out: looked.append(args[0]["long_item"].values().numel()))
+    m_fast.sparse.embeddings.register_forward_hook(
+        lambda mod, args, out: looked.append(args[0]["long_item"].values().numel()))
     out_fast, out_ref = m_fast(batch).logits, m_ref(batch).logits
     assert looked and looked[0] <= batch.size * m_fast.gsu.k  # only the k selected ids reach the main tables
     assert looked[0] < batch.sparse["long_item"].values().numel()
@@ -52,7 +53,7 @@ def test_cached_gsu_two_phase_lookup_equals_plain_path_forward_and_backward(mode
     out_ref.sum().backward()
     ref = dict(m_ref.named_parameters())
     for n, p in m_fast.named_parameters():
-        if n.startswith("key_cache."):
+        if n.startswith("sparse.key_cache."):
             assert p.grad is None  # the cache is not trained
             continue
         assert (p.grad is None) == (ref[n].grad is None), n
@@ -65,7 +66,7 @@ def test_cached_gsu_two_phase_lookup_equals_plain_path_forward_and_backward(mode
 def test_fast_cached_selection_equals_its_reference(model, dedup):
     """Jagged / per-distinct-id scoring vs padded keys through the GSU module."""
     m_fast, _, batch, _ = _pair(model)
-    m_fast.dedup_ids = dedup
+    m_fast.sparse.dedup_ids = dedup
     idx_fast, valid_fast = m_fast.select_cached(batch)
     idx_ref, valid_ref = m_fast.select_cached(batch, reference=True)
     assert torch.equal(valid_fast, valid_ref)
@@ -75,14 +76,12 @@ def test_fast_cached_selection_equals_its_reference(model, dedup):
 @pytest.mark.parametrize("model", CACHED)
 def test_cached_gsu_picks_the_same_top_k_as_the_live_gsu(model):
     m_fast, _, batch, _ = _pair(model)
-    import lifelong.embeddings.key_cache as kc
-    from lifelong.models.base import _mask
-
-    widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
     scheme = m_fast.cached_keys()
-    assert scheme.tables == m_fast.cache_tables(m_fast.config)  # what the trainer built the cache from
-    cached = kc.lookup(m_fast.key_cache, scheme.tables, batch.sparse, widths, False)
-    mask = _mask(batch.sparse["long_item"].lengths(), batch.long_len)
+    # what the trainer built the cache from: the tables and their widths the model declares
+    assert scheme.tables == m_fast.cache_tables(m_fast.config) == m_fast.sparse.cache_tables
+    assert {c.embedding_dim for c in m_fast.sparse.key_cache.embedding_configs()} == {scheme.key_dim}
+    cached = m_fast.sparse.cached(batch)
+    mask = m_fast.lookup(batch).long_mask
     idx_c, s_c = scheme.gsu(*scheme.gsu_inputs(batch, cached), mask)  # the reference form
     emb = m_fast.lookup(batch)
     idx_l, s_l = m_fast.gsu(*m_fast.gsu_inputs(batch, emb), mask)
@@ -97,7 +96,7 @@ def test_stale_cache_is_reported_and_refresh_restores_parity():
     opt = local_optimizer(job, m_fast)
     m_fast(batch).logits.sum().backward()
     opt.step()  # the tables and W_h move; the cache does not
-    m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("key_cache.")})
+    m_ref.load_state_dict({k: v for k, v in m_fast.state_dict().items() if not k.startswith("sparse.key_cache.")})
     with torch.no_grad():
         stale = m_fast(batch).logits
     drift = m_fast.refresh_keys()
@@ -116,7 +115,8 @@ def test_dedup_lookup_equals_plain_lookup_values_and_grads():
     torch.manual_seed(0)
     a, b = plain_model(job), plain_model(job)
     b.load_state_dict(a.state_dict())
-    out_a, out_b = a.embeddings(batch.sparse), dedup_lookup(b.embeddings, batch.sparse, job.features.feature_rows())
+    out_a = a.sparse.embeddings(batch.sparse)
+    out_b = dedup_lookup(b.sparse.embeddings, batch.sparse, job.features.feature_rows())
     ids = batch.sparse["long_item"].values()
     assert ids.unique().numel() < ids.numel()  # there are repeats to remove
     loss_a = sum((out_a[k].values() ** 2).sum() for k in batch.sparse.keys())
@@ -124,7 +124,7 @@ def test_dedup_lookup_equals_plain_lookup_values_and_grads():
     assert torch.allclose(loss_a, loss_b)
     loss_a.backward()
     loss_b.backward()
-    for (n, p), (_, q) in zip(a.embeddings.named_parameters(), b.embeddings.named_parameters()):
+    for (n, p), (_, q) in zip(a.sparse.embeddings.named_parameters(), b.sparse.embeddings.named_parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5), n
 
 
@@ -142,7 +142,7 @@ def test_key_cache_config_errors_and_models_without_cache():
         TrainConfig(key_cache_every=-1)
     samples, meta = tiny_samples()
     m = plain_model(tiny_job("din", meta, key_cache_every=5))
-    assert getattr(m, "key_cache", None) is None  # not a cacheable GSU: the setting is ignored
+    assert m.sparse.key_cache is None  # not a cacheable GSU: the setting is ignored
     with pytest.raises(ValueError, match="eta bits"):
         tiny_job("eta", meta, {"bits": 40})
 

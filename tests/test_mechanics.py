@@ -157,7 +157,7 @@ def test_sim_soft_search_table_is_separate_trained_only_by_the_auxiliary_head():
     job = tiny_job("sim_soft", meta, {"k": 6, "search_dim": 4})
     torch.manual_seed(0)
     model = plain_model(job)
-    tables = dict(model.embeddings.named_parameters()) | dict(model.side_embeddings.named_parameters())
+    tables = dict(model.sparse.embeddings.named_parameters()) | dict(model.sparse.side_embeddings.named_parameters())
     assert tables["embeddings.search_item.weight"].shape[1] == 4 and tables["embeddings.item.weight"].shape[1] == 8
     assert all(any(p is q for q in model.sparse_parameters()) for p in tables.values())
     batch = make_collator(job)(samples.slice(0, 48))

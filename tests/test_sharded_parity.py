@@ -18,13 +18,14 @@ from lifelong.models.base import loss as ctr_loss
 from tests.helpers import start_ranks, tiny_job, tiny_samples
 
 WORLD = 2
+ITEM = "sparse.embeddings.embeddings.item.weight"  # the item table's weights in a model's state dict
 LR_DENSE, LR_SPARSE = 0.05, 200.0  # embedding grads are tiny: a large LR makes their step visible
 
 
 def refresh(model):
     """Refresh the key cache of a model that has one (plain, or DMP on every rank)."""
     module = model.module if hasattr(model, "module") else model
-    if module.key_cache is not None:
+    if module.sparse.key_cache is not None:
         module.refresh_keys(chunk=50)  # small chunks: several collective lookups
 
 
@@ -37,7 +38,7 @@ def _reference(job, batch_table, halves):
     refresh(model)
     before = model(collate(batch_table)).logits.detach()
     emb = model.sparse_parameters()
-    cache = list(model.key_cache.parameters()) if model.key_cache is not None else []
+    cache = list(model.sparse.key_cache.parameters()) if model.sparse.key_cache is not None else []
     dense = [p for p in model.parameters() if all(p is not e for e in emb + cache)]
     # Each rank's loss is the mean over its half. DDP averages dense grads over ranks, and so does
     # TorchRec's sharded embedding backward: both equal grads of the mean of the two half-losses.
@@ -97,7 +98,7 @@ def test_sharded_equals_unsharded_after_one_step(model, sharding):
     batch = samples.slice(0, 32)
     halves = [batch.slice(0, 16), batch.slice(16, 16)]
     init, ref_before, ref_after, ref_state = _reference(job, batch, halves)
-    emb_step = (ref_state["embeddings.embeddings.item.weight"] - init["embeddings.embeddings.item.weight"]).abs().max()
+    emb_step = (ref_state[ITEM] - init[ITEM]).abs().max()
     assert emb_step > 1e-2, f"embedding step {emb_step} too small for the test to see"
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out")
@@ -151,7 +152,7 @@ def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse, lr_scale, l
         opt.zero_grad()
         loss.backward()
         opt.step()
-    moved = (model.state_dict()["embeddings.embeddings.item.weight"] - init["embeddings.embeddings.item.weight"])
+    moved = (model.state_dict()[ITEM] - init[ITEM])
     assert moved.abs().max() > 1e-2
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "state")
@@ -177,8 +178,8 @@ def test_grad_clip_bounds_the_dense_step_and_leaves_the_tables_alone():
         train_epoch(model, local_optimizer(job, model), [make_collator(job)(samples.slice(0, 32))],
                     torch.device("cpu"), show=False, grad_clip=job.train.grad_clip)
         states[clip] = {k: v - init[k] for k, v in model.state_dict().items()}  # the step
-    tables = [k for k in states[0.0] if k.startswith("embeddings.")]
-    dense = [k for k in states[0.0] if not k.startswith("embeddings.")]
+    tables = [k for k in states[0.0] if k.startswith("sparse.embeddings.")]
+    dense = [k for k in states[0.0] if not k.startswith("sparse.embeddings.")]
     for k in tables:
         assert torch.equal(states[0.0][k], states[1e-3][k]), k
     norm = lambda st: torch.sqrt(sum((st[k] ** 2).sum() for k in dense))  # noqa: E731

@@ -73,7 +73,8 @@ def test_fit_local_stops_early_and_restores_the_best_epochs_weights(monkeypatch,
     assert history[-1]["stopped_early"] == (stop_after < len(scores) - 1)
     for k, v in model.state_dict().items():
         assert torch.equal(v, seen[best][k]), k
-    assert not torch.equal(seen[0]["embeddings.embeddings.item.weight"], seen[1]["embeddings.embeddings.item.weight"])
+    item = "sparse.embeddings.embeddings.item.weight"
+    assert not torch.equal(seen[0][item], seen[1][item])
 
 
 def test_fit_local_decays_the_learning_rates_on_a_plateau(monkeypatch):
@@ -120,10 +121,10 @@ def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_n
     model.train()
     batch = make_collator(job)(samples.slice(0, 16))
     plain = ctr_loss(batch, model(batch))
-    model.embedding_l2 = 0.1
+    model.sparse.embedding_l2 = 0.1
     penalty = ctr_loss(batch, model(batch)) - plain
     ref, tables = 0.0, {}
-    for ec in (model.embeddings, model.side_embeddings):
+    for ec in (model.sparse.embeddings, model.sparse.side_embeddings):
         for cfg in ec.embedding_configs():
             weight = ec.embeddings[cfg.name].weight
             tables[cfg.name] = weight
@@ -135,7 +136,7 @@ def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_n
     penalty.backward()
     item = tables["item"]
     seen = torch.zeros(item.shape[0], dtype=torch.bool)
-    for cfg in model.embeddings.embedding_configs():
+    for cfg in model.sparse.embeddings.embedding_configs():
         if cfg.name == "item":
             for f in cfg.feature_names:
                 seen[batch.sparse[f].values()] = True

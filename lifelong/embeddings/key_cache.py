@@ -28,15 +28,18 @@ from lifelong.embeddings.spec import GROUPS, TABLE_COLUMNS, FeatureSpec, feature
 
 @dataclass(frozen=True)
 class CacheTable:
-    """Cache table `name`: one projection of main table `source`'s rows, read for `groups`."""
+    """Cache table `name`: one `dim`-wide projection of main table `source`'s rows, read for `groups`."""
 
     name: str
     source: str
     groups: tuple[str, ...]
+    dim: int
 
     def __post_init__(self) -> None:
         if self.source not in TABLE_COLUMNS:
             raise ValueError(f"cache table '{self.name}': source '{self.source}' not in {list(TABLE_COLUMNS)}")
+        if self.dim <= 0:
+            raise ValueError(f"cache table '{self.name}': dim must be > 0, not {self.dim}")
         bad = [g for g in self.groups if g not in GROUPS]
         if bad:
             raise ValueError(f"cache table '{self.name}': unknown group(s) {bad}; choose from {GROUPS}")
@@ -46,11 +49,11 @@ def cache_features(tables: tuple[CacheTable, ...]) -> list[str]:
     return [feature_name(g, t.name) for t in tables for g in t.groups]
 
 
-def cache_collection(spec: FeatureSpec, tables: tuple[CacheTable, ...], dim: int,
+def cache_collection(spec: FeatureSpec, tables: tuple[CacheTable, ...],
                      device: torch.device | str = "cpu") -> EmbeddingCollection:
-    """The cache's collection: one `dim`-wide table per CacheTable, rows like its source table."""
+    """The cache's collection: one table per CacheTable, its rows like its source table's."""
     ec = EmbeddingCollection(tables=[
-        EmbeddingConfig(name=t.name, embedding_dim=dim, num_embeddings=spec.num_embeddings(t.source),
+        EmbeddingConfig(name=t.name, embedding_dim=t.dim, num_embeddings=spec.num_embeddings(t.source),
                         feature_names=[feature_name(g, t.name) for g in t.groups]) for t in tables],
         device=torch.device(device))
     if torch.device(device).type != "meta":

@@ -1,5 +1,6 @@
 """The GSU on cached keys: how a two-stage model scores its lifelong history from per-id keys kept
-in TorchRec tables (`embeddings/key_cache.py`) instead of the full embeddings.
+in TorchRec tables (`embeddings/key_cache.py`, read through the model's `SparseArch`) instead of the
+full embeddings.
 
 A model with a cache form returns a `CachedKeys` from `cached_keys()`: its cache tables, how a
 source row becomes its cached key (`project`, what the refresh recomputes), the GSU over the
@@ -18,17 +19,27 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from lifelong.embeddings import key_cache
 from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.key_cache import CacheTable
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.embeddings.spec import TABLE_COLUMNS, feature_name
 from lifelong.models.gsu.base import GSU, masked_topk, valid_slots
 from lifelong.models.gsu.simhash import HALF, SimHash, hamming
 
 Rows = dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]  # cache feature -> (rows, inverse or None)
-PROJECTED_TABLES = tuple(CacheTable(f"{t}_{role}", t, (group,)) for role, group in
-                         (("key", "long"), ("query", "target")) for t in TABLE_COLUMNS)
-SIMHASH_TABLES = tuple(CacheTable(f"{t}_sig", t, ("target", "long")) for t in TABLE_COLUMNS)
+
+
+def projected_tables(dim: int) -> tuple[CacheTable, ...]:
+    """`ProjectedKeys`' cache tables: each main table's `dim`-wide key (long) and query (target) parts."""
+    return tuple(CacheTable(f"{t}_{role}", t, (group,), dim) for role, group in
+                 (("key", "long"), ("query", "target")) for t in TABLE_COLUMNS)
+
+
+def simhash_tables(bits: int) -> tuple[CacheTable, ...]:
+    """`SimHashKeys`' cache tables: each main table's share of the `bits`-bit signature, `HALF` bits per
+    float, padded to a multiple of 4 floats (FBGEMM's table widths)."""
+    halves = bits // len(TABLE_COLUMNS) // HALF
+    return tuple(CacheTable(f"{t}_sig", t, ("target", "long"), -(-halves // 4) * 4) for t in TABLE_COLUMNS)
 
 
 def _expand(rows: torch.Tensor, inv: Optional[torch.Tensor]) -> torch.Tensor:
@@ -39,7 +50,7 @@ class CachedKeys(ABC):
     """One cache scheme: tables, keys and the GSU's score on them. The fast form needs the score to
     be a sum over cache tables of a per-(behaviour, query) score plus a lookup-free term."""
 
-    tables: tuple[CacheTable, ...]
+    tables: tuple[CacheTable, ...]  # what the model's `cache_tables(config)` declares (a test checks)
     gsu: GSU  # the GSU over `gsu_inputs` (the reference form)
     key_dim: int  # width of every cache table
 
@@ -77,14 +88,13 @@ class ProjectedKeys(CachedKeys):
     which is (k·q) `dot_scale` + mean_h e_h (`extra_relevance`): one dot product of the flat
     projections per behaviour and table, plus lookup-free per-bucket terms."""
 
-    tables = PROJECTED_TABLES
-
     def __init__(self, key_proj: nn.Linear, query_proj: nn.Linear, gsu: GSU, dot_scale: float,
                  extra_keys: Callable[[Batch], torch.Tensor],
                  extra_relevance: Callable[[Batch], torch.Tensor]) -> None:
         self.key_proj, self.query_proj, self.gsu, self.dot_scale = key_proj, query_proj, gsu, dot_scale
         self.extra_keys, self._extra_relevance = extra_keys, extra_relevance
         self.key_dim = key_proj.out_features
+        self.tables = projected_tables(self.key_dim)
 
     def project(self, table: CacheTable, x: torch.Tensor) -> torch.Tensor:
         w = (self.key_proj if table.name.endswith("_key") else self.query_proj).weight  # (out, E)
@@ -115,12 +125,11 @@ class SimHashKeys(CachedKeys):
     each id's bits come from a cache table (`item_sig`, `cat_sig`, 16 bits per float) and the
     Hamming distance is the sum of each table's, compared once per distinct id and query."""
 
-    tables = SIMHASH_TABLES
-
     def __init__(self, simhash: SimHash, bits: int, gsu: GSU) -> None:
         self.hash, self.gsu = simhash, gsu
         self.halves = bits // len(TABLE_COLUMNS) // HALF  # 16-bit pieces of one table's bits
-        self.key_dim = -(-self.halves // 4) * 4  # FBGEMM tables are a multiple of 4 wide; the rest is zeros
+        self.tables = simhash_tables(bits)
+        self.key_dim = self.tables[0].dim  # a multiple of 4; past `halves` the keys are zeros
 
     def project(self, table: CacheTable, x: torch.Tensor) -> torch.Tensor:
         h = self.hash.part_halves(x, list(TABLE_COLUMNS).index(table.source))  # (N, halves)
@@ -151,24 +160,20 @@ def _long_mask(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def select_reference(keys: CachedKeys, cache: nn.Module, batch: Batch, dedup: Optional[dict[str, int]]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GSU top-k positions (B, k) and validity, the plain form: padded keys (B, L, dim) through
-    the scheme's GSU module."""
-    widths = {"target": 1, "short": batch.short_len, "long": batch.long_len}
-    cached = key_cache.lookup(cache, keys.tables, batch.sparse, widths, dedup)
-    idx, scores = keys.gsu(*keys.gsu_inputs(batch, cached), _long_mask(batch)[1])
+def select_reference(keys: CachedKeys, sparse: SparseArch, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSU top-k positions (B, k) and validity, the plain form: padded keys (B, L, dim) from the
+    sparse arch's cache through the scheme's GSU module."""
+    idx, scores = keys.gsu(*keys.gsu_inputs(batch, sparse.cached(batch)), _long_mask(batch)[1])
     return idx, valid_slots(scores)
 
 
 @torch.no_grad()
-def select_fast(keys: CachedKeys, cache: nn.Module, batch: Batch, dedup: Optional[dict[str, int]], k: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The same selection scored on the jagged cache rows, or with dedup once per distinct id and
     query (when the U x B scores are not much more than the N behaviours), then gathered per
     behaviour; nothing (B, L, dim) is built."""
     lengths, mask = _long_mask(batch)
-    rows = key_cache.lookup_rows(cache, keys.tables, batch.sparse, dedup)
+    rows = sparse.cached_rows(batch)
     row_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # (N,)
     total = 0
     for feature, q in keys.queries(rows).items():

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.gsu.twin import TwinAttention
@@ -92,8 +92,9 @@ class CAINConfig:
 
 @register("cain", CAINConfig)
 class CAIN(TwinFrame):
-    def __init__(self, config: CAINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: CAINConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E, D = spec.behaviour_dim, config.tcn_dim
         profile = 2 + 2 * E if config.use_peg else None
         first = E + (N_TCN_GAPS if config.tcn_gaps else 0)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import CTRModel, Embedded
 from lifelong.models.layers import masked_softmax
 from lifelong.models.registry import register
@@ -74,8 +74,9 @@ def auxiliary_loss(h: torch.Tensor, seq: torch.Tensor, items: torch.Tensor, mask
 
 @register("dien", DIENConfig)
 class DIEN(CTRModel):
-    def __init__(self, config: DIENConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: DIENConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E = spec.behaviour_dim
         self.extractor = nn.GRU(E, E, batch_first=True)  # hidden = E so <h_t, e_{t+1}> is defined
         self.attention = nn.Linear(E, E, bias=False)  # W in a_t = softmax(h_t W q)

@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import CTRModel, Embedded, InputSpec
 from lifelong.models.layers import ActivationUnit, HitSimilarityUnit
 from lifelong.models.registry import register
@@ -44,8 +43,9 @@ class DINConfig:
 
 @register("din", DINConfig)
 class DIN(CTRModel):
-    def __init__(self, config: DINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: DINConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E = spec.behaviour_dim
         if config.unit == "hit_similarity":
             self.unit = HitSimilarityUnit(spec.dim, config.similarity_dim, config.match_dim, config.attention_hidden)

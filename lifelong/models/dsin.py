@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import CTRModel, Embedded
 from lifelong.models.layers import masked_softmax
 from lifelong.models.registry import register
@@ -59,8 +59,9 @@ def split_sessions(ts: torch.Tensor, mask: torch.Tensor, gap_s: float, max_sessi
 
 @register("dsin", DSINConfig)
 class DSIN(CTRModel):
-    def __init__(self, config: DSINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: DSINConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E, K, T = spec.behaviour_dim, config.max_sessions, config.session_len
         self.bias_session = nn.Parameter(torch.zeros(K, 1, 1))
         self.bias_position = nn.Parameter(torch.zeros(1, T, 1))

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import torch
-from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
+from lifelong.embeddings.spec import TABLE_COLUMNS
 from lifelong.models.base import Embedded, InputSpec
-from lifelong.models.cached_keys import SIMHASH_TABLES, SimHashKeys
+from lifelong.models.cached_keys import SimHashKeys, simhash_tables
 from lifelong.models.gsu.simhash import HALF, SimHash, SimHashGSU
 from lifelong.models.registry import register
 from lifelong.models.two_stage import GapSearch
@@ -49,8 +49,9 @@ class ETAConfig:
 
 @register("eta", ETAConfig)
 class ETA(GapSearch):
-    def __init__(self, config: ETAConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: ETAConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         self.hash = SimHash(spec.behaviour_dim, config.bits, config.hash_seed, blocks=len(TABLE_COLUMNS))
         self.gsu = SimHashGSU(config.k)
 
@@ -63,7 +64,7 @@ class ETA(GapSearch):
 
     @classmethod
     def cache_tables(cls, config: ETAConfig) -> tuple:
-        return SIMHASH_TABLES
+        return simhash_tables(config.bits)
 
     def cached_keys(self) -> SimHashKeys:
         """The signatures' bits per id from the `item_sig`, `cat_sig` cache tables."""

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import Embedded, InputSpec
-from lifelong.models.cached_keys import PROJECTED_TABLES, ProjectedKeys
+from lifelong.models.cached_keys import ProjectedKeys, projected_tables
 from lifelong.models.gsu.clock import DAY_MIN, GSU_FORMS, ClockAttention, circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.layers import MATCH_BUCKETS, ActivationUnit
@@ -55,8 +55,9 @@ class LICConfig:
 
 @register("lic", LICConfig)
 class LIC(TwoStage):
-    def __init__(self, config: LICConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: LICConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E = spec.behaviour_dim
         self.clock = ClockAttention(E, config.heads, config.head_dim, config.gap_hidden, config.out_hidden,
                                     config.out_dim, config.match, config.gsu_form)
@@ -71,7 +72,7 @@ class LIC(TwoStage):
 
     @classmethod
     def cache_tables(cls, config: LICConfig) -> tuple:
-        return PROJECTED_TABLES
+        return projected_tables(config.heads * config.head_dim)  # ClockAttention.w_b, w_q
 
     def cached_keys(self) -> ProjectedKeys:
         """The Clock-GSU's α = (W_b b)·(W_q q) w / sqrt(d) + s(Δ) (+ m(match)) on cached W_b b, W_q q."""

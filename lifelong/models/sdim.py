@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import CTRModel, Embedded, InputSpec
 from lifelong.models.gsu.simhash import SimHash
 from lifelong.models.layers import ActivationUnit
@@ -72,8 +72,9 @@ def bucket_read(sums: torch.Tensor, codes_q: torch.Tensor) -> torch.Tensor:
 
 @register("sdim", SDIMConfig)
 class SDIM(CTRModel):
-    def __init__(self, config: SDIMConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: SDIMConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E = spec.behaviour_dim
         self.hash = SimHash(E, config.hashes * config.tau, config.hash_seed)
         self.unit = ActivationUnit(E, config.attention_hidden) if config.use_short else None

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.hard import HardSearchGSU, HardSearchPrefilter
 from lifelong.models.registry import register
@@ -42,8 +41,8 @@ class SIMHardConfig:
 
 @register("sim_hard", SIMHardConfig)
 class SIMHard(GapSearch):
-    def __init__(self, config: SIMHardConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: SIMHardConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
         self.gsu = HardSearchGSU(config.k)
 
     @classmethod

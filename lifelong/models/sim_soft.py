@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec, SideTable
+from lifelong.embeddings.sparse_arch import SparseArch
+from lifelong.embeddings.spec import SideTable
 from lifelong.models.base import Embedded, InputSpec
 from lifelong.models.gsu.relevance import InnerProduct, RelevanceGSU
 from lifelong.models.layers import masked_softmax, mlp
@@ -50,8 +51,8 @@ def search_tables(config: SIMSoftConfig) -> tuple[SideTable, ...]:
 
 @register("sim_soft", SIMSoftConfig)
 class SIMSoft(GapSearch):
-    def __init__(self, config: SIMSoftConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: SIMSoftConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
         S = 2 * config.search_dim
         self.relevance = InnerProduct(S, S, config.search_proj_dim)
         self.gsu = RelevanceGSU(self.relevance, config.k)

@@ -20,12 +20,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.models.base import Embedded, InputSpec
-from lifelong.models.cached_keys import PROJECTED_TABLES, ProjectedKeys
+from lifelong.models.cached_keys import ProjectedKeys, projected_tables
 from lifelong.models.gsu.relevance import RelevanceGSU
 from lifelong.models.gsu.twin import TwinAttention
 from lifelong.models.layers import ActivationUnit, CrossFeatures
@@ -48,8 +47,9 @@ class TWINConfig:
 
 @register("twin", TWINConfig)
 class TWIN(TwinFrame):
-    def __init__(self, config: TWINConfig, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config: TWINConfig, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E = spec.behaviour_dim
         self.cross = CrossFeatures(config.cross_dim, config.cross_buckets, match=config.match)
         self.attention = TwinAttention(E, E, self.cross.n_features, config.cross_dim, config.heads, config.head_dim)
@@ -64,7 +64,7 @@ class TWIN(TwinFrame):
 
     @classmethod
     def cache_tables(cls, config: TWINConfig) -> tuple:
-        return PROJECTED_TABLES
+        return projected_tables(config.heads * config.head_dim)  # TwinAttention.w_h, w_q
 
     def cached_keys(self) -> ProjectedKeys:
         """TWIN's relevance on cached K_h W_h and q W_q per id, its cross features' terms lookup-free."""

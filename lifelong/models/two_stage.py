@@ -10,48 +10,23 @@ the GSU/ESU consistency recall. `GapSearch` fills in SIM's ESU for SIM hard/soft
 
 Cached keys (`embeddings/key_cache.py`): a model that names `cache_tables` and returns its scheme
 from `cached_keys()` (`models/cached_keys.py`: projected keys for TWIN and LIC, SimHash signatures
-for ETA) can run its GSU on per-id keys cached in TorchRec tables (set as `self.key_cache` by the
-trainer); the forward pass then looks up only the k selected behaviours in the main tables
-(`select_long`). With a fresh cache this gives the same logits and gradients as the plain path.
+for ETA) can run its GSU on per-id keys cached in TorchRec tables (its `SparseArch` holds them when
+the trainer built it with a cache); the forward pass then looks up only the k selected behaviours
+in the main tables (`sparse_arch.select_long`). With a fresh cache this gives the same logits and
+gradients as the plain path.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
-from torch import nn
-from torchrec import KeyedJaggedTensor
 
-from lifelong.embeddings import key_cache
 from lifelong.embeddings.batch import Batch
-from lifelong.embeddings.spec import TABLE_COLUMNS, FeatureSpec, feature_name, features
+from lifelong.embeddings.sparse_arch import SparseArch, select_long
 from lifelong.models.base import CTRModel, Embedded, Output
 from lifelong.models.cached_keys import CachedKeys, select_fast, select_reference
 from lifelong.models.gsu.base import GSU, gather_rows, masked_topk, valid_slots
 from lifelong.models.layers import ActivationUnit, GapAttention
-
-
-def select_long(batch: Batch, idx: torch.Tensor, valid: torch.Tensor) -> Batch:
-    """The batch with its lifelong group cut to positions idx (B, k) where valid (a prefix of each
-    row): the KJT's long features hold only those ids; positions and counts are kept."""
-    sp = batch.sparse
-    long_keys = {feature_name("long", t) for t in TABLE_COLUMNS}
-    lengths = valid.sum(1).to(sp.lengths().dtype)  # (B,)
-    values, lens = [], []
-    for key in sp.keys():
-        jt = sp[key]
-        if key in long_keys:
-            flat = (jt.offsets()[:-1].unsqueeze(1) + idx)[valid]  # (n,) flat positions of the kept ids
-            values.append(jt.values()[flat])
-            lens.append(lengths)
-        else:
-            values.append(jt.values())
-            lens.append(jt.lengths())
-    kjt = KeyedJaggedTensor.from_lengths_sync(sp.keys(), torch.cat(values), torch.cat(lens))
-    count = sp[feature_name("long", "item")].lengths()
-    return dataclasses.replace(batch, sparse=kjt, long_ts=batch.long_ts.gather(1, idx) * valid,
-                               long_len=idx.shape[1], long_pos=idx, long_count=count)
 
 
 class TwoStage(CTRModel):
@@ -77,24 +52,17 @@ class TwoStage(CTRModel):
         """How the GSU runs on the key cache (`models/cached_keys.py`); None: no cache form."""
         return None
 
-    @property
-    def cache_dedup(self) -> Optional[dict[str, int]]:
-        """Cache feature -> table rows when lookups are deduplicated, else None."""
-        return key_cache.table_rows(self.spec, self.cache_tables(self.config)) if self.dedup_ids else None
-
     def refresh_keys(self, chunk: int = 65536) -> dict[str, float]:
         """Recompute the cached keys from the live tables and dense parameters (collective)."""
-        keys = list(features((), user=self.spec.n_users > 0))
         device = next(self.head.parameters()).device
-        scheme = self.cached_keys()
-        return key_cache.refresh(self.key_cache, self.embeddings, keys, scheme.tables, scheme.project, device, chunk)
+        return self.sparse.refresh_cache(self.cached_keys().project, device, chunk)
 
     def select_cached(self, batch: Batch, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """GSU top-k positions (B, k) and validity from the cached keys of the full history: the fast
         form, or its plain `reference`."""
         if reference:
-            return select_reference(self.cached_keys(), self.key_cache, batch, self.cache_dedup)
-        return select_fast(self.cached_keys(), self.key_cache, batch, self.cache_dedup, self.gsu.k)
+            return select_reference(self.cached_keys(), self.sparse, batch)
+        return select_fast(self.cached_keys(), self.sparse, batch, self.gsu.k)
 
     reads_match = False  # a subclass whose GSU / ESU reads target-match features says so
 
@@ -111,7 +79,7 @@ class TwoStage(CTRModel):
         return match if match is None or idx is None else self.gather(match, idx)
 
     def forward(self, batch: Batch) -> Output:
-        if self.key_cache is None or (batch.long_len <= self.gsu.k and not self.gsu.filters):
+        if self.sparse.key_cache is None or (batch.long_len <= self.gsu.k and not self.gsu.filters):
             return super().forward(batch)
         idx, valid = self.select_cached(batch)
         selected = select_long(batch, idx, valid)
@@ -165,8 +133,9 @@ class GapSearch(TwoStage):
     attention_hidden, head_hidden; a subclass sets `self.gsu` and `gsu_inputs`. With `match` (our
     addition) the ESU's keys and values carry each behaviour's target-match embedding."""
 
-    def __init__(self, config, embeddings: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__(config, embeddings, spec)
+    def __init__(self, config, sparse: SparseArch) -> None:
+        super().__init__(config, sparse)
+        spec = sparse.spec
         E = spec.behaviour_dim
         self.esu = GapAttention(E, config.gap_dim, config.gap_buckets, config.attention_dim, config.heads,
                                 config.match_dim if config.match else 0)

@@ -87,7 +87,7 @@ def plan_specs(job: JobSpec, device_type: str, world: int) -> list[tuple[str, Op
     """(name, constraints, column-wise shard width): the planner's own choice under the job's
     constraints, then each sharding type the device allows, forced on every table."""
     model = build(job, "meta")
-    tables = [c.name for ec in (model.embeddings, model.side_embeddings) if ec is not None
+    tables = [c.name for ec in (model.sparse.embeddings, model.sparse.side_embeddings) if ec is not None
               for c in ec.embedding_configs()]
     dim = job.features.dim
     return [("planner", dict(job.sharding), None)] + [

@@ -70,7 +70,7 @@ def local_optimizer(job: JobSpec, model: torch.nn.Module) -> _Both:
     """The job's sparse and dense optimisers over an unsharded model: the same optimiser classes the
     sharded path fuses (TorchRec's RowWiseAdagrad updates exactly the rows the fused kernel does)."""
     emb = model.sparse_parameters()
-    cache = list(model.key_cache.parameters()) if getattr(model, "key_cache", None) is not None else []
+    cache = list(model.sparse.key_cache.parameters()) if model.sparse.key_cache is not None else []
     dense = [p for p in model.parameters() if all(p is not e for e in emb + cache)]
     cls, extra = SPARSE[job.train.sparse_optimizer]
     dense_opt = DENSE[job.train.dense_optimizer](dense, lr=job.train.dense_lr)

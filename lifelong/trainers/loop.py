@@ -217,7 +217,7 @@ class KeyCacheRefresh:
 
     def __init__(self, model: torch.nn.Module, every: int, global_step: int = 0) -> None:
         self.module = model.module if hasattr(model, "module") else model
-        self.every = every if getattr(self.module, "key_cache", None) is not None else 0
+        self.every = every if self.module.sparse.key_cache is not None else 0
         self.global_step = global_step
         self.drift: list[dict] = []
         self.overlap: list[float] = []

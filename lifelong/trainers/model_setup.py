@@ -12,7 +12,8 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from lifelong.embeddings.key_cache import cache_collection
+from lifelong.embeddings.key_cache import CacheTable, cache_collection
+from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.embeddings.plan import make_plan
 from lifelong.models import build_model, entry
 from lifelong.models.base import CTRModel
@@ -27,27 +28,34 @@ SPARSE = {
 DENSE = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
 
 
-def build(job: JobSpec, device: torch.device | str) -> CTRModel:
-    """The job's model over fresh collections on `device` (main tables, plus side tables if any, plus
-    the GSU key cache when `train.key_cache_every` > 0 and the model can use one)."""
-    cls, arch = entry(job.model).module, job.arch()
-    model = build_model(job.model, arch, job.features.collection(device), job.features,
-                        job.features.side_collection(cls.inputs(arch).side_tables, device))
-    tables = cls.cache_tables(arch)
-    if tables and cls.inputs(arch).side_tables:
+def cache_tables(job: JobSpec) -> tuple[CacheTable, ...]:
+    """The key cache's tables: the model's, when `train.key_cache_every` > 0; else none."""
+    return entry(job.model).module.cache_tables(job.arch()) if job.train.key_cache_every else ()
+
+
+def sparse_arch(job: JobSpec, device: torch.device | str) -> SparseArch:
+    """The job's `SparseArch` over fresh collections on `device`: main tables, the model's side tables
+    if any, the GSU key cache when `train.key_cache_every` > 0 and the model has one, and the
+    trainer's lookup settings (`train.dedup_ids`, `train.embedding_l2`)."""
+    side, cache = entry(job.model).module.inputs(job.arch()).side_tables, cache_tables(job)
+    if side and cache:
         raise ValueError(f"model '{job.model}': a key cache and side tables together are not supported "
                          "(the two-phase lookup cuts only the main tables' lifelong features)")
-    if job.train.key_cache_every and tables:
-        model.key_cache = cache_collection(job.features, tables, model.cached_keys().key_dim, device)
-    model.dedup_ids = job.train.dedup_ids
-    model.embedding_l2 = job.train.embedding_l2
-    return model
+    return SparseArch(job.features, job.features.collection(device),
+                      job.features.side_collection(side, device), side,
+                      cache_collection(job.features, cache, device) if cache else None, cache,
+                      dedup_ids=job.train.dedup_ids, embedding_l2=job.train.embedding_l2)
+
+
+def build(job: JobSpec, device: torch.device | str) -> CTRModel:
+    """The job's model over its `sparse_arch` on `device`."""
+    return build_model(job.model, job.arch(), sparse_arch(job, device))
 
 
 def cache_constraints(job: JobSpec) -> dict[str, list[str]]:
     """The run file's sharding constraints, with each cache table sharded like its source table."""
     out = dict(job.sharding)
-    for t in entry(job.model).module.cache_tables(job.arch()) if job.train.key_cache_every else ():
+    for t in cache_tables(job):
         if t.source in job.sharding:
             out.setdefault(t.name, list(job.sharding[t.source]))
     return out
