@@ -1,8 +1,10 @@
 """The compare job: every model on the same data, split, seeds and budget; baselines beside them.
 
 For each lifelong length in `max_lens` (the samples' `max_len`), each model and each seed, one
-`train` run (Ray Train, same run file otherwise); then the popularity and logistic-regression
-baselines and the history-count rules (`trainers/rules.py`) on the same samples. Writes, under
+run of the run file with that model and seed; a length's runs train one after another in one Ray
+Train run (`train_runs`: Ray's start-up once, each run's outputs in its own directory); then the
+popularity and logistic-regression baselines and the history-count rules (`trainers/rules.py`) on
+the same samples. Writes, under
 `<output_dir>/<name>/`: `runs.csv` (one row per run), `compare.csv` and `compare.md` (mean ± std
 over seeds per model and length), `compare.png` (AUC vs lifelong length; AUC vs training samples/s)
 and `curves.png` (every run's train loss and valid AUC against the step, from its TensorBoard
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from lifelong.cluster.connect import connect
 from lifelong.jobs.config import RunFile, for_model, plain, with_params
 from lifelong.jobs.prepare import prepare
-from lifelong.jobs.train import train
+from lifelong.jobs.train import train_runs
 from lifelong.models import entry
 from lifelong.data.store import SequenceStore, store_path
 from lifelong.trainers.baselines import BASELINES, evaluate_baseline
@@ -96,16 +98,16 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
                disable=not sys.stderr.isatty())
     for max_len in max_lens:
         base = replace(run, samples=replace(run.samples, max_len=max_len))
-        for model in models:
-            for seed in seeds:
-                r = model_run(base, run, model, seed, (tuned or {}).get(model))
-                bar.set_postfix_str(f"L={max_len} {model} seed {seed}")
-                summary = train(r, show=False)
-                rows.append(_row(model, seed, max_len, summary))
-                print(f"[lifelong] compare: L={max_len} {model} seed {seed}: valid_auc "
-                      f"{summary.get('valid_auc', math.nan):.4f} in {summary.get('wall_s')} s", flush=True)
-                bar.update()
-        samples_dir, _, _ = prepare(base)
+        prepared = prepare(base)
+        pairs = [(model, seed) for model in models for seed in seeds]
+        runs = [model_run(base, run, model, seed, (tuned or {}).get(model)) for model, seed in pairs]
+        bar.set_postfix_str(f"L={max_len}: {len(runs)} runs")
+        for (model, seed), summary in zip(pairs, train_runs(runs, f"{run.name}.L{max_len}.runs", prepared)):
+            rows.append(_row(model, seed, max_len, summary))
+            print(f"[lifelong] compare: L={max_len} {model} seed {seed}: valid_auc "
+                  f"{summary.get('valid_auc', math.nan):.4f} in {summary.get('wall_s')} s", flush=True)
+            bar.update()
+        samples_dir = prepared[0]
         tr, va = pq.read_table(samples_dir / "train"), pq.read_table(samples_dir / "valid")
         for name in BASELINES:
             m = evaluate_baseline(name, tr.select(BASELINE_COLUMNS), va.select(BASELINE_COLUMNS))

@@ -15,7 +15,7 @@ from lifelong.jobs.prepare import prepare
 from lifelong.trainers import checkpoint
 from lifelong.trainers.checkpoint import PLAN_FILE
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.trainer import make_trainer
+from lifelong.trainers.trainer import make_runs_trainer, make_trainer
 
 
 def job_spec(run: RunFile, meta) -> JobSpec:
@@ -34,9 +34,7 @@ def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None,
     t0 = time.perf_counter()
     mode = connect(run.cluster)
     samples_dir, meta, report = prepared or prepare(run)
-    label = " (SYNTHETIC data)" if meta.synthetic else ""
-    print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} "
-          f"dropped={report['dropped']}", flush=True)
+    _say_data(mode, meta, report)
     job, out = job_spec(run, meta), Path(run.output_dir) / run.name
     done = checkpoint.finished(out, job.to_dict())
     if done:  # a finished run rerun: nothing to train, no worker to start, no checkpoint to write
@@ -54,8 +52,47 @@ def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None,
         # a resumed run started from.
         newest = checkpoint.latest(out, log=lambda _: None)
         ckpt = str(newest) if newest else (result.checkpoint.path if result.checkpoint else None)
-    summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic,
-               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": ckpt, **metrics}
+    return _write(run, meta, out, round(time.perf_counter() - t0, 1), ckpt, metrics, show)
+
+
+def train_runs(runs: list[RunFile], name: str, prepared: tuple,
+               step_hook: Optional[Callable[[int, int, int], None]] = None) -> list[dict]:
+    """Train several runs on the same samples in one Ray Train run named `name` (`lifelong compare`'s
+    (model, seed) runs of one length: Ray's start-up, ~15 s a run here, is paid once): each worker
+    trains them one after another (`worker.train_runs_per_worker`), each run's checkpoints, curves
+    and summary in its own directory as `train` writes them. A finished run is not trained again; a
+    run with checkpoints resumes from its newest. Returns each run's summary, in order; its `wall_s`
+    is the run's time in the workers (`run_s`), without Ray's start-up."""
+    mode = connect(runs[0].cluster)
+    samples_dir, meta, report = prepared
+    _say_data(mode, meta, report)
+    jobs = [(job_spec(r, meta), (Path(r.output_dir) / r.name).resolve()) for r in runs]
+    if len({j.samples for j, _ in jobs}) > 1 or len({r.cluster for r in runs}) > 1:
+        raise ValueError(f"train_runs {name}: the runs must share their samples and cluster settings")
+    todo = [(j, out) for j, out in jobs if checkpoint.finished(out, j.to_dict()) is None]
+    if todo:
+        with relayed() as relay:
+            make_runs_trainer([(j, out) for j, out in todo], samples_dir, runs[0].cluster, name, runs[0].output_dir,
+                              relay=relay, step_hook=step_hook).fit()
+    summaries = []
+    for run, (job, out) in zip(runs, jobs):
+        done = checkpoint.finished(out, job.to_dict())
+        if done is None:
+            raise RuntimeError(f"{out}: the run ended without its final checkpoint")
+        summaries.append(_write(run, meta, out, done[1].get("run_s"), str(done[0]), done[1], show=False))
+    return summaries
+
+
+def _say_data(mode: str, meta, report: dict) -> None:
+    label = " (SYNTHETIC data)" if meta.synthetic else ""
+    print(f"[lifelong] ray={mode} data={meta.name}{label} samples={report['samples']} "
+          f"dropped={report['dropped']}", flush=True)
+
+
+def _write(run: RunFile, meta, out: Path, wall_s, ckpt: Optional[str], metrics: dict, show: bool) -> dict:
+    """The run's summary, written to its directory with the run file and the plan; printed when `show`."""
+    summary = {"model": run.model, "data": meta.name, "synthetic": meta.synthetic, "wall_s": wall_s,
+               "checkpoint": ckpt, **metrics}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / RUN_FILE).write_text(json.dumps(asdict(run), indent=2))  # for `lifelong evaluate`

@@ -9,6 +9,8 @@ on load: a checkpoint loads under any plan or world size (`evaluate` loads it un
 from __future__ import annotations
 
 import json
+import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -57,6 +59,26 @@ def save(model: nn.Module, path: str | Path, job: dict, plan_text: str, metrics:
         (path / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         if trainer_state is not None:
             (path / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+
+
+def save_in_run(model: nn.Module, run_dir: str | Path, job: dict, plan_text: str, metrics: dict, optimizer,
+                trainer_state: dict, keep: int = 0) -> Path:
+    """`save` straight into a new checkpoint directory of `run_dir` that every rank writes its shards
+    to (shared storage; what Ray Train's upload does for a registered checkpoint), named like Ray
+    Train's; then only the newest `keep` complete checkpoints stay (0 = all). Collective."""
+    name = [f"checkpoint_{datetime.now():%Y-%m-%d_%H-%M-%S.%f}"]
+    if dist.is_initialized():
+        dist.broadcast_object_list(name, src=0)
+    path = Path(run_dir) / name[0]
+    save(model, path, job, plan_text, metrics, optimizer, trainer_state)
+    if dist.is_initialized():
+        dist.barrier()  # every rank's shards and RNG state are written
+    if keep and _rank() == 0:
+        complete = sorted((p for p in Path(run_dir).glob(CHECKPOINT_GLOB) if p.is_dir() and not incomplete(p)),
+                          key=_order)
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
 
 
 def _init_lazy_state(optimizer) -> None:

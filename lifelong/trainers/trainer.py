@@ -13,7 +13,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from lifelong.cluster.connect import ClusterConfig, controller_env, resolve, scaling_config
 from lifelong.data.store import store_path
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.worker import train_loop_per_worker
+from lifelong.trainers.worker import train_loop_per_worker, train_runs_per_worker
 
 
 def read_samples(path: Path, reader: str) -> ray.data.Dataset:
@@ -58,3 +58,14 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
                              failure_config=FailureConfig(
                                  max_failures=job.train.max_failures if max_failures is None else max_failures)),
     )
+
+
+def make_runs_trainer(jobs: list[tuple[JobSpec, Path]], samples_dir: str | Path, cluster: ClusterConfig, name: str,
+                      storage_path: str | Path, relay: Optional[ActorHandle] = None,
+                      step_hook: Optional[Callable[[int, int, int], None]] = None) -> TorchTrainer:
+    """A TorchTrainer training several (job, run directory) pairs on the same sample splits one after
+    another (`worker.train_runs_per_worker`); Ray Train's settings (retries, data options) are the
+    first job's."""
+    return make_trainer(jobs[0][0], samples_dir, cluster, name, storage_path, loop=train_runs_per_worker,
+                        loop_config={"jobs": [(j.to_dict(), str(d)) for j, d in jobs],
+                                     **({"step_hook": step_hook} if step_hook else {})}, relay=relay)

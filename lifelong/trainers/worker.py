@@ -1,6 +1,7 @@
 """The Ray Train worker function: shards -> DMP model -> train/eval epochs -> report + checkpoint."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import tempfile
@@ -21,7 +22,7 @@ from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
 from lifelong.trainers.inputs import load_store, make_collator, make_eval_collator
 from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, fit_epoch, lr_groups
-from lifelong.trainers.metrics import peak_rss_mb
+from lifelong.trainers.metrics import peak_rss_mb, reset_peak_rss
 from lifelong.trainers.model_setup import sharded_model
 
 
@@ -44,6 +45,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return float(t.item())
 
 
+def reset_peak_memory() -> None:
+    """Start `peak_memory_mb`'s count again (a worker about to train its next run)."""
+    reset_peak_rss()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def worker_nodes() -> int:
     """How many distinct Ray nodes this run's workers sit on."""
     node = ray.get_runtime_context().get_node_id()
@@ -54,12 +62,13 @@ def worker_nodes() -> int:
     return len(set(nodes))
 
 
-def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str]) -> dict:
+def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str],
+           registered: Optional[ray.train.Checkpoint]) -> dict:
     """Trainer state of the run's newest complete checkpoint, loaded into model and optimiser ({} if
-    none); rank 0 chooses it and every rank loads the same one. A checkpoint of another job (model, its
-    config, features or samples differ) under the same run name is an error, never loaded; training
-    settings and the sharding plan may change."""
-    registered = ray.train.get_checkpoint()
+    none); rank 0 chooses it (from the run directory, else the checkpoint Ray Train `registered`) and
+    every rank loads the same one. A checkpoint of another job (model, its config, features or
+    samples differ) under the same run name is an error, never loaded; training settings and the
+    sharding plan may change."""
     chosen = [None]
     if rank == 0:
         chosen[0], line = checkpoint.choose(run_dir, registered.path if registered else None)
@@ -101,12 +110,45 @@ PROGRESS_EVERY_S = 5.0
 BEST_DIR = "best"  # inside the run directory: the best epoch's weights under early stopping
 
 
-def train_loop_per_worker(config: dict) -> None:
-    job = JobSpec.from_dict(config["job"])
+def _start(config: dict) -> tuple:
+    """Worker set-up shared by both loops: the relay, fbgemm's argument dump filtered, the sequence
+    store and the dataset shards."""
     logs.use(config.get("relay"))
-    step_hook = config.get("step_hook")  # (rank, world, global step) after every step; tests install faults
-    started = time.perf_counter()
     logging.getLogger().addFilter(_NoTBEArgumentDump())
+    return load_store(config), ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One run (`config["job"]` in `config["run_dir"]`), its checkpoints registered with Ray Train."""
+    store, train_shard, valid_shard = _start(config)
+    run_job(config["job"], config.get("run_dir"), store, train_shard, valid_shard, config.get("step_hook"),
+            registered=True)
+
+
+def train_runs_per_worker(config: dict) -> None:
+    """Several runs on the same samples, one after another in one worker group (`lifelong compare`'s
+    runs of one length: Ray's start-up is paid once): `config["jobs"]` holds (job, run directory)
+    pairs. A run whose directory holds its finished checkpoint is passed over, any other resumes from
+    its newest complete one (a restarted worker group continues where it stopped); checkpoints go
+    straight into each run's directory (`checkpoint.save_in_run`), not through Ray Train."""
+    store, train_shard, valid_shard = _start(config)
+    for job_dict, run_dir in config["jobs"]:
+        done = [checkpoint.finished(run_dir, job_dict) is not None if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(done, src=0)
+        if not done[0]:
+            reset_peak_memory()
+            run_job(job_dict, run_dir, store, train_shard, valid_shard, config.get("step_hook"), registered=False)
+            gc.collect()
+
+
+def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_shard, step_hook,
+            registered: bool) -> None:
+    """Train one job on this worker's shards: DMP model, resume, epochs with validation, early
+    stopping, checkpoints (reported to Ray Train when `registered`, else written into `run_dir`)
+    and, last, the final metrics. `step_hook(rank, world, global step)` runs after every step (tests
+    install faults)."""
+    job = JobSpec.from_dict(job_dict)
+    started = time.perf_counter()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -117,10 +159,9 @@ def train_loop_per_worker(config: dict) -> None:
         logs.say(f"[lifelong] model={job.model} world={world} device={device} "
                  f"batch={job.train.batch_size} per worker ({job.train.batch_size * world} a step)\n"
                  f"[lifelong] sharding plan:\n{plan_text}")
-    store = load_store(config)
     collate, eval_collate = make_collator(job, store=store), make_eval_collator(job, store=store)
     t = job.train
-    state = resume(model, optimizer, config["job"], rank, config.get("run_dir"))
+    state = resume(model, optimizer, job_dict, rank, run_dir, ray.train.get_checkpoint() if registered else None)
     metrics: dict = state.get("metrics", {})
     epoch_losses: list[float] = list(metrics.get("train_loss_epochs", []))
     start_epoch, start_step = state.get("epoch", 0), state.get("step_in_epoch", 0)
@@ -134,18 +175,22 @@ def train_loop_per_worker(config: dict) -> None:
     if stopper is not None:  # optimiser checkpoints keep no learning rates: a resumed run gets its decay back
         base_lr = [g["lr"] for g in lr_groups(model, optimizer)]
         stopper.set_lr(model, optimizer, base_lr)
-    best_dir = Path(config["run_dir"]) / BEST_DIR  # the best epoch's weights (DCP), beside the checkpoints
+    best_dir = Path(run_dir) / BEST_DIR  # the best epoch's weights (DCP), beside the checkpoints
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
         checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint
         trainer_state = {"epoch": epoch, "step_in_epoch": step, "epoch_done": done, "global_step": global_step,
                          "world_size": world, **({"early_stopping": stopper.state()} if stopper else {})}
+        if not registered:
+            checkpoint.save_in_run(model, run_dir, job_dict, plan_text, metrics, optimizer, trainer_state,
+                                   keep=t.keep_checkpoints or 0)
+            return
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.save(model, tmp, config["job"], plan_text, metrics, optimizer, trainer_state)
+            checkpoint.save(model, tmp, job_dict, plan_text, metrics, optimizer, trainer_state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     shown = [time.perf_counter()]
-    curves = Curves(Path(config["run_dir"]) / TB_DIR if rank == 0 and config.get("run_dir") else None,
+    curves = Curves(Path(run_dir) / TB_DIR if rank == 0 and run_dir else None,
                     t.log_every, global_step)
 
     def on_step(step: int, loss: float) -> None:
@@ -159,8 +204,6 @@ def train_loop_per_worker(config: dict) -> None:
             logs.say(f"[lifelong] epoch {epoch}: step {step} (global {global_step}), "
                      f"{shown[0] - started:.0f} s", transient=True)
 
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
     for epoch in range(start_epoch, t.epochs):
         shuffle = {"local_shuffle_buffer_size": t.local_shuffle_buffer, "local_shuffle_seed": t.seed + epoch} \
             if t.shuffle == "local" else {}
@@ -182,7 +225,7 @@ def train_loop_per_worker(config: dict) -> None:
             logs.say(epoch_line(epoch, time.perf_counter() - started, metrics))
         best, stop = stopper.after_epoch(epoch, metrics, model, optimizer, base_lr) if stopper else (False, False)
         if best:  # every rank writes its shards of the best weights
-            checkpoint.save(model, best_dir, config["job"], plan_text, metrics)
+            checkpoint.save(model, best_dir, job_dict, plan_text, metrics)
         if epoch < t.epochs - 1 and not stop:
             save(metrics, epoch, epoch_metrics["train_steps"], True)
         if stop:
@@ -197,9 +240,11 @@ def train_loop_per_worker(config: dict) -> None:
                    "train_loss_epochs": list(epoch_losses)}  # the best epoch's metrics, the steps really run
     curves.close()
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
-    metrics.update(train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state),
+    metrics.update(run_s=round(time.perf_counter() - started, 1),  # in this worker, without Ray's start-up
+                   train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state),
                    resumed_from=state.get("resumed_from"), resumed_global_step=state.get("global_step"))
     if start_epoch >= t.epochs:  # a finished run rerun: report its metrics, write no new checkpoint
-        ray.train.report(metrics)
+        if registered:
+            ray.train.report(metrics)
         return
     save(metrics, t.epochs - 1, metrics.get("train_steps", 0), True)
