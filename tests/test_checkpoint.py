@@ -191,3 +191,24 @@ def test_a_finished_run_is_known_from_its_newest_checkpoint_and_another_job_is_r
     assert checkpoint.finished(run, {**job, "train": {**job["train"], "epochs": 2}}) is None  # one more to train
     with pytest.raises(ValueError, match=r"another job \(differs in \['model_config'\]\)"):
         checkpoint.finished(run, {**job, "model_config": {"k": 7}})
+
+
+def test_saving_into_a_run_directory_keeps_the_newest_complete_checkpoints(tmp_path):
+    """`save_in_run` (compare's runs inside one Ray Train run): every save is a new complete checkpoint
+    of the run directory, the newest `keep` stay, and `latest` finds the newest."""
+    from lifelong.trainers.model_setup import plain_model
+
+    _, meta = tiny_samples()
+    job = tiny_job("din", meta)
+    model = plain_model(job)
+    run = tmp_path / "run"
+    for step in (1, 2, 3):
+        path = checkpoint.save_in_run(model, run, job.to_dict(), "plan", {"step": step}, None,
+                                      {"global_step": step, "epoch": 0, "epoch_done": False, "world_size": 1},
+                                      keep=2)
+        assert checkpoint.incomplete(path) is None and path.parent == run
+    left = sorted(run.glob(checkpoint.CHECKPOINT_GLOB))
+    assert len(left) == 2
+    newest = checkpoint.latest(run, log=lambda _: None)
+    assert json.loads((newest / checkpoint.METRICS_FILE).read_text()) == {"step": 3}
+    assert sorted(json.loads((p / checkpoint.STATE_FILE).read_text())["global_step"] for p in left) == [2, 3]
