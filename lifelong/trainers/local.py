@@ -15,7 +15,7 @@ from lifelong.data.store import SequenceStore
 from lifelong.embeddings.batch import Batch, EvalBatch
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.inputs import make_collator, make_eval_collator
-from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, fit_epoch, lr_groups
+from lifelong.trainers.core import TrainCore
 from lifelong.trainers.model_setup import DENSE, SPARSE, plain_model
 
 
@@ -90,24 +90,20 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     model = plain_model(job)
     opt = local_optimizer(job, model)
     history = []
-    device = torch.device("cpu")
-    keys = KeyCacheRefresh(model, job.train.key_cache_every)
-    stopper = EarlyStopping(job.train.patience, lr_decay=job.train.lr_decay) if job.train.patience else None
-    base_lr = [g["lr"] for g in lr_groups(model, opt)] if stopper is not None else []
+    core = TrainCore(model, opt, job.train, torch.device("cpu"))
     best_state: dict = {}
     for epoch in range(job.train.epochs):
         train_batches = batches(train, job, job.train.batch_size, job.train.seed + epoch, store=store)
-        history.append({"epoch": epoch, **fit_epoch(model, opt, job.train, device, train_batches,
-                                                    eval_batches(valid, job, store), keys)})
-        best, stop = stopper.after_epoch(epoch, history[-1], model, opt, base_lr) if stopper else (False, False)
+        history.append({"epoch": epoch, **core.epoch(train_batches, eval_batches(valid, job, store))})
+        best, stop = core.after_epoch(epoch, history[-1])
         if best:
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:
             on_epoch(model, history[-1])
         if stop:
             break
-    if stopper is not None:
-        if stopper.best_epoch != epoch:
+    if core.stopper is not None:
+        if core.stopper.best_epoch != epoch:
             model.load_state_dict(best_state)
-        history.append({**stopper.best_metrics, **stopper.final(epoch, job.train.epochs)})
+        history.append({**core.stopper.best_metrics, **core.stopper.final(epoch, job.train.epochs)})
     return model, history

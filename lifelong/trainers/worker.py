@@ -21,7 +21,7 @@ from lifelong.trainers import checkpoint
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
 from lifelong.trainers.inputs import load_store, make_collator, make_eval_collator
-from lifelong.trainers.loop import EarlyStopping, KeyCacheRefresh, fit_epoch, lr_groups
+from lifelong.trainers.core import TrainCore
 from lifelong.trainers.metrics import peak_rss_mb, reset_peak_rss
 from lifelong.trainers.model_setup import sharded_model
 
@@ -167,20 +167,13 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
     start_epoch, start_step = state.get("epoch", 0), state.get("step_in_epoch", 0)
     if state.get("epoch_done"):
         start_epoch, start_step = start_epoch + 1, 0
-    global_step = state.get("global_step", 0)
-    keys = KeyCacheRefresh(model, t.key_cache_every, global_step)
-    if state.get("key_cache_loaded") is False:  # resumed from a checkpoint written without the cache
-        keys.refresh()
-    stopper = EarlyStopping(t.patience, state.get("early_stopping"), t.lr_decay) if t.patience else None
-    if stopper is not None:  # optimiser checkpoints keep no learning rates: a resumed run gets its decay back
-        base_lr = [g["lr"] for g in lr_groups(model, optimizer)]
-        stopper.set_lr(model, optimizer, base_lr)
+    core = TrainCore(model, optimizer, t, device, state)
     best_dir = Path(run_dir) / BEST_DIR  # the best epoch's weights (DCP), beside the checkpoints
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
         checkpoint.assert_finite(model)  # a NaN never reaches a checkpoint
-        trainer_state = {"epoch": epoch, "step_in_epoch": step, "epoch_done": done, "global_step": global_step,
-                         "world_size": world, **({"early_stopping": stopper.state()} if stopper else {})}
+        trainer_state = {"epoch": epoch, "step_in_epoch": step, "epoch_done": done, "world_size": world,
+                         **core.state()}
         if not registered:
             checkpoint.save_in_run(model, run_dir, job_dict, plan_text, metrics, optimizer, trainer_state,
                                    keep=t.keep_checkpoints or 0)
@@ -191,11 +184,9 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
 
     shown = [time.perf_counter()]
     curves = Curves(Path(run_dir) / TB_DIR if rank == 0 and run_dir else None,
-                    t.log_every, global_step)
+                    t.log_every, core.global_step)
 
-    def on_step(step: int, loss: float) -> None:
-        nonlocal global_step
-        global_step += 1
+    def on_step(step: int, loss: float, global_step: int) -> None:
         curves.step(global_step, loss)
         if step_hook is not None:  # e.g. a recovery test's `faults.FaultAtStep`
             step_hook(rank, world, global_step)
@@ -211,32 +202,33 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
                                                  prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
         valid_batches = valid_shard.iter_torch_batches(batch_size=t.eval_batch_size, collate_fn=eval_collate,
                                                        prefetch_batches=t.prefetch_batches, device="cpu")
-        epoch_metrics = fit_epoch(
-            model, optimizer, t, device, batches, valid_batches, keys, log_every=t.log_every,
+        epoch_metrics = core.epoch(
+            batches, valid_batches, on_step, log_every=t.log_every,
             show=rank == 0 and not logs.relaying(), start=start_step if epoch == start_epoch else 0,
-            every=t.checkpoint_every, on_step=on_step,
+            every=t.checkpoint_every,
             on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
                                              "train_loss_epochs": list(epoch_losses)}, epoch, step, False))
         epoch_losses.append(epoch_metrics["train_loss"])
-        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": global_step,
+        metrics = {"epoch": epoch, "train_loss_epochs": list(epoch_losses), "global_step": core.global_step,
                    **epoch_metrics}
-        curves.epoch(global_step, metrics)
+        curves.epoch(core.global_step, metrics)
         if rank == 0:
             logs.say(epoch_line(epoch, time.perf_counter() - started, metrics))
-        best, stop = stopper.after_epoch(epoch, metrics, model, optimizer, base_lr) if stopper else (False, False)
+        best, stop = core.after_epoch(epoch, metrics)
         if best:  # every rank writes its shards of the best weights
             checkpoint.save(model, best_dir, job_dict, plan_text, metrics)
         if epoch < t.epochs - 1 and not stop:
             save(metrics, epoch, epoch_metrics["train_steps"], True)
         if stop:
             break
+    stopper = core.stopper
     if stopper is not None and start_epoch < t.epochs:
         if stopper.best_epoch != epoch:  # the final checkpoint holds the best epoch's weights
             checkpoint.load(model, best_dir)
             if rank == 0:
                 logs.say(f"[lifelong] early stopping: restored epoch {stopper.best_epoch}'s weights "
                          f"(valid AUC {stopper.best_auc:.4f})")
-        metrics = {**stopper.best_metrics, **stopper.final(epoch, t.epochs), "global_step": global_step,
+        metrics = {**stopper.best_metrics, **stopper.final(epoch, t.epochs), "global_step": core.global_step,
                    "train_loss_epochs": list(epoch_losses)}  # the best epoch's metrics, the steps really run
     curves.close()
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
