@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from lifelong.jobs.compare import aggregate, compare, markdown
+from lifelong.jobs.compare import aggregate, compare, markdown, model_run, tuned_params
 from lifelong.jobs.config import plain, run_file
 from lifelong.jobs.evaluate import evaluate
+from lifelong.jobs.prepare import prepare
+from lifelong.jobs.train import train_runs
 from lifelong.trainers.curves import read
 
 pytestmark = pytest.mark.ray
@@ -65,11 +68,12 @@ def test_compare_two_seeds_tuned_then_evaluate_a_checkpoint(ray_local, tmp_path)
         assert abs(again[k] - summary[f"valid_{k}"]) < 1e-5, (k, again[k], summary[f"valid_{k}"])
     test = evaluate(tmp_path / "cmp.L32.din.s0", "test")  # a run directory: its newest complete checkpoint
     assert test["samples"] > 0 and test["auc"] != again["auc"]
-    # Both seeds trained in one Ray Train run; each wrote its own checkpoints. Comparing again trains
-    # nothing: every run directory holds its finished checkpoint, and the rows are the same.
+    # Both seeds trained in one Ray Train run; each wrote its own checkpoints. The same runs again
+    # train nothing: every run directory holds its finished checkpoint, and the summaries are the same.
     assert (tmp_path / "cmp.L32.runs").is_dir() and not list((tmp_path / "cmp.L32.runs").glob("checkpoint_*"))
     seeds = [json.loads((tmp_path / f"cmp.L32.din.s{s}" / "summary.json").read_text()) for s in (0, 1)]
     assert seeds[0]["checkpoint"] != seeds[1]["checkpoint"] and seeds[0]["valid_auc"] != seeds[1]["valid_auc"]
-    assert compare(run, ["din"], [0, 1], [32], tuned_dir=tmp_path / "tuned")[0] == din
-    again_s1 = json.loads((tmp_path / "cmp.L32.din.s1" / "summary.json").read_text())
-    assert again_s1["checkpoint"] == seeds[1]["checkpoint"]
+    params, _ = tuned_params(run, ["din"], tmp_path / "tuned")
+    base = replace(run, samples=replace(run.samples, max_len=32))
+    again = train_runs([model_run(base, run, "din", s, params["din"]) for s in (0, 1)], "cmp.L32.runs", prepare(base))
+    assert again == seeds
