@@ -145,6 +145,17 @@ def test_key_cache_config_errors_and_models_without_cache():
     assert m.sparse.key_cache is None  # not a cacheable GSU: the setting is ignored
     with pytest.raises(ValueError, match="eta bits"):
         tiny_job("eta", meta, {"bits": 40})
+    from lifelong.embeddings.key_cache import cache_collection
+    from lifelong.embeddings.sparse_arch import SparseArch
+    from lifelong.models import entry
+    from lifelong.models.cached_keys import projected_tables
+
+    spec, tables = m.spec, projected_tables(8)
+    side = entry("sim_soft").module.inputs(tiny_job("sim_soft", meta).arch()).side_tables  # SIM-soft's search tables
+    with pytest.raises(ValueError, match="key cache and side tables together"):
+        SparseArch(spec, spec.collection(), spec.side_collection(side), side, cache_collection(spec, tables), tables)
+    with pytest.raises(ValueError, match="key cache goes with its cache tables"):
+        SparseArch(spec, spec.collection(), key_cache=cache_collection(spec, tables))
 
 
 def test_training_with_the_key_cache_reports_drift_and_learns():

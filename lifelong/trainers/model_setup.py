@@ -38,9 +38,6 @@ def sparse_arch(job: JobSpec, device: torch.device | str) -> SparseArch:
     if any, the GSU key cache when `train.key_cache_every` > 0 and the model has one, and the
     trainer's lookup settings (`train.dedup_ids`, `train.embedding_l2`)."""
     side, cache = entry(job.model).module.inputs(job.arch()).side_tables, cache_tables(job)
-    if side and cache:
-        raise ValueError(f"model '{job.model}': a key cache and side tables together are not supported "
-                         "(the two-phase lookup cuts only the main tables' lifelong features)")
     return SparseArch(job.features, job.features.collection(device),
                       job.features.side_collection(side, device), side,
                       cache_collection(job.features, cache, device) if cache else None, cache,
