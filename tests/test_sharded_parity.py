@@ -12,7 +12,7 @@ import torch.distributed as dist
 from lifelong.embeddings.state import gather_full_state, load_full_state
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import local_optimizer
-from lifelong.trainers.loop import EarlyStopping, lr_groups
+from lifelong.trainers.loop import EarlyStopping, lr_groups, unwrap
 from lifelong.trainers.model_setup import plain_model, sharded_model
 from lifelong.models.base import loss as ctr_loss
 from tests.helpers import start_ranks, tiny_job, tiny_samples
@@ -24,7 +24,7 @@ LR_DENSE, LR_SPARSE = 0.05, 200.0  # embedding grads are tiny: a large LR makes 
 
 def refresh(model):
     """Refresh the key cache of a model that has one (plain, or DMP on every rank)."""
-    module = model.module if hasattr(model, "module") else model
+    module = unwrap(model)
     if module.sparse.key_cache is not None:
         module.refresh_keys(chunk=50)  # small chunks: several collective lookups
 

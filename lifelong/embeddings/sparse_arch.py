@@ -48,7 +48,8 @@ def _dense(jt: JaggedTensor, width: int) -> torch.Tensor:
         (jt.lengths().numel(), 0, jt.values().shape[-1]))
 
 
-def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) True at each row's first `lengths` positions."""
     return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
 
 
@@ -137,8 +138,8 @@ class SparseArch(nn.Module):
             if "target" in groups:
                 groups["target"] = groups["target"].squeeze(1)  # (B, D)
         user = _dense(out[USER], 1).squeeze(1) if self.spec.n_users else target.new_zeros(target.shape[0], 0)
-        return Embedded(target, cat("short", batch.short_len), _mask(short_len, batch.short_len),
-                        cat("long", batch.long_len), _mask(long_len, batch.long_len), long_cat, side, user,
+        return Embedded(target, cat("short", batch.short_len), length_mask(short_len, batch.short_len),
+                        cat("long", batch.long_len), length_mask(long_len, batch.long_len), long_cat, side, user,
                         aux=aux)
 
     def sparse_parameters(self) -> list[nn.Parameter]:

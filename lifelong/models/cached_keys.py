@@ -21,7 +21,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from lifelong.embeddings.batch import Batch
 from lifelong.embeddings.key_cache import CacheTable
-from lifelong.embeddings.sparse_arch import SparseArch
+from lifelong.embeddings.sparse_arch import SparseArch, length_mask
 from lifelong.embeddings.spec import TABLE_COLUMNS, feature_name
 from lifelong.models.gsu.base import GSU, masked_topk, valid_slots
 from lifelong.models.gsu.simhash import HALF, SimHash, hamming
@@ -156,7 +156,7 @@ class SimHashKeys(CachedKeys):
 
 def _long_mask(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = batch.sparse[feature_name("long", "item")].lengths()  # (B,)
-    return lengths, torch.arange(batch.long_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return lengths, length_mask(lengths, batch.long_len)
 
 
 @torch.no_grad()

@@ -27,6 +27,11 @@ class NonFiniteLoss(RuntimeError):
     """A loss or prediction is NaN/inf; raised before anything is written."""
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedModelParallel (or the model itself, unsharded)."""
+    return model.module if hasattr(model, "module") else model
+
+
 def _any_rank(flag: bool, device: torch.device, op=dist.ReduceOp.MAX) -> bool:
     t = torch.tensor([int(flag)], device=device)
     if dist.is_initialized():
@@ -67,7 +72,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     loss_sum, t0 = 0.0, time.perf_counter()
     bar = tqdm(desc="train", unit="batch", disable=not show, mininterval=5)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    sparse = {id(p) for p in (model.module if hasattr(model, "module") else model).sparse_parameters()}
+    sparse = {id(p) for p in unwrap(model).sparse_parameters()}
     for batch in in_lockstep(batches, device, skipped):
         batch = batch.to(device, non_blocking=True)
         if before_step is not None:
@@ -216,7 +221,7 @@ class KeyCacheRefresh:
     Does nothing for a model without a key cache."""
 
     def __init__(self, model: torch.nn.Module, every: int, global_step: int = 0) -> None:
-        self.module = model.module if hasattr(model, "module") else model
+        self.module = unwrap(model)
         self.every = every if self.module.sparse.key_cache is not None else 0
         self.global_step = global_step
         self.drift: list[dict] = []
@@ -316,7 +321,7 @@ def validate(model: torch.nn.Module, batches: Iterable[EvalBatch], device: torch
     two-stage model on the full histories of the first `diagnostic_batches` (0: off): the mean recall
     of its GSU top-k against the exact top-k of its ESU relevance over all L, over rows with more
     than k behaviours (all ranks)."""
-    module = model.module if hasattr(model, "module") else model
+    module = unwrap(model)
     diagnose = diagnostic_batches if hasattr(module, "gsu_recall") else 0
     total = torch.zeros(2, dtype=torch.float64, device=device)  # recall sum, rows
 
