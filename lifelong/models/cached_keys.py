@@ -35,10 +35,15 @@ def projected_tables(dim: int) -> tuple[CacheTable, ...]:
                  (("key", "long"), ("query", "target")) for t in TABLE_COLUMNS)
 
 
+def signature_halves(bits: int) -> int:
+    """`HALF`-bit pieces of one main table's share of a `bits`-bit signature."""
+    return bits // len(TABLE_COLUMNS) // HALF
+
+
 def simhash_tables(bits: int) -> tuple[CacheTable, ...]:
     """`SimHashKeys`' cache tables: each main table's share of the `bits`-bit signature, `HALF` bits per
     float, padded to a multiple of 4 floats (FBGEMM's table widths)."""
-    halves = bits // len(TABLE_COLUMNS) // HALF
+    halves = signature_halves(bits)
     return tuple(CacheTable(f"{t}_sig", t, ("target", "long"), -(-halves // 4) * 4) for t in TABLE_COLUMNS)
 
 
@@ -127,7 +132,7 @@ class SimHashKeys(CachedKeys):
 
     def __init__(self, simhash: SimHash, bits: int, gsu: GSU) -> None:
         self.hash, self.gsu = simhash, gsu
-        self.halves = bits // len(TABLE_COLUMNS) // HALF  # 16-bit pieces of one table's bits
+        self.halves = signature_halves(bits)  # 16-bit pieces of one table's bits
         self.tables = simhash_tables(bits)
         self.key_dim = self.tables[0].dim  # a multiple of 4; past `halves` the keys are zeros
 
