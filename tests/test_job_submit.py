@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,10 +76,37 @@ def listening_sockets(marker: str) -> set[tuple[str, str, int]]:
     return out
 
 
+def _stop_head(marker: str, gcs_port: int) -> None:
+    """Stop the head whose processes' environment holds `marker` (its token), and only it: `ray stop`
+    would end every Ray process of this machine, other tests' included."""
+    procs = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int(proc.name) != os.getpid() and \
+                    marker.encode() in (proc / "environ").read_bytes():
+                procs.append(int(proc.name))
+        except OSError:
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in procs:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in procs):
+            time.sleep(0.2)
+    current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` removes with the head
+    if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
+        current.unlink(missing_ok=True)
+
+
 def test_ray_job_submit_trains_and_reports(tmp_path):
     import ray
 
-    ray.shutdown()  # `ray stop` below ends every Ray process of this machine
+    from lifelong.cluster.connect import ClusterConfig, connect
+
+    ray.shutdown()  # this process joins no Ray while the head runs (see the local check below)
     ray_bin = str(Path(sys.executable).parent / "ray")
     # A fresh token for this head only (`ray get-auth-token --generate` writes ~/.ray instead).
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -89,6 +118,11 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
                "--disable-usage-stats")
     assert head.returncode == 0, head.stderr[-2000:]
     try:
+        # a local run beside the head starts a Ray of its own: plain ray.init() would join the head
+        # (`ray start` names it in /tmp/ray/ray_current_cluster) and refuse num_cpus
+        assert connect(ClusterConfig()) == "local"
+        assert not ray.get_runtime_context().gcs_address.endswith(f":{gcs}")
+        ray.shutdown()
         out = tmp_path / "runs"
         cfg = tmp_path / "taobao.yaml"
         cfg.write_text("data: {format: taobao}\nsamples: {max_len: 50, short_len: 10}\n"
@@ -116,4 +150,5 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
             beyond = {name for name, a, _ in socks if a not in LOOPBACK and not name.startswith("ray::")}
             assert beyond <= EXPOSED, f"listening beyond loopback, not in README: {beyond - EXPOSED}"
     finally:
-        run("stop", "--force")
+        ray.shutdown()
+        _stop_head(env["RAY_AUTH_TOKEN"], gcs)

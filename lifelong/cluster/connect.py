@@ -70,8 +70,10 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
     # Workers each hold cpus_per_worker; Ray Data's read/collate tasks need CPUs beside them,
     # so the embedded Ray advertises at least num_workers + 2 logical CPUs.
     cpus = cfg.local_cpus or max(os.cpu_count() or 1, int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + DATA_CPUS)
-    ray.init(num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1", _system_config=STARTUP,
-             runtime_env=env, **out)
+    # "local": a Ray of our own even while a `ray start` head runs here (plain ray.init() would join
+    # it through /tmp/ray/ray_current_cluster and then refuse num_cpus)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+             _system_config=STARTUP, runtime_env=env, **out)
     return "local"
 
 
