@@ -1,8 +1,9 @@
 """The shard-bench job: one model and data set under the planner's plan and every forced plan the
 device allows, at each world size; a table (Markdown + CSV + JSON) and a plot per run.
 
-Each world size is one Ray Train run whose workers read the same batches once and then train
-them under each plan in turn (`lifelong.trainers.bench`). Written under `<output_dir>/<name>/`:
+One Ray Train run of the largest world size: its workers read the same batches once, and for each
+world size w the first w ranks train them under each plan in turn in a process group of their own
+(`lifelong.trainers.bench`). Written under `<output_dir>/<name>/`:
 `shard_bench.json` (everything, plan texts included), `shard_bench.csv`, `shard_bench.md`,
 `shard_bench.png` and `plans.txt` (each plan that ran).
 """
@@ -30,20 +31,21 @@ COLUMNS = ("world_size", "plan", "samples_per_s", "step_ms", "est_ms", "emb_mb",
 
 def shard_bench(run: RunFile, world_sizes: list[int], steps: int = 20, warmup: int = 3) -> list[dict]:
     """Rows (one per world size x plan) of measurements and planner estimates."""
+    if not world_sizes or min(world_sizes) < 1:
+        raise ValueError(f"shard-bench world sizes must be >= 1, got {world_sizes}")
     connect(run.cluster)
     samples_dir, meta, _ = prepare(run)
     job = job_spec(run, meta)
     out = Path(run.output_dir) / run.name
-    rows: list[dict] = []
-    for world in world_sizes:
-        scratch = out / f"w{world}"  # Ray Train's run dir, holding only the rows; removed once read
-        with relayed() as relay:
-            trainer = make_trainer(job, samples_dir, replace(run.cluster, num_workers=world), scratch.name, out,
-                                   loop=bench_loop_per_worker, loop_config={"steps": steps, "warmup": warmup},
-                                   relay=relay)
-            result = trainer.fit()
-        rows += json.loads((Path(result.checkpoint.path) / ROWS_FILE).read_text())
-        shutil.rmtree(scratch, ignore_errors=True)
+    scratch = out / "workers"  # Ray Train's run dir, holding only the rows; removed once read
+    with relayed() as relay:
+        trainer = make_trainer(job, samples_dir, replace(run.cluster, num_workers=max(world_sizes)), scratch.name,
+                               out, loop=bench_loop_per_worker,
+                               loop_config={"steps": steps, "warmup": warmup, "world_sizes": list(world_sizes)},
+                               relay=relay)
+        result = trainer.fit()
+    rows = json.loads((Path(result.checkpoint.path) / ROWS_FILE).read_text())
+    shutil.rmtree(scratch, ignore_errors=True)
     label = f"{run.model} on {meta.name}" + (" (SYNTHETIC)" if meta.synthetic else "")
     write(rows, out, f"shard-bench: {label}, batch {run.train.batch_size}, "
           f"dim {run.embedding_dim}, {steps} timed steps")

@@ -142,25 +142,9 @@ def bench_plan(job: JobSpec, plan, batches: list, device: torch.device, pg, warm
             "loss": float(loss.item())}
 
 
-def bench_loop_per_worker(config: dict) -> None:
-    """Ray Train worker: read warmup + steps batches once, then run every plan on them."""
-    job = JobSpec.from_dict(config["job"])
-    logs.use(config.get("relay"))
-    warmup, steps = config["warmup"], config["steps"]
-    device, pg = ray.train.torch.get_device(), dist.group.WORLD
-    world, rank = dist.get_world_size(), dist.get_rank()
-    shard = ray.train.get_dataset_shard("train")
-    collate = make_collator(job, store=load_store(config))
-    it = shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=collate,
-                                  drop_last=True, device="cpu")
-    skipped: list[int] = []
-    batches = []
-    for b in in_lockstep(it, device, skipped):
-        batches.append(b)
-        if len(batches) == warmup + steps:
-            break
-    if len(batches) <= warmup:
-        raise ValueError(f"shard-bench needs {warmup + 1}+ batches per worker, the data gives {len(batches)}")
+def bench_world(job: JobSpec, batches: list, device: torch.device, pg, warmup: int) -> list[dict]:
+    """Rows of every plan at the world size of `pg` (this rank is in it)."""
+    world, rank = dist.get_world_size(pg), dist.get_rank(pg)
     rows = []
     for name, constraints, min_partition in plan_specs(job, device.type, world):
         plan, est, error = _plan(job, constraints, min_partition, device, pg)
@@ -173,7 +157,7 @@ def bench_loop_per_worker(config: dict) -> None:
         except RuntimeError as e:  # e.g. a kernel the device lacks; every rank fails alike, before any collective
             mine = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
         gathered: list = [None] * world
-        dist.all_gather_object(gathered, mine)
+        dist.all_gather_object(gathered, mine, group=pg)
         failed = [g["error"] for g in gathered if "error" in g]
         if failed:
             rows.append({**row, "plan_text": describe(plan), **est, "error": failed[0]})
@@ -190,6 +174,37 @@ def bench_loop_per_worker(config: dict) -> None:
                 logs.say(f"[shard-bench] world={world}: the planner's plan\n{rows[-1]['plan_text']}")
             logs.say(f"[shard-bench] world={world} {name}: {rows[-1]['samples_per_s']:.0f} samples/s "
                      f"emb MB/rank {['%.2f' % x for x in rows[-1]['emb_mb']]}")
+    return rows
+
+
+def bench_loop_per_worker(config: dict) -> None:
+    """Ray Train worker (one worker group of the largest world size): read warmup + steps batches
+    once, then for each world size w the first w ranks run every plan in a process group of their
+    own while the others wait (one worker-group start for all world sizes)."""
+    job = JobSpec.from_dict(config["job"])
+    logs.use(config.get("relay"))
+    warmup, steps = config["warmup"], config["steps"]
+    device = ray.train.torch.get_device()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    shard = ray.train.get_dataset_shard("train")
+    collate = make_collator(job, store=load_store(config))
+    it = shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=collate,
+                                  drop_last=True, device="cpu")
+    skipped: list[int] = []
+    batches = []
+    for b in in_lockstep(it, device, skipped):
+        batches.append(b)
+        if len(batches) == warmup + steps:
+            break
+    if len(batches) <= warmup:
+        raise ValueError(f"shard-bench needs {warmup + 1}+ batches per worker, the data gives {len(batches)}")
+    rows = []
+    for w in config["world_sizes"]:
+        # every rank takes part in creating each group, members or not (torch.distributed's rule)
+        pg = dist.group.WORLD if w == world else dist.new_group(list(range(w)))
+        if rank < w:
+            rows += bench_world(job, batches, device, pg, warmup)
+        dist.barrier()
     # Ray Train keeps a result's metrics with its checkpoint: the rows travel as a file in one.
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / ROWS_FILE).write_text(json.dumps(rows))
