@@ -5,4 +5,4 @@ setup:
 run: setup
 	.venv/bin/lifelong train --model sim_hard
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -n 2 --dist loadfile --no-loadscope-reorder

@@ -25,6 +25,6 @@ esac
 # torchrec's metadata names the CUDA fbgemm-gpu: install it without deps, then its real needs.
 pip_install --no-deps torchrec==1.8.0
 pip_install tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath
-pip_install "ray[train,data,default]==2.60.0" pyarrow pandas pyyaml matplotlib tensorboard pytest
+pip_install "ray[train,data,default]==2.60.0" pyarrow pandas pyyaml matplotlib tensorboard pytest pytest-xdist
 pip_install --no-deps -e .
 touch "$STAMP"
