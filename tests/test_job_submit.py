@@ -112,10 +112,12 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     run = lambda *a, **kw: subprocess.run([ray_bin, *a], env=env, capture_output=True, text=True, **kw)  # noqa: E731
-    gcs, dash = _free_port(), _free_port()
+    # free ports for what the README's head takes by default: another local Ray here (another test
+    # process's) may hold the job agent's 52365, and the job server then has no agent to submit to
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
     head = run("start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-               f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=4", "--include-dashboard=true",
-               "--disable-usage-stats")
+               f"--port={gcs}", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+               "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats")
     assert head.returncode == 0, head.stderr[-2000:]
     try:
         # a local run beside the head starts a Ray of its own: plain ray.init() would join the head
@@ -129,10 +131,14 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
                        "train: {batch_size: 64, epochs: 1}\ncluster: {num_workers: 2}\n")
         runtime_env = {"excludes": [".venv", "runs", ".git", "*.egg-info"],
                        "env_vars": {"LIFELONG_DATA": str(shared_data().resolve())}}
-        job = run("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}",
-                  f"--runtime-env-json={json.dumps(runtime_env)}", "--submission-id=lifelong-test-job", "--",
-                  sys.executable, "-m", "lifelong.jobs.cli", "train", "--model", "din", "--name", "submitted",
-                  "--config", str(cfg), "--output-dir", str(out), timeout=540)
+        for _ in range(30):  # the head's job agent registers a few seconds after `ray start` returns
+            job = run("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}",
+                      f"--runtime-env-json={json.dumps(runtime_env)}", "--submission-id=lifelong-test-job", "--",
+                      sys.executable, "-m", "lifelong.jobs.cli", "train", "--model", "din", "--name", "submitted",
+                      "--config", str(cfg), "--output-dir", str(out), timeout=540)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         status = run("job", "status", f"--address=http://127.0.0.1:{dash}", "lifelong-test-job")
         assert "job 'lifelong-test-job' succeeded" in (status.stdout + status.stderr).lower()

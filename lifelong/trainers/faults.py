@@ -26,8 +26,9 @@ class FaultCounter:
 
 @dataclass(frozen=True)
 class FaultAtStep:
-    """The last rank dies (`kind` "exit") or stops before its next collective ("hang") once, at
-    global step `step`; a restarted worker group passes that step unharmed."""
+    """The last rank dies (`kind` "exit") or stops before its next collective ("hang") once per run
+    name and step, at global step `step`; a restarted worker group, or a rerun of the same name,
+    passes that step unharmed (a fault at another step still fires)."""
 
     step: int
     kind: str = "exit"
@@ -39,7 +40,7 @@ class FaultAtStep:
     def __call__(self, rank: int, world: int, global_step: int) -> None:
         if global_step != self.step or rank != world - 1:
             return
-        name = f"lifelong-fault-{ray.train.get_context().get_experiment_name()}"
+        name = f"lifelong-fault-{ray.train.get_context().get_experiment_name()}-{self.step}"
         counter = FaultCounter.options(name=name, get_if_exists=True, lifetime="detached").remote()
         if ray.get(counter.claim.remote()):
             logs.say(f"[lifelong] injected fault: rank {rank} {self.kind}s at step {global_step}")
