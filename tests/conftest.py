@@ -16,9 +16,10 @@ def _ray_session():
 
 @pytest.fixture(scope="module")
 def ray_local(_ray_session):
-    """The embedded Ray the Ray tests share (2 training workers plus room for Ray Data tasks), with
-    lifelong's local start-up settings; started by the first module that asks, and again after a
-    test stopped it (job submit's `ray stop`, the two-node cluster): a start and stop cost ~5 s."""
+    """The embedded Ray the Ray tests of this pytest process share (2 training workers plus room for
+    Ray Data tasks), with lifelong's local start-up settings; started by the first module that asks,
+    and again after a test stopped it (job submit, the two-node cluster, recovery): a start and stop
+    cost ~5 s. Each xdist worker has its own ("local": never one that `ray start` left here)."""
     import ray
 
     from lifelong.cluster.connect import STARTUP
