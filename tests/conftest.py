@@ -3,6 +3,11 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test files share the 2 cores: a torch op's second OpenMP thread would wait on a core the
+    # other file's Ray workers hold (a 7 s in-process training test took 99 s beside two busy
+    # processes with 2 threads, 28 s with 1). Set before torch is first imported in this process.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
