@@ -55,16 +55,28 @@ def _label(proc: Path) -> str:
     return comm
 
 
+def _holding(marker: str) -> list[Path]:
+    """/proc entries of the other processes whose environment holds `marker` (here: a head's token)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            mine = proc.name.isdigit() and int(proc.name) != os.getpid()
+            if mine and marker.encode() in (proc / "environ").read_bytes():
+                out.append(proc)
+        except OSError:  # the process ended meanwhile
+            continue
+    return out
+
+
 def listening_sockets(marker: str) -> set[tuple[str, str, int]]:
     """(process, bound address, port) of every TCP socket in LISTEN state held by a process whose
     environment holds `marker` (here: this head's token), read from /proc."""
     owner = {}
-    for proc in Path("/proc").iterdir():
+    for proc in _holding(marker):
         try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
-                label = _label(proc)
-                owner.update({os.readlink(fd)[8:-1]: label for fd in (proc / "fd").iterdir()
-                              if os.readlink(fd).startswith("socket:[")})
+            label = _label(proc)
+            owner.update({os.readlink(fd)[8:-1]: label for fd in (proc / "fd").iterdir()
+                          if os.readlink(fd).startswith("socket:[")})
         except OSError:  # the process ended meanwhile
             continue
     out = set()
@@ -79,14 +91,7 @@ def listening_sockets(marker: str) -> set[tuple[str, str, int]]:
 def _stop_head(marker: str, gcs_port: int) -> None:
     """Stop the head whose processes' environment holds `marker` (its token), and only it: `ray stop`
     would end every Ray process of this machine, other tests' included."""
-    procs = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and int(proc.name) != os.getpid() and \
-                    marker.encode() in (proc / "environ").read_bytes():
-                procs.append(int(proc.name))
-        except OSError:
-            continue
+    procs = [int(proc.name) for proc in _holding(marker)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in procs:
             try:
