@@ -1,45 +1,12 @@
-"""What a run prints: Ray's and the workers' output with --verbose (the quiet default is checked on
-the README's commands, tests/test_readme.py), worker lines relayed in order, progress lines only on a
-terminal, a training failure as one line."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+"""What a run prints: worker lines relayed in order, progress lines only on a terminal, a training
+failure as one line. The quiet default is checked on the README's commands (tests/test_readme.py),
+`--verbose` bringing back Ray's and the workers' output on the submitted job (tests/test_job_submit.py)."""
 import pytest
 import ray
-import yaml
 from ray.train import WorkerGroupError
 
 from lifelong.cluster import logs
 from lifelong.jobs.cli import training_error
-
-ROOT = Path(__file__).parents[1]
-
-
-def lifelong(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != logs.ENV}
-    return subprocess.run([sys.executable, "-m", "lifelong.jobs.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
-def test_verbose_brings_back_rays_and_the_workers_output(tmp_path):
-    # The quiet default (the plan once, one line per epoch, the result last, none of these lines) is
-    # checked on every README train command by tests/test_readme.py.
-    # a small planted log in the store layout: what is checked is the output, not the training
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "loud", "model": "din",
-        "data": {"format": "synthetic",
-                 "synthetic": {"n_users": 60, "seq_len": 400, "guard": 40, "n_impressions": 20, "seed": 3}},
-        "samples": {"max_len": 64, "short_len": 20, "sample_behaviors": [1], "history_behaviors": [0],
-                    "layout": "store"},
-        "train": {"batch_size": 32}, "cluster": {"num_workers": 2}}))
-    loud = lifelong("train", "--config", str(cfg), "--max-steps", "3", "--output-dir", str(tmp_path), "--verbose")
-    assert loud.returncode == 0, loud.stderr[-3000:]
-    both = loud.stdout + loud.stderr
-    assert "(RayTrainWorker" in both and "[lifelong] result" in both
-    assert len(both.splitlines()) > 60  # the quiet run's cap
 
 
 def test_worker_lines_reach_the_driver_in_order_and_progress_only_on_a_terminal(ray_local, capsys):

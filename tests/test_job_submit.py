@@ -1,6 +1,7 @@
-"""`ray job submit` for real: a local token-auth head on 127.0.0.1, a `lifelong train` job with a
-working dir, SUCCEEDED, metrics read back, the head's listening sockets checked against README,
-head stopped."""
+"""`ray job submit` for real: a local token-auth head on 127.0.0.1, a `lifelong train --verbose` job
+with a working dir, SUCCEEDED, Ray's and the workers' output in the job's log (the quiet default is
+checked on the README's commands, tests/test_readme.py), metrics read back, the head's listening
+sockets checked against README, head stopped."""
 from __future__ import annotations
 
 import json
@@ -140,11 +141,14 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
             job = run("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}",
                       f"--runtime-env-json={json.dumps(runtime_env)}", "--submission-id=lifelong-test-job", "--",
                       sys.executable, "-m", "lifelong.jobs.cli", "train", "--model", "din", "--name", "submitted",
-                      "--config", str(cfg), "--output-dir", str(out), timeout=540)
+                      "--config", str(cfg), "--output-dir", str(out), "--verbose", timeout=540)
             if "No available agent" not in job.stdout + job.stderr:
                 break
             time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        logged = job.stdout + job.stderr  # `ray job submit` follows the job's log
+        assert "(RayTrainWorker" in logged and "[lifelong] result" in logged  # --verbose: the workers' lines too
+        assert len(logged.splitlines()) > 60  # the quiet run's cap
         status = run("job", "status", f"--address=http://127.0.0.1:{dash}", "lifelong-test-job")
         assert "job 'lifelong-test-job' succeeded" in (status.stdout + status.stderr).lower()
         summary = json.loads((out / "submitted" / "summary.json").read_text())
