@@ -106,7 +106,7 @@ def test_readme_command_runs_verbatim(cmd, scratch, shared_ray):
         return
     assert done.returncode == 0, out[-3000:]
     assert len(out.splitlines()) <= 60, out
-    for noise in NOISE:  # what `--verbose` brings back (tests/test_console.py)
+    for noise in NOISE:  # what `--verbose` brings back (tests/test_job_submit.py)
         assert noise not in out, noise
     if argv[1] == "train":  # lifelong's own lines only: the plan once, one line per epoch, the result block last
         lines = done.stdout.splitlines()
