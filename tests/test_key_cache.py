@@ -10,7 +10,7 @@ from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import fit_local, local_optimizer
 from lifelong.trainers.model_setup import plain_model
-from tests.helpers import store_run, tiny_job, tiny_samples
+from tests.helpers import tiny_job, tiny_samples
 
 CACHED = ["twin", "twin+match", "lic", "lic+match", "lic+gsu_form=head_mean", "eta", "eta+match"]  # +match: the
 # target-match features, +key=value: a model_config key
@@ -188,29 +188,6 @@ def test_unique_ids_by_marking_rows_equals_torch_unique():
     assert torch.equal(u, ru) and torch.equal(inv, rinv)
     u, inv = unique_ids(ids, 10**7)  # a huge table: falls back to sorting
     assert torch.equal(u, ru) and torch.equal(inv, rinv)
-
-
-@pytest.mark.ray
-def test_key_cache_and_store_layout_train_on_ray_sharded_like_the_source_and_evaluate(ray_local, tmp_path):
-    """One Ray run for two features: the key cache (TWIN, refreshed every 4 steps, tables sharded like
-    the item table) and the store layout (histories once per user, read by every worker)."""
-    from lifelong.data.store import SequenceStore
-    from lifelong.jobs.evaluate import evaluate
-    from lifelong.jobs.train import train
-
-    run = store_run(tmp_path, "cached", "twin", {"k": 16}, {"item": ["row_wise"]}, key_cache_every=4, dedup_ids=True)
-    s = train(run)
-    steps = s["train_steps"]
-    assert steps > 4 and s["key_cache_refreshes"] == -(-steps // 4) + 1  # every 4 steps, then before evaluation
-    assert 0 < s["key_cache_rel_change"] < 1 and 0 < s["key_cache_topk_overlap"] <= 1
-    assert 0 <= s["valid_auc"] <= 1 and s["valid_gsu_recall_rows"] > 0
-    plan = (tmp_path / "cached" / "plan.txt").read_text()
-    assert "item_key: row_wise" in plan and "item_query: row_wise" in plan  # cache tables follow the item table
-    samples_dir = next((tmp_path / "samples").iterdir())
-    assert {"train", "valid", "test", "store"} <= {p.name for p in samples_dir.iterdir()}
-    assert SequenceStore.read(samples_dir / "store").events == 60 * 400  # every history event, once
-    again = evaluate(s["checkpoint"], "valid")
-    assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]
 
 
 def test_a_checkpoint_without_the_cache_loads_into_a_cached_model(tmp_path):

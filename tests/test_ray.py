@@ -1,4 +1,5 @@
-"""Ray end to end: Ray Data sample building and a 2-worker TorchTrainer run with sharded tables."""
+"""Ray end to end: Ray Data sample building, a 2-worker TorchTrainer run with sharded tables, and
+early stopping, the key cache and the store layout on two workers."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from lifelong.data.samples import SPLITS, SampleConfig, build_local
 from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.jobs.config import run_file
 from lifelong.jobs.train import train
+from tests.helpers import store_run
 
 pytestmark = pytest.mark.ray
 SORT = [("user_id", "ascending"), ("timestamp", "ascending"), ("item_id", "ascending")]
@@ -71,3 +73,57 @@ def test_two_worker_run_on_movielens(ray_local, tmp_path):
     assert [s for s, _ in scalar("train/loss")] == list(range(50, steps + 1, 50))  # every log_every steps
     assert scalar("valid/auc") == [(steps, pytest.approx(summary["valid_auc"], abs=1e-6))]
     assert scalar("train/samples_per_s")[0][1] == pytest.approx(summary["train_samples_per_s"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def store_runs(ray_local, tmp_path_factory) -> tuple[Path, dict]:
+    """Two runs on the same planted store-layout samples, trained in one Ray Train run (`train_runs`,
+    as `lifelong compare` trains its runs; the worker's per-run loop is `train`'s): TWIN with the key
+    cache, and DIN stopping early. Returns the output directory and each run's summary by name."""
+    from lifelong.jobs.prepare import prepare
+    from lifelong.jobs.train import train_runs
+
+    out = tmp_path_factory.mktemp("store")
+    runs = {"cached": store_run(out, "cached", "twin", {"k": 16}, {"item": ["row_wise"]}, key_cache_every=4,
+                                dedup_ids=True),
+            # learning rates 0: valid AUC cannot improve after epoch 0
+            "stops": store_run(out, "stops", "din", {}, epochs=3, patience=1, max_steps=3, sparse_lr=0.0,
+                               dense_lr=0.0, diagnostic_batches=0)}
+    summaries = train_runs(list(runs.values()), "store", prepare(runs["cached"]))
+    return out, dict(zip(runs, summaries))
+
+
+def test_early_stopping_on_ray_stops_restores_and_reports(store_runs):
+    """Patience 1 stops after epoch 1 of 3 and the run reports epoch 0's metrics, written as the final
+    checkpoint; the best weights live in the run directory (DCP, every rank's shards)."""
+    from lifelong.trainers import checkpoint
+
+    out, summaries = store_runs
+    s = summaries["stops"]
+    assert s["best_epoch"] == 0 and s["stopped_early"] and s["epochs_trained"] == 2, s
+    assert s["global_step"] == 6 and s["epoch"] == 0
+    best = out / "stops" / "best"
+    assert checkpoint.incomplete(best) is not None  # no trainer state: never a resume candidate ...
+    assert json.loads((best / checkpoint.METRICS_FILE).read_text())["epoch"] == 0  # ... but epoch 0's weights
+    assert checkpoint.latest(out / "stops", log=lambda _: None).parent == out / "stops"
+
+
+def test_key_cache_and_store_layout_train_on_ray_sharded_like_the_source_and_evaluate(store_runs):
+    """The key cache (TWIN, refreshed every 4 steps, tables sharded like the item table) and the store
+    layout (histories once per user, read by every worker)."""
+    from lifelong.data.store import SequenceStore
+    from lifelong.jobs.evaluate import evaluate
+
+    out, summaries = store_runs
+    s = summaries["cached"]
+    steps = s["train_steps"]
+    assert steps > 4 and s["key_cache_refreshes"] == -(-steps // 4) + 1  # every 4 steps, then before evaluation
+    assert 0 < s["key_cache_rel_change"] < 1 and 0 < s["key_cache_topk_overlap"] <= 1
+    assert 0 <= s["valid_auc"] <= 1 and s["valid_gsu_recall_rows"] > 0
+    plan = (out / "cached" / "plan.txt").read_text()
+    assert "item_key: row_wise" in plan and "item_query: row_wise" in plan  # cache tables follow the item table
+    samples_dir = next((out / "samples").iterdir())
+    assert {"train", "valid", "test", "store"} <= {p.name for p in samples_dir.iterdir()}
+    assert SequenceStore.read(samples_dir / "store").events == 60 * 400  # every history event, once
+    again = evaluate(s["checkpoint"], "valid")
+    assert abs(again["auc"] - s["valid_auc"]) < 1e-5 and again["samples"] == s["valid_samples"]

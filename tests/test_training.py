@@ -1,8 +1,8 @@
 """Training that generalises: early stopping on valid AUC with the best epoch's weights restored,
-in process (scripted validation scores) and on Ray (the same rule through the worker and DCP)."""
+in process (scripted validation scores); on Ray (the same rule through the worker and DCP) it is
+tests/test_ray.py's."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ import lifelong.trainers.loop as loop
 from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping
 from lifelong.models.base import loss as ctr_loss
-from tests.helpers import store_run, tiny_job, tiny_samples
+from tests.helpers import tiny_job, tiny_samples
 
 
 def test_early_stopping_counts_epochs_without_improvement_and_survives_a_restart():
@@ -89,25 +89,6 @@ def test_fit_local_decays_the_learning_rates_on_a_plateau(monkeypatch):
     _, history = local.fit_local(job, samples.slice(0, split), samples.slice(split))
     assert [h["lr_scale"] for h in history[:4]] == [1.0, 0.5, 0.25, 0.25]
     assert [g["lr"] for g in made[0].param_groups] == pytest.approx([job.train.sparse_lr / 4, job.train.dense_lr / 4])
-
-
-@pytest.mark.ray
-def test_early_stopping_on_ray_stops_restores_and_reports(ray_local, tmp_path):
-    """Learning rates 0: valid AUC cannot improve after epoch 0, so patience 1 stops after epoch 1 of
-    3 and the run reports epoch 0's metrics, written as the final checkpoint; the best weights
-    live in the run directory (DCP, every rank's shards)."""
-    from lifelong.jobs.train import train
-    from lifelong.trainers import checkpoint
-
-    run = store_run(tmp_path, "stops", "din", {}, epochs=3, patience=1, max_steps=3, sparse_lr=0.0, dense_lr=0.0,
-                    diagnostic_batches=0)
-    s = train(run)
-    assert s["best_epoch"] == 0 and s["stopped_early"] and s["epochs_trained"] == 2, s
-    assert s["global_step"] == 6 and s["epoch"] == 0
-    best = tmp_path / "stops" / "best"
-    assert checkpoint.incomplete(best) is not None  # no trainer state: never a resume candidate ...
-    assert json.loads((best / checkpoint.METRICS_FILE).read_text())["epoch"] == 0  # ... but epoch 0's weights
-    assert checkpoint.latest(tmp_path / "stops", log=lambda _: None).parent == tmp_path / "stops"
 
 
 def test_embedding_l2_adds_the_squares_of_the_rows_a_batch_looks_up_and_decays_no_other_row():
