@@ -9,9 +9,11 @@ same planner, with their own features (`target_search_item`, ...) after the main
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torchrec import EmbeddingCollection, EmbeddingConfig
+if TYPE_CHECKING:  # TorchRec is imported where tables are built: a driver that only reads configs never loads it
+    import torch
+    from torchrec import EmbeddingCollection, EmbeddingConfig
 
 # Sequence groups in every batch; each has an item and a category feature.
 GROUPS = ("target", "short", "long")
@@ -83,6 +85,8 @@ class FeatureSpec:
         return self.dim if self.n_users else 0
 
     def tables(self) -> list[EmbeddingConfig]:
+        from torchrec import EmbeddingConfig
+
         main = [EmbeddingConfig(name=t, embedding_dim=self.dim, num_embeddings=self.num_embeddings(t),
                                 feature_names=[feature_name(g, t) for g in GROUPS], **self.init_range())
                 for t in TABLE_COLUMNS]
@@ -93,6 +97,9 @@ class FeatureSpec:
 
     def collection(self, device: torch.device | str = "cpu") -> EmbeddingCollection:
         """The sequence embedding collection (unsharded; DMP shards it)."""
+        import torch
+        from torchrec import EmbeddingCollection
+
         return EmbeddingCollection(tables=self.tables(), device=torch.device(device))
 
     def side_collection(self, side: tuple[SideTable, ...], device: torch.device | str = "cpu"
@@ -100,6 +107,9 @@ class FeatureSpec:
         """The side tables' collection (None without side tables); they must share one width."""
         if not side:
             return None
+        import torch
+        from torchrec import EmbeddingCollection, EmbeddingConfig
+
         dims = {s.dim for s in side}
         if len(dims) > 1:
             raise ValueError(f"side tables {[s.name for s in side]} must share one embedding width, got {sorted(dims)}")

@@ -13,7 +13,22 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from lifelong.cluster.connect import ClusterConfig, controller_env, resolve, scaling_config
 from lifelong.data.store import store_path
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.worker import train_loop_per_worker, train_runs_per_worker
+
+
+# The workers' loops, imported in the workers: the driver that builds the trainer never loads
+# TorchRec or the models (~2.5 s of every `lifelong` command here).
+def train_loop_per_worker(config: dict) -> None:
+    """`worker.train_loop_per_worker`: one run."""
+    from lifelong.trainers import worker
+
+    worker.train_loop_per_worker(config)
+
+
+def train_runs_per_worker(config: dict) -> None:
+    """`worker.train_runs_per_worker`: several runs one after another."""
+    from lifelong.trainers import worker
+
+    worker.train_runs_per_worker(config)
 
 
 def read_samples(path: Path, reader: str) -> ray.data.Dataset:
