@@ -37,9 +37,9 @@ def ray_local(_ray_session):
 # The suite runs on two pytest-xdist workers, a file per worker at a time (`--dist loadfile`). Files
 # are handed out in this order, slowest first (seconds per file as printed at the end of a run), so
 # that no long file starts last while the other worker idles; files not named follow in their order.
-SLOWEST_FIRST = ("test_readme.py", "test_recovery.py", "test_tune.py", "test_ray_zoo.py", "test_job_submit.py",
-                 "test_console.py", "test_multinode.py", "test_ray.py", "test_key_cache.py", "test_compare.py",
-                 "test_training.py", "test_planted.py", "test_sharded_parity.py")
+SLOWEST_FIRST = ("test_readme.py", "test_recovery.py", "test_tune.py", "test_ray_zoo.py", "test_ray.py",
+                 "test_job_submit.py", "test_multinode.py", "test_compare.py", "test_planted.py",
+                 "test_sharded_parity.py", "test_key_cache.py", "test_training.py", "test_console.py")
 
 
 def pytest_collection_modifyitems(items):
