@@ -27,10 +27,11 @@ def ray_local(_ray_session):
     cost ~5 s. Each xdist worker has its own ("local": never one that `ray start` left here)."""
     import ray
 
-    from lifelong.cluster.connect import STARTUP
+    from lifelong.cluster.connect import PREEMPTION_ENV, STARTUP
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _system_config=STARTUP)
+        os.environ.setdefault(PREEMPTION_ENV, "0")  # as `connect` does for its embedded Ray
     yield ray
 
 

@@ -110,7 +110,7 @@ def _stop_head(marker: str, gcs_port: int) -> None:
 def test_ray_job_submit_trains_and_reports(tmp_path):
     import ray
 
-    from lifelong.cluster.connect import ClusterConfig, connect
+    from lifelong.cluster.connect import PREEMPTION_ENV, ClusterConfig, connect
 
     ray.shutdown()  # this process joins no Ray while the head runs (see the local check below)
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -128,7 +128,9 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
     try:
         # a local run beside the head starts a Ray of its own: plain ray.init() would join the head
         # (`ray start` names it in /tmp/ray/ray_current_cluster) and refuse num_cpus
+        os.environ.pop(PREEMPTION_ENV, None)
         assert connect(ClusterConfig()) == "local"
+        assert os.environ[PREEMPTION_ENV] == "0"  # one machine: no preemption watcher actor
         assert not ray.get_runtime_context().gcs_address.endswith(f":{gcs}")
         ray.shutdown()
         out = tmp_path / "runs"

@@ -48,15 +48,18 @@ def test_example_gpu_cluster_files_load():
 def test_the_poll_interval_reaches_ray_trains_controller(monkeypatch, tmp_path):
     """`cluster.poll_s` is set where Ray Train's controller reads it: a driver environment variable
     that Ray Train propagates to the controller (each report waits for a poll: 2 s by Ray's default)."""
-    from ray.train.v2._internal.constants import HEALTH_CHECK_INTERVAL_S_ENV_VAR, get_env_vars_to_propagate
+    from ray.train.v2._internal.constants import (ENABLE_PREEMPTION_WATCHER_ENV_VAR, HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+                                                  get_env_vars_to_propagate)
 
-    from lifelong.cluster.connect import POLL_ENV, controller_env
+    from lifelong.cluster.connect import POLL_ENV, PREEMPTION_ENV, controller_env
 
     monkeypatch.delenv(POLL_ENV, raising=False)
     controller_env(ClusterConfig(poll_s=0.25))
     assert POLL_ENV == HEALTH_CHECK_INTERVAL_S_ENV_VAR and get_env_vars_to_propagate()[POLL_ENV] == "0.25"
     with pytest.raises(ValueError, match="poll_s"):
         ClusterConfig(poll_s=0)
+    monkeypatch.setenv(PREEMPTION_ENV, "0")  # what `connect` sets for its embedded Ray reaches the controller too
+    assert PREEMPTION_ENV == ENABLE_PREEMPTION_WATCHER_ENV_VAR and get_env_vars_to_propagate()[PREEMPTION_ENV] == "0"
 
 
 @pytest.mark.ray

@@ -25,6 +25,10 @@ PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 # machine Ray's default (one worker start per CPU at a time) makes the raylet warn on every run.
 STARTUP = {"worker_maximum_startup_concurrency": 16}
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller, propagated from the driver by Ray Train
+# Ray Train's preemption watcher (an actor per run, ~2 s of start-up here) reports worker nodes taken
+# away; the embedded Ray is one machine that gains or loses no node, so it runs without it (set the
+# variable to 1 to keep it). Clusters keep Ray's default.
+PREEMPTION_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 DATA_CPUS = 2  # CPUs left free for Ray Data's read/collate tasks when num_workers is auto
 
 
@@ -74,6 +78,7 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
     # it through /tmp/ray/ray_current_cluster and then refuse num_cpus)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1",
              _system_config=STARTUP, runtime_env=env, **out)
+    os.environ.setdefault(PREEMPTION_ENV, "0")
     return "local"
 
 
