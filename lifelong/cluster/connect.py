@@ -25,7 +25,7 @@ PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 # machine Ray's default (one worker start per CPU at a time) makes the raylet warn on every run.
 STARTUP = {"worker_maximum_startup_concurrency": 16}
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller, propagated from the driver by Ray Train
-# Ray Train's preemption watcher (an actor per run, ~2 s of start-up here) reports worker nodes taken
+# Ray Train's preemption watcher (an actor per run, ~2 CPU-s of start-up here) reports worker nodes taken
 # away; the embedded Ray is one machine that gains or loses no node, so it runs without it (set the
 # variable to 1 to keep it). Clusters keep Ray's default.
 PREEMPTION_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"

@@ -16,7 +16,7 @@ from lifelong.trainers.config import JobSpec
 
 
 # The workers' loops, imported in the workers: the driver that builds the trainer never loads
-# TorchRec or the models (~2.5 s of every `lifelong` command here).
+# TorchRec or the models (~2 s of every `lifelong` command here).
 def train_loop_per_worker(config: dict) -> None:
     """`worker.train_loop_per_worker`: one run."""
     from lifelong.trainers import worker
