@@ -24,6 +24,12 @@ def _stop_ray_after():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """Both tests' runs, one directory: the hung rank's run reuses the samples the first test built."""
+    return tmp_path_factory.mktemp("recovery")
+
+
 def _run(out, name, timeout_s=120, **train_extra):
     # a small planted log (6,400 train samples: 50 batches per worker; Ray Data reads it in well under a
     # second, MovieLens' 80k samples took ~5 s per epoch and run)
@@ -39,41 +45,41 @@ def _run(out, name, timeout_s=120, **train_extra):
                      "cluster": {"num_workers": 2, "collective_timeout_s": timeout_s}})
 
 
-def test_dead_rank_fails_fast_then_retries_resume_exactly_and_a_finished_rerun_trains_nothing(ray_local, tmp_path,
+def test_dead_rank_fails_fast_then_retries_resume_exactly_and_a_finished_rerun_trains_nothing(ray_local, out,
                                                                                               capsys):
-    clean = train(_run(tmp_path, "clean"))
+    clean = train(_run(out, "clean"))
     # Without retries a dead rank fails the job fast, leaving its step-10 checkpoint.
     t0 = time.perf_counter()
     with pytest.raises(Exception, match="(?i)fail|died|exit"):
-        train(_run(tmp_path, "faulty"), step_hook=FaultAtStep(15))
+        train(_run(out, "faulty"), step_hook=FaultAtStep(15))
     assert time.perf_counter() - t0 < 120 + 60  # the collective timeout (120 s), plus start-up
     # The same run name continues from there (whether or not Ray Train's controller registered the
     # checkpoint before the rank died: the rerun scans the run directory); with one retry, a worker
     # killed in the second epoch is replaced and Ray Train resumes it from the last checkpoint.
     fault = FaultAtStep(clean["global_step"] // 2 + 3)
-    faulty = train(_run(tmp_path, "faulty", max_failures=1), step_hook=fault)
-    assert faulty["resumed"] and not clean["resumed"] and faulty["resumed_from"].startswith(str(tmp_path / "faulty"))
+    faulty = train(_run(out, "faulty", max_failures=1), step_hook=fault)
+    assert faulty["resumed"] and not clean["resumed"] and faulty["resumed_from"].startswith(str(out / "faulty"))
     assert faulty["global_step"] == clean["global_step"]  # no step lost or repeated
     assert abs(faulty["valid_auc"] - clean["valid_auc"]) < 0.002, (faulty["valid_auc"], clean["valid_auc"])
     t0 = time.perf_counter()
     capsys.readouterr()
-    again = train(_run(tmp_path, "faulty", max_failures=1), step_hook=fault)
+    again = train(_run(out, "faulty", max_failures=1), step_hook=fault)
     assert "already finished its 2 epoch(s)" in capsys.readouterr().out  # no worker group started
     assert again["resumed"] and again["global_step"] == faulty["global_step"]
     assert again["valid_auc"] == faulty["valid_auc"]  # nothing retrained
     assert again["checkpoint"] == faulty["checkpoint"]  # and no new checkpoint written
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    curves = EventAccumulator(str(tmp_path / "faulty" / "tensorboard"))
+    curves = EventAccumulator(str(out / "faulty" / "tensorboard"))
     curves.Reload()  # the killed attempts' points after their checkpoints were dropped: one per step
     assert [e.step for e in curves.Scalars("train/loss")] == list(range(3, faulty["global_step"] + 1, 3))
     print(f"rerun of a finished run: {time.perf_counter() - t0:.1f}s")
 
 
-def test_hung_rank_fails_the_job_within_the_collective_timeout(ray_local, tmp_path):
+def test_hung_rank_fails_the_job_within_the_collective_timeout(ray_local, out):
     t0 = time.perf_counter()
     with pytest.raises(Exception) as info:
-        train(_run(tmp_path, "hangs", timeout_s=20, epochs=1), step_hook=FaultAtStep(5, "hang"))
+        train(_run(out, "hangs", timeout_s=20, epochs=1), step_hook=FaultAtStep(5, "hang"))
     elapsed = time.perf_counter() - t0
     assert "Timed out waiting 20000ms" in str(info.value)  # rank 0's gloo collective, not a Ray health check
     assert elapsed < 20 + 90, elapsed  # timeout plus Ray start-up and sample preparation
