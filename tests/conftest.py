@@ -27,11 +27,10 @@ def ray_local(_ray_session):
     cost ~5 s. Each xdist worker has its own ("local": never one that `ray start` left here)."""
     import ray
 
-    from lifelong.cluster.connect import PREEMPTION_ENV, STARTUP
+    from lifelong.cluster.connect import start_local
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _system_config=STARTUP)
-        os.environ.setdefault(PREEMPTION_ENV, "0")  # as `connect` does for its embedded Ray
+        start_local(num_cpus=4, log_to_driver=False)
     yield ray
 
 

@@ -144,11 +144,11 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
                       f"--runtime-env-json={json.dumps(runtime_env)}", "--submission-id=lifelong-test-job", "--",
                       sys.executable, "-m", "lifelong.jobs.cli", "train", "--model", "din", "--name", "submitted",
                       "--config", str(cfg), "--output-dir", str(out), "--verbose", timeout=540)
-            if "No available agent" not in job.stdout + job.stderr:
+            logged = job.stdout + job.stderr  # `ray job submit` follows the job's log
+            if "No available agent" not in logged:
                 break
             time.sleep(2)
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        logged = job.stdout + job.stderr  # `ray job submit` follows the job's log
+        assert job.returncode == 0, logged[-3000:]
         assert "(RayTrainWorker" in logged and "[lifelong] result" in logged  # --verbose: the workers' lines too
         assert len(logged.splitlines()) > 60  # the quiet run's cap
         status = run("job", "status", f"--address=http://127.0.0.1:{dash}", "lifelong-test-job")

@@ -74,12 +74,19 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
     # Workers each hold cpus_per_worker; Ray Data's read/collate tasks need CPUs beside them,
     # so the embedded Ray advertises at least num_workers + 2 logical CPUs.
     cpus = cfg.local_cpus or max(os.cpu_count() or 1, int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + DATA_CPUS)
+    start_local(cpus, out["log_to_driver"], out["logging_level"], env)
+    return "local"
+
+
+def start_local(num_cpus: int, log_to_driver: bool, logging_level: int = logging.WARNING,
+                runtime_env: Optional[dict] = None) -> None:
+    """Start the embedded Ray with lifelong's local settings (also the test suite's shared Ray)."""
     # "local": a Ray of our own even while a `ray start` head runs here (plain ray.init() would join
     # it through /tmp/ray/ray_current_cluster and then refuse num_cpus)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-             _system_config=STARTUP, runtime_env=env, **out)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+             _system_config=STARTUP, runtime_env=runtime_env, log_to_driver=log_to_driver,
+             logging_level=logging_level)
     os.environ.setdefault(PREEMPTION_ENV, "0")
-    return "local"
 
 
 ADDRESS_FORMS = "'ray://host:10001' (Ray Client), 'host:6379' (the head's GCS) or 'auto'"
