@@ -158,6 +158,31 @@ def test_curves_of_a_resumed_run_drop_the_killed_attempts_later_points(tmp_path)
     assert Curves(None, log_every=3).writer is None  # ranks other than 0 write nothing
 
 
+def test_compare_s_plots_and_logistic_baseline_print_no_warnings(tmp_path):
+    """A short run has no train-loss points (fewer steps than train.log_every) and the baseline
+    steps a sparse optimiser: neither may add a warning to a comparison's console."""
+    import warnings
+
+    import numpy as np
+    import pyarrow as pa
+
+    from lifelong.trainers.baselines import logistic
+    from lifelong.trainers.curves import TB_DIR, Curves, plot_runs
+
+    curves = Curves(tmp_path / "run" / TB_DIR, log_every=10)
+    curves.step(2, 0.5)  # below log_every: no train/loss point
+    curves.epoch(2, {"valid_auc": 0.6})
+    curves.close()
+    n = np.arange(200)
+    t = pa.table({"user_id": n % 7, "item_id": n % 13, "category_id": n % 3, "timestamp": n * 3600,
+                  "label": n % 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_runs({"din": [tmp_path / "run"]}, tmp_path / "curves.png", "t")
+        scores = logistic(t, t, epochs=1)
+    assert (tmp_path / "curves.png").stat().st_size > 0 and scores.shape == (200,) and np.isfinite(scores).all()
+
+
 def test_local_batches_are_the_same_from_a_chunked_table_and_a_combined_one():
     samples, meta = tiny_samples()
     assert samples.column("hist_item").num_chunks > 1  # one chunk per user, as a build leaves it

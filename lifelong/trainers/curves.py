@@ -74,7 +74,10 @@ def plot_runs(runs: dict[str, list[Path]], path: Path, title: str) -> None:
     axes[0].set(xlabel="global step", ylabel="train loss", title="train loss (every train.log_every steps)")
     axes[1].set(xlabel="global step", ylabel="valid AUC", title="valid AUC per epoch")
     for ax in axes:
-        ax.legend(fontsize=7, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
+        else:  # e.g. no run reached train.log_every steps
+            ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
