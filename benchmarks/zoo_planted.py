@@ -11,7 +11,10 @@ label's own statistic: the oracle). Then each variant trains in one process, uns
 (`--patience`, best epoch restored); its test AUC is read once, after training. Usage:
 
     .venv/bin/python benchmarks/zoo_planted.py [--users 300] [--seq-len 1000] [--sibling 0.5] \
-        [--variants din,sim_hard,twin+match] [--seeds 0,1,2] [--epochs 4] [--patience 1]
+        [--variants din,sim_hard,twin+match] [--seeds 0,1,2] [--epochs 4] [--patience 1] [--dense-lrs 0.001,0.003]
+
+With several `--dense-lrs` every variant gets the same grid (an equal tuning budget), the rate is
+chosen per variant on mean valid AUC, and test is read once per run of the chosen rate only.
 
 A variant is a model name, `+match` for the target-match features, `+key=value` for other model_config
 keys (`din_full+match+unit=hit_similarity+head_target=false`).
@@ -68,8 +71,11 @@ def main() -> None:
     p.add_argument("--init-bound", type=float, default=0.0, help="embedding init ±b (0 = TorchRec's default)")
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--dense-lr", type=float, default=1e-3, help="train.dense_lr")
+    p.add_argument("--dense-lrs", "--dense-lr", dest="dense_lrs", default="0.001",
+                   help="train.dense_lr, comma-separated: a grid every variant trains alike; per variant the rate "
+                   "with the best mean valid AUC over the seeds is chosen and only its runs are scored on test")
     a = p.parse_args()
+    lrs = [float(x) for x in a.dense_lrs.split(",")]
     syn = SyntheticConfig(n_users=a.users, seq_len=a.seq_len, sibling=a.sibling, seed=a.data_seed)
     log, meta = generate(syn)
     sc = SampleConfig(max_len=a.seq_len, short_len=a.short_len, sample_behaviors=(1,), history_behaviors=(0,))
@@ -83,30 +89,35 @@ def main() -> None:
         print(f"| {who} | {ceil[0][rule]['auc']:.4f} | {ceil[1][rule]['auc']:.4f} |")
     print(f"\n{a.epochs} epochs max, patience {a.patience}, lr_decay {a.lr_decay}, "
           f"embedding_l2 {a.embedding_l2}, init ±{a.init_bound or 'TorchRec'}, "
-          f"batch {a.batch_size}, k = {a.k}, dense lr {a.dense_lr}, "
-          "one process; test read once per run\n")
-    print("| variant | seeds | valid AUC | test AUC | epochs (best) | s per run |\n|---|---|---|---|---|---|")
+          f"batch {a.batch_size}, k = {a.k}, dense lr {' / '.join(map(str, lrs))} (chosen on valid), "
+          "one process; test read once per run, for the chosen rate only\n")
+    grid = " | ".join(f"valid AUC, lr {lr}" for lr in lrs)
+    print(f"| variant | seeds | {grid} | chosen lr | test AUC (chosen) | epochs (best) | s per run |\n"
+          f"|{'---|' * (len(lrs) + 6)}")
     for variant in a.variants.split(","):
         name, *opts = variant.split("+")  # din_full+match+unit=hit_similarity
         cfg = ({"k": a.k} if issubclass(entry(name).module, TwoStage) else {}) | \
             ({"match": True} if "match" in opts else {}) | {
                 k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in opts if "=" in o)}
-        runs = []
-        for seed in (int(s) for s in a.seeds.split(",")):
-            job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16, init_bound=a.init_bound), sc,
-                          TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=seed, patience=a.patience,
-                                      lr_decay=a.lr_decay, dense_lr=a.dense_lr, embedding_l2=a.embedding_l2,
-                                      diagnostic_batches=0))
-            t = time.perf_counter()
-            model, h = fit_local(job, train, valid)
-            test_auc = evaluate(model, batches(test, job, job.train.eval_batch_size, None),
-                                torch.device("cpu"))["auc"]
-            runs.append((h[-1]["valid_auc"], test_auc, h[-1].get("epochs_trained", len(h)),
-                         h[-1].get("best_epoch", len(h) - 1), time.perf_counter() - t))
-        valid_aucs, test_aucs, ep, best, wall = zip(*runs)
-        print(f"| {variant} | {len(runs)} | {pm(valid_aucs)} | {pm(test_aucs)} | "
+        runs: dict[float, list] = {}
+        for lr in lrs:
+            for seed in (int(x) for x in a.seeds.split(",")):
+                job = JobSpec(name, cfg, FeatureSpec(meta.n_items, meta.n_categories, 16, init_bound=a.init_bound),
+                              sc, TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=seed,
+                                              patience=a.patience, lr_decay=a.lr_decay, dense_lr=lr,
+                                              embedding_l2=a.embedding_l2, diagnostic_batches=0))
+                t = time.perf_counter()
+                model, h = fit_local(job, train, valid)
+                runs.setdefault(lr, []).append((h[-1]["valid_auc"], model, job, h[-1].get("epochs_trained", len(h)),
+                                                h[-1].get("best_epoch", len(h) - 1), time.perf_counter() - t))
+        chosen = max(lrs, key=lambda lr: np.mean([r[0] for r in runs[lr]]))
+        test_aucs = [evaluate(model, batches(test, job, job.train.eval_batch_size, None), torch.device("cpu"))["auc"]
+                     for _, model, job, *_ in runs[chosen]]  # test: the chosen rate's runs, once each
+        _, _, _, ep, best, _ = zip(*runs[chosen])
+        wall = [r[-1] for rs in runs.values() for r in rs]
+        cells = " | ".join(pm([r[0] for r in runs[lr]]) for lr in lrs)
+        print(f"| {variant} | {len(runs[chosen])} | {cells} | {chosen} | {pm(test_aucs)} | "
               f"{'/'.join(f'{e}({b + 1})' for e, b in zip(ep, best))} | {np.mean(wall):.0f} |", flush=True)
-
 
 if __name__ == "__main__":
     main()
