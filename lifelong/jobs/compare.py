@@ -1,8 +1,9 @@
 """The compare job: every model on the same data, split, seeds and budget; baselines beside them.
 
 For each lifelong length in `max_lens` (the samples' `max_len`), each model and each seed, one
-run of the run file with that model and seed; a length's runs train one after another in one Ray
-Train run (`train_runs`: Ray's start-up once, each run's outputs in its own directory); then the
+run of the run file with that model and seed; the runs that read the same samples (one length's,
+or every length's in the store layout) train one after another in one Ray Train run (`train_runs`:
+Ray's start-up once, each run's outputs in its own directory); then the
 popularity and logistic-regression baselines and the history-count rules (`trainers/rules.py`) on
 the same samples. Writes, under
 `<output_dir>/<name>/`: `runs.csv` (one row per run), `compare.csv` and `compare.md` (mean ± std
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from lifelong.cluster.connect import connect
 from lifelong.jobs.config import RunFile, for_model, plain, with_params
-from lifelong.jobs.prepare import prepare
+from lifelong.jobs.prepare import prepare, samples_key
 from lifelong.jobs.train import train_runs
 from lifelong.models import entry
 from lifelong.data.store import SequenceStore, store_path
@@ -96,29 +97,44 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
     rows: list[dict] = []
     bar = tqdm(total=len(max_lens) * (len(models) * len(seeds) + len(BASELINES)), desc="compare", unit="run",
                disable=not sys.stderr.isatty())
-    for max_len in max_lens:
-        base = replace(run, samples=replace(run.samples, max_len=max_len))
-        prepared = prepare(base)
-        pairs = [(model, seed) for model in models for seed in seeds]
-        runs = [model_run(base, run, model, seed, (tuned or {}).get(model)) for model, seed in pairs]
-        bar.set_postfix_str(f"L={max_len}: {len(runs)} runs")
-        for (model, seed), summary in zip(pairs, train_runs(runs, f"{run.name}.L{max_len}.runs", prepared)):
-            rows.append(_row(model, seed, max_len, summary))
-            print(f"[lifelong] compare: L={max_len} {model} seed {seed}: valid_auc "
-                  f"{summary.get('valid_auc', math.nan):.4f} in {summary.get('wall_s')} s", flush=True)
+    bases = [replace(run, samples=replace(run.samples, max_len=max_len)) for max_len in max_lens]
+    for group in _by_samples(bases):  # lengths that read one build of samples train in one Ray Train run
+        prepared = prepare(group[0])
+        runs = [(b.samples.max_len, model, seed) for b in group for model in models for seed in seeds]
+        train = [model_run(b, run, model, seed, (tuned or {}).get(model))
+                 for b in group for model in models for seed in seeds]
+        lens = "_".join(str(b.samples.max_len) for b in group)
+        bar.set_postfix_str(f"L={lens}: {len(train)} runs")
+        trained = {}  # each run's epoch lines said its valid AUC; runs.csv keeps every run's row
+        for (max_len, model, seed), summary in zip(runs, train_runs(train, f"{run.name}.L{lens}.runs", prepared)):
+            trained[(max_len, model, seed)] = _row(model, seed, max_len, summary)
             bar.update()
         samples_dir = prepared[0]
         tr, va = pq.read_table(samples_dir / "train"), pq.read_table(samples_dir / "valid")
+        store = store_path(samples_dir, run.samples.layout)
+        store = SequenceStore.read(store) if store else None
+        baselines = {}  # no history: one score for every length of the group
         for name in BASELINES:
             m = evaluate_baseline(name, tr.select(BASELINE_COLUMNS), va.select(BASELINE_COLUMNS))
-            rows.append(_row(name, 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
-            bar.update()
-        path = store_path(samples_dir, base.samples.layout)
-        rules = evaluate_rules(tr, va, max_len, base.samples.short_len, SequenceStore.read(path) if path else None)
-        for name, m in rules.items():
-            rows.append(_row(f"rule: {name}", 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
+            baselines[name] = {f"valid_{k}": v for k, v in m.items()}
+            bar.update(len(group))
+        for b in group:  # rows by length: its runs, the baselines, the rules
+            max_len = b.samples.max_len
+            rows += [r for (length, _, _), r in trained.items() if length == max_len]
+            rows += [_row(name, 0, max_len, m) for name, m in baselines.items()]
+            for name, m in evaluate_rules(tr, va, max_len, run.samples.short_len, store).items():
+                rows.append(_row(f"rule: {name}", 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
     bar.close()
     return rows
+
+
+def _by_samples(bases: list[RunFile]) -> list[list[RunFile]]:
+    """The comparison's lengths grouped by the samples they read (`samples_key`): in the store
+    layout one build serves every length, in the copy layout each length has its own."""
+    groups: dict[str, list[RunFile]] = {}
+    for b in bases:
+        groups.setdefault(samples_key(b), []).append(b)
+    return list(groups.values())
 
 
 def aggregate(rows: list[dict]) -> list[dict]:

@@ -11,7 +11,7 @@ from lifelong.cluster.connect import connect
 from lifelong.cluster.logs import relayed, short
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.jobs.config import RUN_FILE, RunFile
-from lifelong.jobs.prepare import prepare
+from lifelong.jobs.prepare import prepare, samples_key
 from lifelong.trainers import checkpoint
 from lifelong.trainers.checkpoint import PLAN_FILE
 from lifelong.trainers.config import JobSpec
@@ -58,7 +58,8 @@ def train(run: RunFile, show: bool = True, prepared: Optional[tuple] = None,
 def train_runs(runs: list[RunFile], name: str, prepared: tuple,
                step_hook: Optional[Callable[[int, int, int], None]] = None) -> list[dict]:
     """Train several runs on the same samples in one Ray Train run named `name` (`lifelong compare`'s
-    (model, seed) runs of one length: Ray's start-up, ~15 s a run here, is paid once): each worker
+    (model, seed) runs of one length, or of every length when the store layout's samples serve them
+    all: Ray's start-up, ~15 s a run here, is paid once): each worker
     trains them one after another (`worker.train_runs_per_worker`), each run's checkpoints, curves
     and summary in its own directory as `train` writes them. A finished run is not trained again; a
     run with checkpoints resumes from its newest. Returns each run's summary, in order; its `wall_s`
@@ -67,7 +68,7 @@ def train_runs(runs: list[RunFile], name: str, prepared: tuple,
     samples_dir, meta, report = prepared
     _say_data(mode, meta, report)
     jobs = [(job_spec(r, meta), (Path(r.output_dir) / r.name).resolve()) for r in runs]
-    if len({j.samples for j, _ in jobs}) > 1 or len({r.cluster for r in runs}) > 1:
+    if len({samples_key(r) for r in runs}) > 1 or len({r.cluster for r in runs}) > 1:
         raise ValueError(f"train_runs {name}: the runs must share their samples and cluster settings")
     todo = [(j, out) for j, out in jobs if checkpoint.finished(out, j.to_dict()) is None]
     if todo:

@@ -132,21 +132,24 @@ def train_runs_per_worker(config: dict) -> None:
     its newest complete one (a restarted worker group continues where it stopped); checkpoints go
     straight into each run's directory (`checkpoint.save_in_run`), not through Ray Train."""
     store, train_shard, valid_shard = _start(config)
+    shown_plan: list[str] = []  # the plan is printed when it differs from the last run's
     for job_dict, run_dir in config["jobs"]:
         done = [checkpoint.finished(run_dir, job_dict) is not None if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(done, src=0)
         if not done[0]:
             reset_peak_memory()
-            run_job(job_dict, run_dir, store, train_shard, valid_shard, config.get("step_hook"), registered=False)
+            run_job(job_dict, run_dir, store, train_shard, valid_shard, config.get("step_hook"), registered=False,
+                    shown_plan=shown_plan)
             gc.collect()
 
 
 def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_shard, step_hook,
-            registered: bool) -> None:
+            registered: bool, shown_plan: Optional[list[str]] = None) -> None:
     """Train one job on this worker's shards: DMP model, resume, epochs with validation, early
     stopping, checkpoints (reported to Ray Train when `registered`, else written into `run_dir`)
     and, last, the final metrics. `step_hook(rank, world, global step)` runs after every step (tests
-    install faults)."""
+    install faults). With `shown_plan` (the runs of one worker group) the run's first line names its
+    directory, and the plan is printed only when it differs from the one held there."""
     job = JobSpec.from_dict(job_dict)
     started = time.perf_counter()
     ctx = ray.train.get_context()
@@ -156,9 +159,14 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
     model, optimizer, plan = sharded_model(job, device, dist.group.WORLD)
     plan_text = describe(plan)
     if rank == 0:
-        logs.say(f"[lifelong] model={job.model} world={world} device={device} "
-                 f"batch={job.train.batch_size} per worker ({job.train.batch_size * world} a step)\n"
-                 f"[lifelong] sharding plan:\n{plan_text}")
+        name = f"run {Path(run_dir).name}: " if shown_plan is not None else ""
+        head = (f"[lifelong] {name}model={job.model} world={world} device={device} "
+                f"batch={job.train.batch_size} per worker ({job.train.batch_size * world} a step)")
+        if shown_plan is None or shown_plan[-1:] != [plan_text]:
+            head += f"\n[lifelong] sharding plan:\n{plan_text}"
+            if shown_plan is not None:
+                shown_plan.append(plan_text)
+        logs.say(head)
     collate, eval_collate = make_collator(job, store=store), make_eval_collator(job, store=store)
     t = job.train
     state = resume(model, optimizer, job_dict, rank, run_dir, ray.train.get_checkpoint() if registered else None)
