@@ -38,7 +38,7 @@ def ray_local(_ray_session):
 # are handed out in this order, slowest first (seconds per file as printed at the end of a run), so
 # that no long file starts last while the other worker idles; files not named follow in their order.
 SLOWEST_FIRST = ("test_readme.py", "test_recovery.py", "test_tune.py", "test_ray_zoo.py", "test_ray.py",
-                 "test_job_submit.py", "test_multinode.py", "test_compare.py", "test_planted.py",
+                 "test_job_submit.py", "test_multinode.py", "test_planted.py",
                  "test_sharded_parity.py", "test_key_cache.py", "test_training.py", "test_console.py")
 
 

@@ -1,12 +1,14 @@
 """The README's command blocks, read from README.md so the docs and the tests cannot drift.
 
-Every command of every ```bash block is accounted for: the single runs (`train`, `prepare`,
-`evaluate`, `shard-bench`) run here verbatim, in README order, from a scratch directory that holds
-links to `.venv` and `configs` (so `runs/` lands there), capped with the documented `--max-steps`
-and `--max-eval-batches` (train) or `--steps` (shard-bench), the first on its own embedded Ray and
-the rest on one shared local Ray; the others are named with the test that covers them or why none
-can here. Every `lifelong` command also parses with the CLI and its run file validates.
+Every command of every ```bash block is accounted for: the `lifelong` commands (`train`,
+`prepare`, `compare`, `evaluate`, `tune`, `shard-bench`) run here verbatim, in README order, from
+a scratch directory that holds links to `.venv` and `configs` (so `runs/` lands there), capped
+with the documented `--max-steps` and `--max-eval-batches` (train, compare, tune) or `--steps`
+(shard-bench), the first on its own embedded Ray and the rest on one shared local Ray; the others
+are named with the test that covers them or why none can here. Every `lifelong` command also
+parses with the CLI and its run file validates.
 """
+import csv
 import json
 import os
 import re
@@ -23,8 +25,9 @@ from tests.helpers import check_shard_bench
 
 ROOT = Path(__file__).parents[1]
 LIFELONG = ".venv/bin/lifelong "
-RUN_HERE = ("train", "prepare", "evaluate", "shard-bench")
-CAPS = {"train": ["--max-steps", "2", "--max-eval-batches", "2"], "shard-bench": ["--steps", "2", "--warmup", "1"]}
+RUN_HERE = ("train", "prepare", "evaluate", "shard-bench", "compare", "tune")
+STEPS = ["--max-steps", "2", "--max-eval-batches", "2"]
+CAPS = {"train": STEPS, "compare": STEPS, "tune": STEPS, "shard-bench": ["--steps", "2", "--warmup", "1"]}
 # Commands not run here, and where they are exercised instead (matched by prefix).
 ELSEWHERE = {
     "make test": "is this suite (`.ci/run` runs it)",
@@ -32,10 +35,6 @@ ELSEWHERE = {
     ".venv/bin/ray ": "tests/test_job_submit.py starts the same token-auth head and submits the same job, "
                       "on free ports (the README's default ports and `ray stop` would hit any other Ray here)",
     "export RAY_AUTH_MODE": "tests/test_job_submit.py (as above)",
-    ".venv/bin/lifelong compare": "trains 9 to 66 runs; tests/test_compare.py runs compare (with --tuned) on a "
-                                  "small log",
-    ".venv/bin/lifelong tune": "trains 8 trials of up to 3 epochs; tests/test_tune.py runs the same job (local "
-                               "and Ray Train trials, a killed driver resumed) on a smaller budget",
     "ray up": "needs a cloud account and GPU nodes; the launcher file is parsed by tests/test_configs.py",
     "ray job submit": "the GPU cluster's job (as above); the job itself is tests/test_job_submit.py's",
 }
@@ -89,7 +88,7 @@ def shared_ray(ray_local) -> str:
     return ray_local.get_runtime_context().gcs_address
 
 
-@pytest.mark.parametrize("cmd", runnable())
+@pytest.mark.parametrize("cmd", runnable(), ids=lambda c: c.removeprefix(LIFELONG).replace(" ", "_"))
 def test_readme_command_runs_verbatim(cmd, scratch, shared_ray):
     argv = shlex.split(cmd)
     argv += CAPS.get(argv[1], [])
@@ -105,7 +104,8 @@ def test_readme_command_runs_verbatim(cmd, scratch, shared_ray):
                                                                 "'ray://head:10001'")
         return
     assert done.returncode == 0, out[-3000:]
-    assert len(out.splitlines()) <= 60, out
+    # lifelong's own lines, at most ~60, and the result table of compare or tune (a row per result)
+    assert len([line for line in out.splitlines() if not line.startswith("|")]) <= 60, out
     for noise in NOISE:  # what `--verbose` brings back (tests/test_job_submit.py)
         assert noise not in out, noise
     if argv[1] == "train":  # lifelong's own lines only: the plan once, one line per epoch, the result block last
@@ -120,7 +120,94 @@ def test_readme_command_runs_verbatim(cmd, scratch, shared_ray):
         assert 0 < summary["valid_samples"] <= 2 * eval_batch * (run.cluster.num_workers or 2)  # the cap held
     if argv[1] == "evaluate":
         assert json.loads(done.stdout[done.stdout.index("{"):])["split"] == "test"
+    if argv[1] == "compare":
+        check_compare(scratch, argv, done.stdout)
+        if "--tuned" in argv:  # rerun, the same comparison trains nothing and reports the same
+            again = subprocess.run(argv, cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
+            assert again.returncode == 0 and "model=" not in again.stdout, again.stdout[-3000:]
+            assert again.stdout.split("\n### ", 1)[1] == done.stdout.split("\n### ", 1)[1]
+    if argv[1] == "tune":
+        check_tune(scratch, argv)
     if argv[1] == "shard-bench":  # both README runs are the shard-bench tests (world sizes 1 and 2)
         assert "plans.txt" in done.stdout and "| planner |" in done.stdout
         run = _run_file(parser().parse_args(argv[1:]))
         check_shard_bench(scratch / run.output_dir, run)
+
+
+def check_compare(scratch: Path, argv: list[str], stdout: str) -> None:
+    """What a capped `lifelong compare` must have written: every (length, model, seed) run, trained
+    in one Ray Train run per build of samples, within the caps, with its tuned values when
+    `--tuned`; the report with its budget, the baselines and rules per length; the first run's
+    checkpoint scored again in one process."""
+    from lifelong.jobs.compare import TUNE_SUMMARY
+    from lifelong.jobs.evaluate import evaluate
+    from lifelong.models import names
+    from lifelong.trainers.curves import TB_DIR, read
+
+    args = parser().parse_args(argv[1:])
+    run = _run_file(args)
+    runs_dir, out = scratch / run.output_dir, scratch / run.output_dir / run.name
+    models, seeds = args.models.split(","), [int(x) for x in args.seeds.split(",")]
+    lens = [int(x) for x in args.max_lens.split(",")] if args.max_lens else [run.samples.max_len]
+    assert set(models) <= set(names())
+    assert {"runs.csv", "compare.csv", "compare.md", "compare.png", "curves.png"} <= {p.name for p in out.iterdir()}
+    assert f"compare wrote {Path(run.output_dir) / run.name / 'compare.md'}" in stdout
+    groups = ["_".join(map(str, lens))] if run.samples.layout == "store" else [str(n) for n in lens]
+    batches = sorted(p.name for p in runs_dir.glob(f"{run.name}.L*.runs"))  # one Ray Train run per build of samples
+    assert batches == sorted(f"{run.name}.L{g}.runs" for g in groups)
+    report = (out / "compare.md").read_text()
+    assert f"at most 2 steps per epoch, batch {run.train.batch_size}" in report
+    with open(out / "compare.csv") as f:
+        agg = list(csv.DictReader(f))
+    for n in lens:  # per length: the models, the two baselines, the eight rules
+        at = [a["model"] for a in agg if a["max_len"] == str(n)]
+        assert at[:len(models) + 2] == models + ["popularity", "logistic"] and len(at) == len(models) + 10, at
+    tuned = {}
+    if args.tuned:
+        tuned = {m: json.loads(next(Path(scratch / args.tuned).glob(f"*.tune.{m}/{TUNE_SUMMARY}")).read_text())
+                 for m in models}
+        budget = tuned[models[0]]["budget"]
+        assert f"tuned on valid: {budget}" in report and json.loads((out / "tuned.json").read_text())
+    for n in lens:
+        for m in models:
+            for seed in seeds:
+                d = runs_dir / f"{run.name}.L{n}.{m}.s{seed}"
+                summary = json.loads((d / "summary.json").read_text())
+                assert summary["model"] == m and 0 < summary["valid_auc"] < 1, summary
+                assert summary["train_steps"] <= 2 * run.train.epochs
+                ran = json.loads((d / "run.json").read_text())
+                assert ran["samples"]["max_len"] == n and ran["train"]["seed"] == seed
+                aucs = read(d / TB_DIR, "valid/auc")  # the curves curves.png draws
+                assert len(aucs) == run.train.epochs and aucs[-1][1] == pytest.approx(summary["valid_auc"])
+                for key, value in tuned.get(m, {}).get("params", {}).items():
+                    section, field = key.split(".")
+                    assert ran[section][field] == pytest.approx(value), (d, key)
+    # A run's checkpoint (written by the worker group, not registered with Ray Train) loads in one
+    # process and scores the whole valid split; where the capped run scored all of it too (the
+    # planted log's 1,600 rows), the metrics are the run's.
+    first = json.loads((runs_dir / f"{run.name}.L{lens[-1]}.{models[-1]}.s{seeds[0]}" / "summary.json").read_text())
+    again = evaluate(Path(first["checkpoint"]), "valid")
+    assert again["samples"] >= first["valid_samples"] and 0 < again["auc"] < 1
+    if again["samples"] == first["valid_samples"]:
+        for k in ("auc", "gauc", "logloss"):
+            assert abs(again[k] - first[f"valid_{k}"]) < 1e-5, (k, again[k], first[f"valid_{k}"])
+
+
+def check_tune(scratch: Path, argv: list[str]) -> None:
+    """What a capped `lifelong tune` must have written: every trial in tune.csv within the epochs,
+    best.yaml a valid run file with the best trial's values, the summary naming that trial."""
+    args = parser().parse_args(argv[1:])
+    run = _run_file(args)
+    out = scratch / run.output_dir / f"{run.name}.tune.{args.model}"
+    with open(out / "tune.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == run.tune.trials and all(1 <= int(r["epochs"]) <= run.train.epochs for r in rows)
+    best = max(rows, key=lambda r: float(r["valid_auc"]))
+    summary = json.loads((out / "tune_summary.json").read_text())
+    assert summary["best_trial"] == best["trial"] and summary["model"] == args.model
+    tuned = load_run_file(out / "best.yaml")
+    assert tuned.model == args.model and not tuned.tune.space
+    for key in run.tune.space:
+        section, field = key.split(".")
+        assert getattr(getattr(tuned, section), field) == pytest.approx(float(best[key])), key
+    assert (out / "tune.png").stat().st_size > 0 and (out / "trials" / best["trial"] / "tensorboard").is_dir()
