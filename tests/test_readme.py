@@ -3,8 +3,9 @@
 Every command of every ```bash block is accounted for: the `lifelong` commands (`train`,
 `prepare`, `compare`, `evaluate`, `tune`, `shard-bench`) run here verbatim, in README order, from
 a scratch directory that holds links to `.venv` and `configs` (so `runs/` lands there), capped
-with the documented `--max-steps` and `--max-eval-batches` (train, compare, tune) or `--steps`
-(shard-bench), the first on its own embedded Ray and the rest on one shared local Ray; the others
+with documented flags: `--max-steps` and `--max-eval-batches` (train, compare, tune), one seed
+(`--seeds 0`, compare), two trials (`--trials 2`, tune), `--steps` (shard-bench); the first on its
+own embedded Ray and the rest on one shared local Ray; the others
 are named with the test that covers them or why none can here. Every `lifelong` command also
 parses with the CLI and its run file validates.
 """
@@ -27,7 +28,8 @@ ROOT = Path(__file__).parents[1]
 LIFELONG = ".venv/bin/lifelong "
 RUN_HERE = ("train", "prepare", "evaluate", "shard-bench", "compare", "tune")
 STEPS = ["--max-steps", "2", "--max-eval-batches", "2"]
-CAPS = {"train": STEPS, "compare": STEPS, "tune": STEPS, "shard-bench": ["--steps", "2", "--warmup", "1"]}
+CAPS = {"train": STEPS, "compare": STEPS + ["--seeds", "0"], "tune": STEPS + ["--trials", "2"],
+        "shard-bench": ["--steps", "2", "--warmup", "1"]}
 # Commands not run here, and where they are exercised instead (matched by prefix).
 ELSEWHERE = {
     "make test": "is this suite (`.ci/run` runs it)",
@@ -201,7 +203,8 @@ def check_tune(scratch: Path, argv: list[str]) -> None:
     out = scratch / run.output_dir / f"{run.name}.tune.{args.model}"
     with open(out / "tune.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == run.tune.trials and all(1 <= int(r["epochs"]) <= run.train.epochs for r in rows)
+    assert len(rows) == (args.trials or run.tune.trials)
+    assert all(1 <= int(r["epochs"]) <= run.train.epochs for r in rows)
     best = max(rows, key=lambda r: float(r["valid_auc"]))
     summary = json.loads((out / "tune_summary.json").read_text())
     assert summary["best_trial"] == best["trial"] and summary["model"] == args.model
