@@ -100,14 +100,14 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
     bases = [replace(run, samples=replace(run.samples, max_len=max_len)) for max_len in max_lens]
     for group in _by_samples(bases):  # lengths that read one build of samples train in one Ray Train run
         prepared = prepare(group[0])
-        runs = [(b.samples.max_len, model, seed) for b in group for model in models for seed in seeds]
-        train = [model_run(b, run, model, seed, (tuned or {}).get(model))
-                 for b in group for model in models for seed in seeds]
+        keys = [(b, model, seed) for b in group for model in models for seed in seeds]
         lens = "_".join(str(b.samples.max_len) for b in group)
-        bar.set_postfix_str(f"L={lens}: {len(train)} runs")
-        trained = {}  # each run's epoch lines said its valid AUC; runs.csv keeps every run's row
-        for (max_len, model, seed), summary in zip(runs, train_runs(train, f"{run.name}.L{lens}.runs", prepared)):
-            trained[(max_len, model, seed)] = _row(model, seed, max_len, summary)
+        bar.set_postfix_str(f"L={lens}: {len(keys)} runs")
+        summaries = train_runs([model_run(b, run, model, seed, (tuned or {}).get(model)) for b, model, seed in keys],
+                               f"{run.name}.L{lens}.runs", prepared)
+        trained = []  # each run's epoch lines said its valid AUC; runs.csv keeps every run's row
+        for (b, model, seed), summary in zip(keys, summaries):
+            trained.append(_row(model, seed, b.samples.max_len, summary))
             bar.update()
         samples_dir = prepared[0]
         tr, va = pq.read_table(samples_dir / "train"), pq.read_table(samples_dir / "valid")
@@ -120,7 +120,7 @@ def run_all(run: RunFile, models: list[str], seeds: list[int], max_lens: list[in
             bar.update(len(group))
         for b in group:  # rows by length: its runs, the baselines, the rules
             max_len = b.samples.max_len
-            rows += [r for (length, _, _), r in trained.items() if length == max_len]
+            rows += [r for r in trained if r["max_len"] == max_len]
             rows += [_row(name, 0, max_len, m) for name, m in baselines.items()]
             for name, m in evaluate_rules(tr, va, max_len, run.samples.short_len, store).items():
                 rows.append(_row(f"rule: {name}", 0, max_len, {f"valid_{k}": v for k, v in m.items()}))
