@@ -1,24 +1,30 @@
-"""Our DIN and DIEN beside deepctr-torch's on the same MovieLens samples: training samples per
-CPU-second (one thread, batch building included, evaluation excluded) and valid AUC (issue 17;
-the MovieLens rows of its peer table; FuxiCTR's whole pipeline is not wired in yet, see
-`gsu_peer.py` for its SDIM and ETA operators).
+"""Ours beside FuxiCTR's and deepctr-torch's whole training pipelines on the same prepared samples:
+training samples per CPU-second (one process, one thread, batch building included, evaluation
+excluded) and valid AUC (issue 17's peer table).
 
-    python3 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip install torch==2.13.0 deepctr-torch==0.3.0
-    .venv/bin/python benchmarks/peers.py --peer-python /tmp/peers-venv/bin/python [--models din,dien] [--repeats 2]
+    python3 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip install torch==2.13.0 \\
+        deepctr-torch==0.3.0 fuxictr==2.3.10 keras_preprocessing
+    .venv/bin/python benchmarks/peers.py --config configs/movielens.yaml --models din,dien,twin,eta,sdim,sdim-48x3
+    .venv/bin/python benchmarks/peers.py --config configs/synthetic.yaml --models din,twin,eta,sdim --max-train 20000
 
-Samples: `configs/movielens.yaml`'s (built in-process with the same per-user function Ray Data
-runs), train and valid splits. Both models read the target item, its category, the user and the
-last S = 20 behaviours (item and category), embedding width 16, attention MLP (64, 32), head MLP
-(128, 64), batch 256, one pass, the same shuffled order. Ours: `din` with the trainer's optimisers
-(row-wise Adagrad 0.05 on the tables, Adam 1e-3 dense), batches collated from Arrow by our
-`Collator` into KJTs. deepctr-torch 0.3.0's `DIN` (its own venv): Adam 1e-3 on everything, its
-`fit` over NumPy arrays padded to 20 (its defaults otherwise: Dice activation in the attention,
-L2 1e-6 on embeddings, init N(0, 1e-4)). DIEN: ours (GRU, AUGRU, auxiliary loss α 0.05 with
-in-batch negatives) against deepctr-torch's `DIEN(gru_type="AUGRU", use_negsampling=True,
-alpha=0.05)`, whose negatives are given as arrays: each sample's history events at the same
-steps of another (random) sample, as our in-batch draw. Repeats alternate the two systems; the
-table gives each system's best repeat (the least disturbed by other work on the machine) and
-every repeat's value.
+Samples: the run file's, built in-process with the per-user function Ray Data runs, train and valid
+splits, one shuffled order for every system. Every system reads the target item, its category, the
+user and the history (item and category): the last S (`samples.short_len`) events for DIN / DIEN,
+the last L (`samples.max_len`) for TWIN, ETA and SDIM with the last S as their short sequence.
+Matched: embedding width 16, batch 256, head MLP (128, 64), DIN attention MLP (64, 32), top k 50,
+4 heads x 8 (TWIN / ETA / SDIM attention), ETA 32 bits, SDIM 2 hashes x 4 bits (FuxiCTR's default;
+`sdim-48x3` is the paper's). One pass over train.
+- ours: the model with the trainer's optimisers (row-wise Adagrad 0.05 on the tables, Adam on the
+  rest), batches collated from Arrow (the run file's layout) into KJTs.
+- FuxiCTR 2.3.10 + its LongCTR zoo (`../shared/peers/fuxictr-longctr`): its `LongCTRDataLoader`
+  over Parquet (sample rows, one sequence per user, an item table), its `train_step` (Adam 1e-3,
+  gradient clipping 10), its defaults otherwise (init N(0, 1e-4), Dice in DIN's attention). Known
+  differences (see the peers' README): its TWIN and ETA have no time features, its DIEN no
+  auxiliary loss; its DIEN is fed post-padded sequences (its GRU packing needs them).
+- deepctr-torch 0.3.0 (DIN, DIEN): its `fit` over NumPy arrays padded to S; DIEN with AUGRU and the
+  auxiliary loss (α 0.05) on another sample's history as negatives, as our in-batch draw.
+Repeats alternate the systems; the table gives each system's best repeat (the one least disturbed
+by other work on the machine) and every repeat's value.
 """
 from __future__ import annotations
 
@@ -32,152 +38,176 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-S, DIM, BATCH, ATT, HEAD = 20, 16, 256, (64, 32), (128, 64)
+from peer_runs import split_name
+
+DIM, BATCH, ATT, HEAD, K, HEADS, HEAD_DIM, ETA_BITS = 16, 256, (64, 32), (128, 64), 50, 4, 8, 32
+SYSTEMS = {"lifelong": "lifelong", "fuxictr": "FuxiCTR 2.3.10", "deepctr": "deepctr-torch 0.3.0"}
+PEERS_OF = {"din": ("fuxictr", "deepctr"), "dien": ("fuxictr", "deepctr")}  # others: FuxiCTR only
 
 
-def build(config: str):
-    """(train, valid) Arrow sample tables and the log meta, built in-process."""
-    from lifelong.data.samples import build_local
+def build(config: str, max_train: int, seed: int):
+    """The run file, log meta, the store-layout (train, valid) samples (train shuffled once, cut to
+    `max_train`) and the sequence store."""
+    from lifelong.data.samples import build_local, build_store_local
+    from lifelong.data.store import SequenceStore
     from lifelong.jobs.config import load_run_file
     from lifelong.jobs.prepare import load_log
 
     run = load_run_file(config)
     table, meta, _ = load_log(run)
-    samples = build_local(table, run.samples)
+    cfg = replace(run.samples, layout="store")
+    samples, store = build_local(table, cfg), SequenceStore(build_store_local(table, cfg), "store")
     split = samples.column("split").to_numpy()
     pick = lambda code: samples.filter(pa.array(split == code)).drop_columns(["split"])  # noqa: E731
-    return run, meta, pick(0), pick(1)
+    train = pick(0)
+    train = train.take(pa.array(np.random.default_rng(seed).permutation(train.num_rows)[:max_train or None]))
+    return run, meta, train, pick(1), store
 
 
-def padded(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The last `width` events of a list column, valid first and zero-padded after: (N, width), lengths."""
-    from lifelong.data.samples import list_arrays
-
-    offsets, values = list_arrays(table.column(column))
-    lengths = np.minimum(np.diff(offsets), width)
-    out = np.zeros((len(lengths), width), np.int64)
-    for i, (end, n) in enumerate(zip(offsets[1:], lengths)):
-        out[i, :n] = values[end - n:end]
-    return out, lengths
+def our_config(name: str) -> dict:
+    base, (hashes, tau) = split_name(name)
+    att = {"attention_hidden": ATT, "head_hidden": HEAD}
+    return {"din": att, "dien": {"head_hidden": HEAD},
+            "twin": {**att, "k": K, "heads": HEADS, "head_dim": HEAD_DIM},
+            "eta": {**att, "k": K, "bits": ETA_BITS, "heads": HEADS, "attention_dim": HEADS * HEAD_DIM},
+            "sdim": {**att, "hashes": hashes, "tau": tau}}[base]
 
 
-def ours(model_name: str, run, meta, train: pa.Table, valid: pa.Table, seed: int) -> dict:
+def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store) -> dict:
+    """Our model, unsharded, one pass over `train` in its (already shuffled) order."""
     from lifelong.models.base import loss as ctr_loss
     from lifelong.trainers.local import batches, local_optimizer
     from lifelong.trainers.loop import evaluate
     from lifelong.trainers.model_setup import plain_model
     from lifelong.jobs.train import job_spec
 
-    cfg = {"attention_hidden": ATT, "head_hidden": HEAD} if model_name == "din" else {"head_hidden": HEAD}
-    run = replace(run, model=model_name, model_config=cfg, embedding_dim=DIM,
-                  samples=replace(run.samples, short_len=S), train=replace(run.train, batch_size=BATCH))
+    if run.samples.layout != "store":
+        train, valid, store = store.expand(train, run.samples.max_len), store.expand(valid, run.samples.max_len), None
+    run = replace(run, model=split_name(name)[0], model_config=our_config(name), embedding_dim=DIM,
+                  train=replace(run.train, batch_size=BATCH))
     job = job_spec(run, meta)
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     model = plain_model(job)
     opt = local_optimizer(job, model)
     model.train()
     cpu, wall = time.process_time(), time.perf_counter()
-    for batch in batches(train, job, BATCH, seed):  # collate included
+    for batch in batches(train, job, BATCH, None, store):  # collate included
         loss = ctr_loss(batch, model(batch))
         opt.zero_grad()
         loss.backward()
         opt.step()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    auc = evaluate(model, batches(valid, job, 4096, None), torch.device("cpu"))["auc"]
+    auc = evaluate(model, batches(valid, job, 4096, None, store), torch.device("cpu"))["auc"]
     return {"samples_per_cpu_s": train.num_rows / cpu, "samples_per_s": train.num_rows / wall, "valid_auc": auc}
 
 
-def peer_arrays(meta, train: pa.Table, valid: pa.Table, seed: int, folder: Path) -> None:
-    """The same samples, in the shuffled order, as the NumPy arrays deepctr-torch reads."""
-    for name, t in (("train", train.take(pa.array(np.random.default_rng(seed).permutation(train.num_rows)))),
-                    ("valid", valid)):
-        hist_item, lengths = padded(t, "hist_item", S)
-        hist_cat, _ = padded(t, "hist_cat", S)
+def item_categories(train: pa.Table, valid: pa.Table, store, n_items: int) -> np.ndarray:
+    """item id -> category id (0 for padding and unseen items); an error if an item has two."""
+    items = np.concatenate([store.values["hist_item"]] + [t.column("item_id").to_numpy() for t in (train, valid)])
+    cats = np.concatenate([store.values["hist_cat"]] + [t.column("category_id").to_numpy() for t in (train, valid)])
+    of = np.zeros(n_items + 1, np.int64)
+    of[items] = cats
+    if (of[items] != cats).any():
+        i = int(np.flatnonzero(of[items] != cats)[0])
+        raise SystemExit(f"item {items[i]} has categories {of[items[i]]} and {cats[i]}: FuxiCTR's item table "
+                         "needs one category per item")
+    return of
+
+
+def peer_files(run, meta, train: pa.Table, valid: pa.Table, store, seed: int, folder: Path) -> None:
+    """The samples as each peer reads them: FuxiCTR's Parquet (sample rows pointing into one sequence
+    per user, an item table) and deepctr-torch's padded arrays."""
+    s, length = run.samples.short_len, run.samples.max_len
+    cat_of = item_categories(train, valid, store, meta.n_items)
+    pq.write_table(pa.table({"full_item_seq": pa.ListArray.from_arrays(
+        pa.array(store.offsets.astype(np.int32)), pa.array(store.values["hist_item"]))}),
+        folder / "fuxictr_user_info.parquet")
+    pq.write_table(pa.table({"item_index": np.arange(len(cat_of)), "item_id": np.arange(len(cat_of)),
+                             "cat_id": cat_of}), folder / "fuxictr_item_info.parquet")
+    for name, t in (("train", train), ("valid", valid)):
+        users = t.column("user_id").to_numpy()
+        pq.write_table(pa.table({"user_index": store.row[users], "user_id": users, "item_index": t.column("item_id"),
+                                 "seq_len": t.column("hist_end").cast(pa.int64()),
+                                 "label": t.column("label").cast(pa.int64())}), folder / f"fuxictr_{name}.parquet")
+        offsets, values = store.lists(users, t.column("hist_end").to_numpy(), s)
+        lengths = np.diff(offsets)
+        hist = {c: np.zeros((len(lengths), s), np.int64) for c in ("hist_item", "hist_cat")}
+        rows, cols = np.repeat(np.arange(len(lengths)), lengths), np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        for c in hist:  # valid first, zero-padded after (deepctr-torch's layout)
+            hist[c][rows, cols] = values[c]
         other = np.random.default_rng(seed + 1).permutation(len(lengths))  # DIEN's negatives: another row's
-        np.savez(folder / f"{name}.npz", user=t.column("user_id").to_numpy(), item=t.column("item_id").to_numpy(),
-                 cat=t.column("category_id").to_numpy(), hist_item=hist_item, hist_cat=hist_cat,
-                 neg_hist_item=hist_item[other], neg_hist_cat=hist_cat[other],
-                 seq_length=lengths, label=t.column("label").to_numpy().astype(np.float32))
-    (folder / "meta.json").write_text(json.dumps({"users": meta.n_users + 1, "items": meta.n_items + 1,
-                                                  "cats": meta.n_categories + 1}))
+        np.savez(folder / f"deepctr_{name}.npz", user=users, item=t.column("item_id").to_numpy(),
+                 cat=t.column("category_id").to_numpy(), **hist, neg_hist_item=hist["hist_item"][other],
+                 neg_hist_cat=hist["hist_cat"][other], seq_length=lengths,
+                 label=t.column("label").to_numpy().astype(np.float32))
+    features = [{"user_index": {"type": "meta"}}, {"item_index": {"type": "meta"}}, {"seq_len": {"type": "meta"}},
+                {"user_id": {"type": "categorical", "source": "user", "vocab_size": meta.n_users + 1}},
+                {"item_id": {"type": "categorical", "source": "item", "vocab_size": meta.n_items + 1,
+                             "padding_idx": 0}},
+                {"cat_id": {"type": "categorical", "source": "item", "vocab_size": meta.n_categories + 1,
+                            "padding_idx": 0}}]
+    (folder / "fuxictr_feature_map.json").write_text(json.dumps(
+        {"dataset_id": "peers", "num_fields": 3, "total_features": 0, "input_length": 0, "labels": ["label"],
+         "features": features}))
+    (folder / "settings.json").write_text(json.dumps(
+        {"dim": DIM, "batch": BATCH, "seed": seed, "short_len": s, "max_len": length, "attention": ATT,
+         "head": HEAD, "heads": HEADS, "head_dim": HEAD_DIM, "k": K, "eta_bits": ETA_BITS,
+         "vocab": {"user": meta.n_users + 1, "item": meta.n_items + 1, "cat": meta.n_categories + 1}}))
 
 
-def deepctr(model_name: str, folder: Path, seed: int) -> dict:
-    """deepctr-torch's DIN or DIEN on the arrays under `folder` (runs in the peer's venv)."""
-    from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
-    from deepctr_torch.models import DIEN, DIN
-    from sklearn.metrics import roc_auc_score
-
-    vocab = json.loads((folder / "meta.json").read_text())
-    seq = lambda name, table: VarLenSparseFeat(  # noqa: E731
-        SparseFeat(name, vocab[table + "s"], DIM, embedding_name=table), S, length_name="seq_length")
-    columns = [SparseFeat("user", vocab["users"], DIM), SparseFeat("item", vocab["items"], DIM),
-               SparseFeat("cat", vocab["cats"], DIM), seq("hist_item", "item"), seq("hist_cat", "cat")]
-    data = {name: dict(np.load(folder / f"{name}.npz")) for name in ("train", "valid")}
-    torch.manual_seed(seed)
-    if model_name == "din":
-        model = DIN(columns, ["item", "cat"], dnn_hidden_units=HEAD, att_hidden_size=ATT, seed=seed)
-    else:
-        columns += [seq("neg_hist_item", "item"), seq("neg_hist_cat", "cat")]
-        model = DIEN(columns, ["item", "cat"], gru_type="AUGRU", use_negsampling=True, alpha=0.05,
-                     dnn_hidden_units=HEAD, att_hidden_units=ATT, seed=seed)
-    model.compile("adam", "binary_crossentropy")
-    keep = {c.name for c in columns} | {"seq_length"}
-    for part in data.values():
-        for k in [k for k in part if k not in keep | {"label"}]:
-            del part[k]
-    x = {k: v for k, v in data["train"].items() if k != "label"}
-    cpu, wall = time.process_time(), time.perf_counter()
-    model.fit(x, data["train"]["label"], batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    n = len(data["train"]["label"])
-    pred = model.predict({k: v for k, v in data["valid"].items() if k != "label"}, batch_size=4096)
-    return {"samples_per_cpu_s": n / cpu, "samples_per_s": n / wall,
-            "valid_auc": float(roc_auc_score(data["valid"]["label"], pred))}
+def peer(python: str, system: str, name: str, folder: Path) -> dict:
+    out = subprocess.run([python, str(Path(__file__).with_name("peer_runs.py")), system, name, str(folder)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{system} {name} failed ({python}):\n{out.stderr.strip()[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/movielens.yaml")
     p.add_argument("--peer-python", default="/tmp/peers-venv/bin/python")
-    p.add_argument("--models", default="din,dien")
+    p.add_argument("--models", default="din,dien,twin,eta,sdim,sdim-48x3")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-train", type=int, default=0, help="train on the first N shuffled samples (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # the peer side: "model,folder"
+    p.add_argument("--json", default="", help="also write every repeat's results here")
     a = p.parse_args()
     torch.set_num_threads(1)
-    if a.worker:
-        model_name, folder = a.worker.split(",", 1)
-        print(json.dumps(deepctr(model_name, Path(folder), a.seed)))
-        return
-    run, meta, train, valid = build(a.config)
-    print(f"MovieLens ({a.config}): {train.num_rows:,} train / {valid.num_rows:,} valid samples; S {S}, "
-          f"width {DIM}, batch {BATCH}, one pass, one thread\n", flush=True)
-    systems = ("lifelong", "deepctr-torch 0.3.0")
-    results = {(m, s): [] for m in a.models.split(",") for s in systems}
+    run, meta, train, valid, store = build(a.config, a.max_train, a.seed)
+    models = a.models.split(",")
+    print(f"{meta.name} ({a.config}{', SYNTHETIC' if meta.synthetic else ''}): {train.num_rows:,} train / "
+          f"{valid.num_rows:,} valid samples; L {run.samples.max_len}, S {run.samples.short_len}, width {DIM}, "
+          f"batch {BATCH}, one pass, one thread, {a.repeats} repeats\n", flush=True)
+    results = {(m, s): [] for m in models for s in ("lifelong",) + PEERS_OF.get(split_name(m)[0], ("fuxictr",))}
     with tempfile.TemporaryDirectory() as tmp:
-        peer_arrays(meta, train, valid, a.seed, Path(tmp))
+        peer_files(run, meta, train, valid, store, a.seed, Path(tmp))
         for _ in range(a.repeats):
-            for m in a.models.split(","):
-                results[(m, systems[0])].append(ours(m, run, meta, train, valid, a.seed))
-                out = subprocess.run([a.peer_python, __file__, "--worker", f"{m},{tmp}", "--seed", str(a.seed)],
-                                     capture_output=True, text=True)
-                if out.returncode:
-                    raise SystemExit(f"peer run failed ({a.peer_python}): {out.stderr.strip().splitlines()[-1]}")
-                results[(m, systems[1])].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            for m, system in results:
+                r = (ours(m, run, meta, train, valid, store) if system == "lifelong"
+                     else peer(a.peer_python, system, m, Path(tmp)))
+                results[(m, system)].append(r)
+                print(f"  {m} {SYSTEMS[system]}: {r['samples_per_cpu_s']:,.0f} samples per CPU-second, "
+                      f"valid AUC {r['valid_auc']:.4f}", flush=True)
     best = {k: max(r["samples_per_cpu_s"] for r in v) for k, v in results.items()}
-    print("| model | system | train samples per CPU-second (best; every repeat) | samples/s (wall, best) | "
-          "valid AUC |\n|---|---|---|---|---|")
-    for (m, name), runs in results.items():
+    print("\n| model | system | train samples per CPU-second (best; every repeat) | samples/s (wall, best) | "
+          "valid AUC (every repeat) | ours / system |\n|---|---|---|---|---|---|")
+    for (m, system), runs in results.items():
         every = ", ".join(f"{r['samples_per_cpu_s']:,.0f}" for r in runs)
         aucs = ", ".join(f"{r['valid_auc']:.4f}" for r in runs)
-        print(f"| {m} | {name} | {best[(m, name)]:,.0f} ({every}) | {max(r['samples_per_s'] for r in runs):,.0f} | "
-              f"{aucs} |")
-    for m in a.models.split(","):
-        print(f"{m}: lifelong / deepctr-torch = {best[(m, systems[0])] / best[(m, systems[1])]:.2f}x "
-              "samples per CPU-second")
+        ratio = "" if system == "lifelong" else f"{best[(m, 'lifelong')] / best[(m, system)]:.2f}x"
+        print(f"| {m} | {SYSTEMS[system]} | {best[(m, system)]:,.0f} ({every}) | "
+              f"{max(r['samples_per_s'] for r in runs):,.0f} | {aucs} | {ratio} |")
+    print()
+    for m in models:
+        faster = max((s for (mm, s) in results if mm == m and s != "lifelong"), key=lambda s: best[(m, s)])
+        print(f"{m}: ours / the faster peer ({SYSTEMS[faster]}) = {best[(m, 'lifelong')] / best[(m, faster)]:.2f}x "
+              "samples per CPU-second (bar: >= 1.5x)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({f"{m}|{s}": v for (m, s), v in results.items()}, indent=1))
 
 
 if __name__ == "__main__":

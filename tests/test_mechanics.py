@@ -47,6 +47,22 @@ def test_augru_is_a_gru_at_full_attention_and_frozen_at_zero():
     assert not torch.allclose(half, h) and not torch.allclose(half, aug.cell(x, h))
 
 
+def test_augru_fast_forward_equals_its_steps_forward_and_backward():
+    torch.manual_seed(0)
+    aug = AUGRU(6, 5)
+    xs, att = torch.randn(4, 7, 6, requires_grad=True), torch.rand(4, 7)
+    att[1, 4:] = 0  # padding keeps the state
+    grads = []
+    for reference in (False, True):
+        aug.zero_grad()
+        xs.grad = None
+        out = aug(xs, att, reference=reference)
+        (out * torch.arange(5)).sum().backward()
+        grads.append([out, xs.grad] + [p.grad for p in aug.parameters()])
+    for fast, ref in zip(*grads):
+        assert torch.allclose(fast, ref, atol=1e-6), (fast - ref).abs().max()
+
+
 def test_dien_auxiliary_loss_matches_the_formula():
     torch.manual_seed(0)
     B, T, D = 3, 4, 5
@@ -289,6 +305,29 @@ def test_twin_gsu_topk_equals_topk_of_the_esu_logits_even_after_training():
         opt.step()
 
 
+@pytest.mark.parametrize("name,config", [("twin", {}), ("twin", {"match": True}), ("cain", {})])
+def test_twin_frame_folded_gsu_scores_and_selects_as_its_gsu_module_on_the_built_keys(name, config):
+    samples, meta = tiny_samples()
+    job = tiny_job(name, meta, {"k": 6, **config})
+    torch.manual_seed(0)
+    model = plain_model(job)
+    torch.nn.init.normal_(model.attention.beta)  # every term of α in play (β starts at 1)
+    for t in model.cross.tables():
+        torch.nn.init.normal_(t.data)
+    batch = make_collator(job)(samples.slice(0, 48))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        emb = model.lookup(batch)
+        assert emb.long_mask.sum(1).max() > 6  # the top-k has to choose
+        want = model.gsu.score(*model.gsu_inputs(batch, emb))  # (B, L) the reference: keys built, projected
+        assert torch.allclose(model.gsu_scores(batch, emb), want, atol=1e-5)
+        fast, ref = model.select(batch, emb), model.select(batch, emb, reference=True)
+        assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+        opt.zero_grad()
+        ctr_loss(batch, model(batch)).backward()  # the trained path selects with the folded scores
+        opt.step()
+
+
 def test_twin_cross_features_are_scalar_biases_with_their_own_projection_per_head():
     torch.manual_seed(0)
     att = TwinAttention(8, 8, n_cross=2, cross_dim=4, heads=4, head_dim=3)
@@ -519,7 +558,7 @@ def test_din_match_features_reach_exactly_the_matching_behaviours_weights():
         b = int(match[mask].max())
         assert b > 0
         weights = []
-        model.unit.net.register_forward_hook(lambda mod, args, out: weights.append(out.squeeze(-1).detach()))
+        model.unit.net[-1].register_forward_hook(lambda mod, args, out: weights.append(out.squeeze(-1).detach()))
         model.unit(emb.target, keys, mask, match)
         with torch.no_grad():
             model.unit.match.weight[b] += 1.0

@@ -28,6 +28,27 @@ def test_layers_ignore_padded_values():
     assert torch.allclose(ActivationUnit(E, (8,))(q, keys, mask)[0], torch.zeros(E))
 
 
+@pytest.mark.parametrize("match_dim", [0, 4])
+def test_activation_unit_on_first_layer_blocks_equals_the_concatenated_input_forward_and_backward(match_dim):
+    torch.manual_seed(0)
+    B, T, E = 6, 9, 12
+    unit = ActivationUnit(E, (16, 8), match_dim)
+    for p in unit.parameters():  # PReLU slopes and biases away from their inits
+        torch.nn.init.normal_(p)
+    q, keys = torch.randn(B, E, requires_grad=True), torch.randn(B, T, E, requires_grad=True)
+    mask, match = torch.rand(B, T) > 0.3, torch.randint(0, 4, (B, T)) if match_dim else None
+    grads = []
+    for reference in (False, True):
+        unit.zero_grad()
+        q.grad = keys.grad = None
+        out = unit(q, keys, mask, match, reference=reference)
+        (out * torch.arange(E)).sum().backward()
+        grads.append([out, q.grad, keys.grad] + [p.grad for p in unit.parameters()])
+    assert len(grads[0]) == 3 + len(list(unit.parameters()))
+    for fast, ref in zip(*grads):
+        assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-4), (fast - ref).abs().max()
+
+
 def test_sim_hard_collate_gsu_equals_in_model_gsu_forward_and_backward():
     samples, meta = tiny_samples()
     table = samples.slice(0, 64)

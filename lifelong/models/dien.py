@@ -49,11 +49,24 @@ class AUGRU(nn.Module):
         n = torch.tanh(gi[2] + r * gh[2])
         return (1 - u) * h + u * n
 
-    def forward(self, xs: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """xs (B, T, D), att (B, T) -> final state (B, H)."""
+    def forward(self, xs: torch.Tensor, att: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """xs (B, T, D), att (B, T) -> final state (B, H). The input projections of all T steps come
+        from one matmul and each step runs its gates on slices; `reference` runs `step` T times."""
         h = xs.new_zeros(xs.shape[0], self.cell.hidden_size)
-        for t in range(xs.shape[1]):
-            h = self.step(xs[:, t], h, att[:, t])
+        if reference:
+            for t in range(xs.shape[1]):
+                h = self.step(xs[:, t], h, att[:, t])
+            return h
+        c, H = self.cell, self.cell.hidden_size
+        gi = nn.functional.linear(xs, c.weight_ih, c.bias_ih)  # (B, T, 3H)
+        # per-step pieces by unbind (one stack in backward, not a zero-filled (B, T, 3H) per slice)
+        steps = zip(gi[..., :2 * H].unbind(1), gi[..., 2 * H:].unbind(1), att.unsqueeze(-1).unbind(1))
+        for gi_rz, gi_n, a in steps:  # (B, 2H), (B, H), (B, 1)
+            gh = nn.functional.linear(h, c.weight_hh, c.bias_hh)  # (B, 3H)
+            rz = torch.sigmoid(gi_rz + gh[:, :2 * H])  # (B, 2H): reset, keep
+            n = torch.tanh(gi_n + rz[:, :H] * gh[:, 2 * H:])
+            u = (1 - rz[:, H:]) * a  # attentional update gate
+            h = h + u * (n - h)
         return h
 
 

@@ -47,14 +47,25 @@ class ActivationUnit(nn.Module):
         self.net = mlp(4 * dim + match_dim, hidden, 1)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                match: torch.Tensor | None = None) -> torch.Tensor:
-        q = query.unsqueeze(1).expand_as(keys)  # (B, T, D)
-        parts = [keys, q, keys - q, keys * q]
-        if self.match is not None:
-            if match is None:
-                raise ValueError("ActivationUnit(match_dim > 0) needs the behaviours' match buckets")
-            parts.append(self.match(match))  # (B, T, match_dim)
-        w = self.net(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, T)
+                match: torch.Tensor | None = None, reference: bool = False) -> torch.Tensor:
+        """query (B, D), keys (B, T, D), mask (B, T) -> (B, D). The MLP's first layer runs on the
+        blocks of its input: W [e, q, e - q, e * q] = (W_e + W_d) e + W_p (e * q) + (W_q - W_d) q, the
+        last term once per row, not per behaviour, and no (B, T, 4 D) input is built; `reference`
+        builds it (the plain form, parity-tested)."""
+        if self.match is not None and match is None:
+            raise ValueError("ActivationUnit(match_dim > 0) needs the behaviours' match buckets")
+        if reference:
+            q = query.unsqueeze(1).expand_as(keys)  # (B, T, D)
+            parts = [keys, q, keys - q, keys * q] + ([self.match(match)] if self.match is not None else [])
+            w = self.net(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, T)
+        else:
+            first, D = self.net[0], keys.shape[-1]
+            w_e, w_q, w_d, w_p, w_m = first.weight.split([D, D, D, D, first.in_features - 4 * D], dim=1)
+            h = nn.functional.linear(keys, w_e + w_d) + nn.functional.linear(keys * query.unsqueeze(1), w_p)
+            h = h + nn.functional.linear(query, w_q - w_d, first.bias).unsqueeze(1)  # (B, T, hidden)
+            if self.match is not None:
+                h = h + nn.functional.linear(self.match(match), w_m)
+            w = self.net[1:](h).squeeze(-1)  # (B, T)
         w = w * mask
         return torch.einsum("bt,btd->bd", w, keys)  # (B, D)
 

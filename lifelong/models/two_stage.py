@@ -187,5 +187,26 @@ class TwinFrame(TwoStage):
     def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         return emb.target, self.all_keys(batch, emb)
 
+    def gsu_scores(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        """The GSU's score of every behaviour, `self.gsu.score(*self.gsu_inputs(...))`, without
+        building the (B, L, D + J c) keys: the item part folded into the query
+        (`TwinAttention.mean_item_relevance`), each cross feature's head-mean term read per bucket
+        from its table (`TwinAttention.mean_cross_bias`). (B, L)."""
+        B, L = emb.long_mask.shape
+        pos = torch.arange(L, device=emb.long_mask.device).expand(B, L) if batch.long_pos is None else batch.long_pos
+        count = emb.long_mask.sum(1) if batch.long_count is None else batch.long_count
+        buckets = self.cross.buckets_of(batch.target_ts, batch.long_ts, count, pos, self.match_of(batch, emb))
+        return (self.attention.mean_item_relevance(emb.target, self.item_keys(emb))
+                + self.attention.mean_cross_bias(self.cross.tables(), buckets))
+
+    def select(self, batch: Batch, emb: Embedded, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame's selection on `gsu_scores` (the same top-k: `masked_topk`); `reference`: the
+        GSU module on the built keys."""
+        if reference or (emb.long_mask.shape[1] <= self.gsu.k and not self.gsu.filters):
+            return super().select(batch, emb)
+        with torch.no_grad():
+            idx, scores = masked_topk(self.gsu_scores(batch, emb), emb.long_mask, self.gsu.k)
+        return idx, valid_slots(scores)
+
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)

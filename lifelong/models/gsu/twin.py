@@ -52,6 +52,15 @@ class TwinAttention(nn.Module):
         w = self.cross_weight().mean(0)  # (J, c)
         return sum((tab @ w[j])[b] for j, (tab, b) in enumerate(zip(tables, buckets)))
 
+    def mean_item_relevance(self, query: torch.Tensor, k_h: torch.Tensor) -> torch.Tensor:
+        """Head mean of α's item part, (K_h W^h_a)·(q W^q_a) / sqrt(d_k), for every behaviour without
+        projecting the keys: it is K_h · ū with ū = Σ_a (W^h_a)^T (q W^q_a) / (H sqrt(d_k)), one
+        dot product of width item_dim per behaviour. query (B, query_dim), k_h (B, L, item_dim) -> (B, L)."""
+        q = self.w_q(query).view(-1, self.heads, self.head_dim)  # (B, H, dk)
+        w = self.w_h.weight.view(self.heads, self.head_dim, self.item_dim)  # (H, dk, item_dim)
+        u = torch.einsum("bhd,hde->be", q, w) / (self.heads * math.sqrt(self.head_dim))  # (B, item_dim)
+        return torch.bmm(k_h, u.unsqueeze(-1)).squeeze(-1)  # (B, L)
+
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Relevance logits α: (B, H, L)."""
         k_h, k_c = candidates.split([self.item_dim, self.n_cross * self.cross_dim], -1)
