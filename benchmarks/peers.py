@@ -135,7 +135,8 @@ def peer_files(run, meta, train: pa.Table, valid: pa.Table, store, seed: int, fo
         offsets, values = store.lists(users, t.column("hist_end").to_numpy(), s)
         lengths = np.diff(offsets)
         hist = {c: np.zeros((len(lengths), s), np.int64) for c in ("hist_item", "hist_cat")}
-        rows, cols = np.repeat(np.arange(len(lengths)), lengths), np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        cols = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)  # each event's slot in its row
         for c in hist:  # valid first, zero-padded after (deepctr-torch's layout)
             hist[c][rows, cols] = values[c]
         other = np.random.default_rng(seed + 1).permutation(len(lengths))  # DIEN's negatives: another row's
