@@ -52,10 +52,15 @@ def deepctr(model_name: str, folder: Path, settings: dict) -> dict:
             "valid_auc": float(roc_auc_score(data["valid"]["label"], pred))}
 
 
-def split_name(model: str) -> tuple[str, tuple[int, int]]:
-    """"sdim-48x3" -> ("sdim", (48, 3)): a model and its SDIM hashes x bits (FuxiCTR's 2 x 4 by default)."""
+def split_name(model: str) -> tuple[str, str]:
+    """"sdim-48x3" -> ("sdim", "48x3"): a model and its variant ("" for the default)."""
     base, _, variant = model.partition("-")
-    return base, tuple(int(x) for x in variant.split("x")) if variant else (2, 4)
+    return base, variant
+
+
+def sdim_setting(variant: str) -> tuple[int, int]:
+    """SDIM's hash functions x bits: "48x3" -> (48, 3); FuxiCTR's 2 x 4 by default."""
+    return tuple(int(x) for x in variant.split("x")) if variant else (2, 4)
 
 
 def fuxictr_params(model_name: str, settings: dict, folder: Path) -> dict:
@@ -72,7 +77,8 @@ def fuxictr_params(model_name: str, settings: dict, folder: Path) -> dict:
         "twin": {**two_stage, "topk": settings["k"]},
         "eta": {**two_stage, "topk": settings["k"], "hash_bits": settings["eta_bits"]},
     }
-    base, (hashes, tau) = split_name(model_name)
+    base, variant = split_name(model_name)
+    hashes, tau = sdim_setting(variant if base == "sdim" else "")
     per_model["sdim"] = {**two_stage, "num_hashes": hashes, "hash_bits": tau}
     return {**common, **per_model[base]}
 
@@ -94,10 +100,11 @@ def fuxictr(model_name: str, folder: Path, settings: dict, zoo: Path) -> dict:
     feature_map = FeatureMap("peers", str(folder))
     feature_map.load(str(folder / "fuxictr_feature_map.json"), {"embedding_dim": settings["dim"]})
     seed_everything(seed=settings["seed"])
-    model = classes[split_name(model_name)[0]](feature_map, **fuxictr_params(model_name, settings, folder))
+    base = split_name(model_name)[0]
+    model = classes[base](feature_map, **fuxictr_params(model_name, settings, folder))
     # its loader pads at the front; its DIEN's GRU packing reads valid events first (peers' README)
-    padding = "post" if model_name == "dien" else "pre"
-    short_only = split_name(model_name)[0] in ("din", "dien")  # attend over the whole padded sequence: cut to S
+    padding = "post" if base == "dien" else "pre"
+    short_only = base in ("din", "dien")  # they attend over the whole padded sequence: cut to S
     max_len = settings["short_len"] if short_only else settings["max_len"]
     loader = lambda split: LongCTRDataLoader(  # noqa: E731
         feature_map, str(folder / f"fuxictr_{split}.parquet"), str(folder / "fuxictr_user_info.parquet"),

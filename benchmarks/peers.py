@@ -13,7 +13,8 @@ user and the history (item and category): the last S (`samples.short_len`) event
 the last L (`samples.max_len`) for TWIN, ETA and SDIM with the last S as their short sequence.
 Matched: embedding width 16, batch 256, head MLP (128, 64), DIN attention MLP (64, 32), top k 50,
 4 heads x 8 (TWIN / ETA / SDIM attention), ETA 32 bits, SDIM 2 hashes x 4 bits (FuxiCTR's default;
-`sdim-48x3` is the paper's). One pass over train.
+`sdim-48x3` is the paper's). One pass over train. FuxiCTR's DIEN has no auxiliary loss: `dien`
+(ours with it, α 0.05) is matched by deepctr-torch's, `dien-noaux` (ours without) by FuxiCTR's.
 - ours: the model with the trainer's optimisers (row-wise Adagrad 0.05 on the tables, Adam on the
   rest), batches collated from Arrow (the run file's layout) into KJTs.
 - FuxiCTR 2.3.10 + its LongCTR zoo (`../shared/peers/fuxictr-longctr`): its `LongCTRDataLoader`
@@ -41,11 +42,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from peer_runs import split_name
+from peer_runs import sdim_setting, split_name
 
 DIM, BATCH, ATT, HEAD, K, HEADS, HEAD_DIM, ETA_BITS = 16, 256, (64, 32), (128, 64), 50, 4, 8, 32
 SYSTEMS = {"lifelong": "lifelong", "fuxictr": "FuxiCTR 2.3.10", "deepctr": "deepctr-torch 0.3.0"}
 PEERS_OF = {"din": ("fuxictr", "deepctr"), "dien": ("fuxictr", "deepctr")}  # others: FuxiCTR only
+VARIANTS = {"sdim": "hashes x bits, e.g. sdim-48x3", "dien": "noaux: auxiliary loss off, as FuxiCTR's DIEN"}
 
 
 def build(config: str, max_train: int, seed: int):
@@ -68,9 +70,12 @@ def build(config: str, max_train: int, seed: int):
 
 
 def our_config(name: str) -> dict:
-    base, (hashes, tau) = split_name(name)
+    base, variant = split_name(name)
+    if variant and (base not in VARIANTS or (base == "dien" and variant != "noaux")):
+        raise SystemExit(f"unknown variant {name!r}; variants: {VARIANTS}")
+    hashes, tau = sdim_setting(variant if base == "sdim" else "")
     att = {"attention_hidden": ATT, "head_hidden": HEAD}
-    return {"din": att, "dien": {"head_hidden": HEAD},
+    return {"din": att, "dien": {"head_hidden": HEAD, **({"aux_weight": 0.0} if variant == "noaux" else {})},
             "twin": {**att, "k": K, "heads": HEADS, "head_dim": HEAD_DIM},
             "eta": {**att, "k": K, "bits": ETA_BITS, "heads": HEADS, "attention_dim": HEADS * HEAD_DIM},
             "sdim": {**att, "hashes": hashes, "tau": tau}}[base]
@@ -171,7 +176,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/movielens.yaml")
     p.add_argument("--peer-python", default="/tmp/peers-venv/bin/python")
-    p.add_argument("--models", default="din,dien,twin,eta,sdim,sdim-48x3")
+    p.add_argument("--models", default="din,dien,dien-noaux,twin,eta,sdim,sdim-48x3")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-train", type=int, default=0, help="train on the first N shuffled samples (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -183,7 +188,7 @@ def main() -> None:
     print(f"{meta.name} ({a.config}{', SYNTHETIC' if meta.synthetic else ''}): {train.num_rows:,} train / "
           f"{valid.num_rows:,} valid samples; L {run.samples.max_len}, S {run.samples.short_len}, width {DIM}, "
           f"batch {BATCH}, one pass, one thread, {a.repeats} repeats\n", flush=True)
-    results = {(m, s): [] for m in models for s in ("lifelong",) + PEERS_OF.get(split_name(m)[0], ("fuxictr",))}
+    results = {(m, s): [] for m in models for s in ("lifelong",) + PEERS_OF.get(m, ("fuxictr",))}
     with tempfile.TemporaryDirectory() as tmp:
         peer_files(run, meta, train, valid, store, a.seed, Path(tmp))
         for _ in range(a.repeats):

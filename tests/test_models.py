@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lifelong.models import entry, model_config
-from lifelong.models.layers import ActivationUnit, TargetAttention
+from lifelong.models.layers import ActivationUnit, PReLU, TargetAttention
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.model_setup import plain_model
 from tests.helpers import tiny_job, tiny_samples
@@ -26,6 +26,25 @@ def test_layers_ignore_padded_values():
         noisy = layer(q, garbage, mask)
         assert torch.allclose(clean, noisy, atol=1e-5) and torch.isfinite(noisy).all()
     assert torch.allclose(ActivationUnit(E, (8,))(q, keys, mask)[0], torch.zeros(E))
+
+
+def test_prelu_fast_path_equals_nn_prelu_forward_and_backward():
+    torch.manual_seed(0)
+    fast, ref = PReLU(), torch.nn.PReLU()
+    for slope in (0.25, -0.3, 1.5):
+        for m in (fast, ref):
+            torch.nn.init.constant_(m.weight, slope)
+            m.zero_grad()
+        x = torch.randn(64, 33)
+        x[0, :5] = 0.0  # the kink: both take the slope's side (grad slope * g, no slope gradient)
+        outs = []
+        for m in (fast, ref):
+            xi = x.clone().requires_grad_()
+            y = m(xi)
+            (y * torch.linspace(-1, 2, 33)).sum().backward()
+            outs.append((y, xi.grad, m.weight.grad))
+        for a, b in zip(*outs):
+            assert torch.allclose(a, b, atol=1e-5), (slope, (a - b).abs().max())
 
 
 @pytest.mark.parametrize("match_dim", [0, 4])

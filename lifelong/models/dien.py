@@ -58,15 +58,19 @@ class AUGRU(nn.Module):
                 h = self.step(xs[:, t], h, att[:, t])
             return h
         c, H = self.cell, self.cell.hidden_size
-        gi = nn.functional.linear(xs, c.weight_ih, c.bias_ih)  # (B, T, 3H)
+        # the keep gate's rows negated once, so one sigmoid gives r and 1 - z (sigmoid(-x) = 1 - sigmoid(x))
+        sign = torch.ones(3 * H, 1, dtype=xs.dtype, device=xs.device)
+        sign[H:2 * H] = -1
+        w_hh, b_hh = c.weight_hh * sign, c.bias_hh * sign[:, 0]
+        gi = nn.functional.linear(xs, c.weight_ih * sign, c.bias_ih * sign[:, 0])  # (B, T, 3H)
         # per-step pieces by unbind (one stack in backward, not a zero-filled (B, T, 3H) per slice)
-        steps = zip(gi[..., :2 * H].unbind(1), gi[..., 2 * H:].unbind(1), att.unsqueeze(-1).unbind(1))
+        all_rz, all_n = gi.split([2 * H, H], -1)  # (B, T, 2H), (B, T, H)
+        steps = zip(all_rz.unbind(1), all_n.unbind(1), att.unsqueeze(-1).unbind(1))
         for gi_rz, gi_n, a in steps:  # (B, 2H), (B, H), (B, 1)
-            gh = nn.functional.linear(h, c.weight_hh, c.bias_hh)  # (B, 3H)
-            rz = torch.sigmoid(gi_rz + gh[:, :2 * H])  # (B, 2H): reset, keep
-            n = torch.tanh(gi_n + rz[:, :H] * gh[:, 2 * H:])
-            u = (1 - rz[:, H:]) * a  # attentional update gate
-            h = h + u * (n - h)
+            gh_rz, gh_n = nn.functional.linear(h, w_hh, b_hh).split([2 * H, H], 1)  # (B, 2H), (B, H)
+            r, keep_not = torch.sigmoid(gi_rz + gh_rz).chunk(2, 1)  # reset r, update 1 - z: (B, H) each
+            n = torch.tanh(torch.addcmul(gi_n, r, gh_n))
+            h = torch.lerp(h, n, keep_not * a)  # h + u (n - h), u = a (1 - z): the attentional update
         return h
 
 

@@ -10,11 +10,40 @@ from torch import nn
 MASK_FILL = -1e9  # exp underflows to exactly 0, so padded slots get exactly zero weight
 
 
+class _LeakyWithSlopeGrad(torch.autograd.Function):
+    """PReLU with one slope as leaky ReLU at that slope, plus the slope's gradient
+    sum(grad * min(x, 0)): ATen's leaky-ReLU kernels, not its slower PReLU ones."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.slope = float(weight)
+        ctx.save_for_backward(x)
+        return nn.functional.leaky_relu(x, ctx.slope)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)
+        grad_w = torch.dot(grad.reshape(-1), x.clamp(max=0).reshape(-1)).reshape(1)
+        return grad_x, grad_w
+
+
+class PReLU(nn.PReLU):
+    """`nn.PReLU` (one slope, the same parameter) whose CPU forward and backward run as leaky ReLU
+    (`_LeakyWithSlopeGrad`, ~4x faster here at (5120, 64)); elsewhere, or with one slope per
+    channel, `nn.PReLU`'s own (reading the slope on a GPU would sync every call)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.num_parameters == 1:
+            return _LeakyWithSlopeGrad.apply(x, self.weight)
+        return super().forward(x)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None) -> nn.Sequential:
     """Linear + PReLU stack; a final linear layer to out_dim if given."""
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.PReLU()]
+        layers += [nn.Linear(in_dim, h), PReLU()]
         in_dim = h
     if out_dim is not None:
         layers.append(nn.Linear(in_dim, out_dim))
