@@ -11,7 +11,7 @@ from lifelong.models import model_config
 from lifelong.models.cain import CAIN, gap_inputs
 from lifelong.models.dien import AUGRU, auxiliary_loss
 from lifelong.models.dsin import split_sessions
-from lifelong.models.gsu.base import masked_topk
+from lifelong.models.gsu.base import masked_topk, masked_topk_reference
 from lifelong.models.gsu.clock import circular_gap, gap_features, minute_of_day
 from lifelong.models.gsu.relevance import InnerProduct, RelevanceGSU
 from lifelong.models.gsu.simhash import SimHash, SimHashGSU, hamming
@@ -33,6 +33,22 @@ def test_masked_topk_breaks_ties_toward_recent_and_never_picks_padding():
     assert idx[1].tolist() == [0, 1, 2] and top[1].tolist() == [5.0, 5.0, 5.0]
     idx, top = masked_topk(scores, mask, 5)
     assert idx[1, 3:].tolist() == [0, 0] and torch.isinf(top[1, 3:]).all()  # only 3 valid
+
+
+def test_masked_topk_on_integer_keys_equals_its_reference():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        B, L = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
+        k = int(torch.randint(1, 45, (1,), generator=g))
+        scores = torch.randint(-3, 4, (B, L), generator=g).float()  # many ties, negatives, zeros
+        if trial % 3 == 0:
+            scores = torch.randn(B, L, generator=g)
+        scores[torch.rand(B, L, generator=g) < 0.1] = float("-inf")  # a filtering GSU's exclusions
+        scores[torch.rand(B, L, generator=g) < 0.1] = -0.0  # ties with +0.0
+        mask = torch.rand(B, L, generator=g) < 0.7
+        got, want = masked_topk(scores, mask, k), masked_topk_reference(scores, mask, k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (trial, scores, mask, k)
+    assert masked_topk(scores.double(), mask, 3)[0].dtype == torch.int64  # other dtypes: the reference
 
 
 # --- DIEN -------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ Selection is not differentiable; gradients flow through the ESU on the selected 
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -19,7 +21,38 @@ def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch
     Ties at the k-th score go to the most recent behaviours, so the choice never depends on the
     padded width or on topk's internal order. Returns (indices (B, k'), scores (B, k')) with
     k' = min(k, L); slots beyond the valid count have index 0 and score -inf. O(L) per row.
+
+    One top-k over int64 keys (the float32 score's bits, made order-preserving as an integer, then
+    the position): the tie rule is the key order, not extra passes over (B, L);
+    `masked_topk_reference` is the plain form (parity-tested), and runs for other dtypes and on
+    big-endian hosts.
     """
+    B, L = scores.shape
+    if scores.dtype != torch.float32 or sys.byteorder != "little":
+        return masked_topk_reference(scores, mask, k)
+    k = min(k, L)
+    lowest = torch.iinfo(torch.int32).min
+    ordered = (scores + 0.0).view(torch.int32)  # a copy; + 0.0 makes -0.0 the +0.0 it ties with
+    flip = ordered >> 31
+    flip &= 0x7FFFFFFF
+    ordered ^= flip  # negative floats' magnitude bits flipped: integer order = float order
+    ordered.masked_fill_(~mask, lowest)  # padding below every score, -inf included
+    key = torch.empty(B, L, 2, dtype=torch.int32, device=scores.device)  # int64 words: (position, score)
+    key[..., 0] = torch.arange(L, dtype=torch.int32, device=scores.device)  # the low word (little-endian)
+    key[..., 1] = ordered
+    top = key.view(torch.int64).squeeze(-1).topk(k, dim=1).values  # (B, k): score first, then the most recent
+    chosen = (top >> 32) > lowest
+    at = top & 0xFFFFFFFF  # positions
+    order = torch.where(chosen, at, at + L).sort(dim=1).values  # chosen first, each group by position
+    valid = order < L
+    idx = torch.where(valid, order, torch.zeros_like(order))
+    neg_inf = torch.full_like(idx, NEG_INF, dtype=scores.dtype)
+    return idx, torch.where(valid, scores.gather(1, idx), neg_inf)
+
+
+def masked_topk_reference(scores: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`masked_topk` by its definition: the k-th best score, then the tied behaviours counted from
+    the most recent."""
     L = scores.shape[1]
     k = min(k, L)
     masked = scores.masked_fill(~mask, NEG_INF)
