@@ -45,6 +45,13 @@ class SequenceStore:
 
     def lists(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Offsets (B+1,) and flat values of each sample's last `max_len` history events before `ends`."""
+        offsets, idx = self.window(users, ends, max_len)
+        return offsets, {name: v[idx] for name, v in self.values.items()}
+
+    def window(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets (B+1,) and the flat store positions (into `values`) of each sample's last
+        `max_len` history events before `ends`: what `lists` reads, for a caller that reads only
+        some columns at some of them."""
         users = users.astype(np.int64)
         rows = np.where(users < len(self.row), self.row[np.minimum(users, len(self.row) - 1)], -1)
         if (rows < 0).any():
@@ -56,7 +63,7 @@ class SequenceStore:
             raise ValueError(f"{self.source}: sample of user_id {int(users[i])} ends at history event "
                              f"{int(ends[i])}, the user has {int(length[i])}")
         idx, offsets = concat_ranges(base + np.maximum(ends - max_len, 0), base + ends)
-        return offsets, {name: v[idx] for name, v in self.values.items()}
+        return offsets, idx
 
     def expand(self, samples: pa.Table, max_len: int) -> pa.Table:
         """Store-layout samples -> copy-layout samples (hist_end replaced by the list columns)."""

@@ -65,25 +65,29 @@ class Collator(ArrowBatchCollateFn):
         self.read_len = max(short_len, long_len) if use_long else short_len
 
     def __call__(self, table: pa.Table) -> Batch:
+        window = None  # positions of each sample's events in the `hist` arrays; None: all, in order
         if self.store is not None:  # "store" layout: samples hold hist_end, histories live in the store
-            offsets, v = self.store.lists(table.column("user_id").to_numpy(), table.column("hist_end").to_numpy(),
-                                          self.read_len)
-            hist, hist_ts = {t: v[f"hist_{t}"] for t in TABLE_COLUMNS}, v["hist_ts"]
+            # the store's whole columns, read only where a group needs them (SIM-hard's search reads
+            # the categories of all L, its other columns only the k it keeps)
+            offsets, window = self.store.window(table.column("user_id").to_numpy(),
+                                                table.column("hist_end").to_numpy(), self.read_len)
+            hist, hist_ts = {t: self.store.values[f"hist_{t}"] for t in TABLE_COLUMNS}, self.store.values["hist_ts"]
         else:
             lists = {t: list_arrays(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
             offsets = lists["item"][0]  # every hist_* column shares these offsets
             hist = {t: values for t, (_, values) in lists.items()}
             hist_ts = list_arrays(table.column("hist_ts"))[1]
+        at = lambda idx: window if idx is None else idx if window is None else window[idx]  # noqa: E731
         target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
         s_idx, s_off = tail(offsets, self.short_len)
         if not self.use_long:
             l_idx, l_off = np.zeros(0, np.int64), np.zeros(len(offsets), np.int64)
         elif self.prefilter is not None:
-            l_idx, l_off = self.prefilter(target["cat"], hist["cat"], offsets)
+            l_idx, l_off = self.prefilter(target["cat"], take(hist["cat"], window), offsets)
         else:
             l_idx, l_off = tail(offsets, self.long_len)
         rows = {"target": (None, np.arange(len(offsets), dtype=np.int64)),
-                "short": (s_idx, s_off), "long": (l_idx, l_off)}
+                "short": (at(s_idx), s_off), "long": (at(l_idx), l_off)}
         values, lengths = [], []
         # KJT order = features(side, user): main tables, user, side tables; table-major then group.
         for t in TABLE_COLUMNS:
@@ -101,8 +105,8 @@ class Collator(ArrowBatchCollateFn):
         return Batch(
             sparse=sparse,
             target_ts=torch.from_numpy(table.column("timestamp").to_numpy().astype(np.int64)),
-            short_ts=torch.from_numpy(pad(take(hist_ts, s_idx), s_off, self.short_len)),
-            long_ts=torch.from_numpy(pad(take(hist_ts, l_idx), l_off, self.long_width)),
+            short_ts=torch.from_numpy(pad(take(hist_ts, rows["short"][0]), s_off, self.short_len)),
+            long_ts=torch.from_numpy(pad(take(hist_ts, rows["long"][0]), l_off, self.long_width)),
             short_len=self.short_len, long_len=self.long_width,
             labels=torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
             user_ids=torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64)),
