@@ -99,7 +99,8 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
     collate = make_collator(job, store=store)
     gsu = Timer()
     if collate.prefilter is not None:  # SIM-hard: the GSU is the collate-time category search over L ids
-        collate.prefilter = gsu.wrap(collate.prefilter, lambda tc, hc, off: hc[: off[-1]].nbytes)
+        collate.prefilter.search = gsu.wrap(collate.prefilter.search,
+                                            lambda tc, cats, starts, stops: int((stops - starts).sum()) * cats.itemsize)
     n = warmup + steps
     order = np.random.default_rng(0).permutation(samples.num_rows)[: n * batch]
     t = time.perf_counter()

@@ -81,7 +81,8 @@ def our_config(name: str) -> dict:
             "sdim": {**att, "hashes": hashes, "tau": tau}}[base]
 
 
-def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store) -> dict:
+def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store, sparse: str = "", sparse_lr: float = 0.0
+         ) -> dict:
     """Our model, unsharded, one pass over `train` in its (already shuffled) order."""
     from lifelong.models.base import loss as ctr_loss
     from lifelong.trainers.local import batches, local_optimizer
@@ -91,8 +92,9 @@ def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store) -> dict:
 
     if run.samples.layout != "store":
         train, valid, store = store.expand(train, run.samples.max_len), store.expand(valid, run.samples.max_len), None
+    opt = {"sparse_optimizer": sparse, "sparse_lr": sparse_lr} if sparse else {}
     run = replace(run, model=split_name(name)[0], model_config=our_config(name), embedding_dim=DIM,
-                  train=replace(run.train, batch_size=BATCH))
+                  train=replace(run.train, batch_size=BATCH, **opt))
     job = job_spec(run, meta)
     torch.manual_seed(0)
     model = plain_model(job)
@@ -180,6 +182,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-train", type=int, default=0, help="train on the first N shuffled samples (0: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparse-optimizer", default="", help="ours: the tables' optimiser (default: the run file's), "
+                   "e.g. adam, as the peers use on everything")
+    p.add_argument("--sparse-lr", type=float, default=0.001)
     p.add_argument("--json", default="", help="also write every repeat's results here")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -187,13 +192,15 @@ def main() -> None:
     models = a.models.split(",")
     print(f"{meta.name} ({a.config}{', SYNTHETIC' if meta.synthetic else ''}): {train.num_rows:,} train / "
           f"{valid.num_rows:,} valid samples; L {run.samples.max_len}, S {run.samples.short_len}, width {DIM}, "
-          f"batch {BATCH}, one pass, one thread, {a.repeats} repeats\n", flush=True)
+          f"batch {BATCH}, one pass, one thread, {a.repeats} repeats"
+          + (f"; ours with {a.sparse_optimizer} {a.sparse_lr} on the tables" if a.sparse_optimizer else "") + "\n",
+          flush=True)
     results = {(m, s): [] for m in models for s in ("lifelong",) + PEERS_OF.get(m, ("fuxictr",))}
     with tempfile.TemporaryDirectory() as tmp:
         peer_files(run, meta, train, valid, store, a.seed, Path(tmp))
         for _ in range(a.repeats):
             for m, system in results:
-                r = (ours(m, run, meta, train, valid, store) if system == "lifelong"
+                r = (ours(m, run, meta, train, valid, store, a.sparse_optimizer, a.sparse_lr) if system == "lifelong"
                      else peer(a.peer_python, system, m, Path(tmp)))
                 results[(m, system)].append(r)
                 print(f"  {m} {SYSTEMS[system]}: {r['samples_per_cpu_s']:,.0f} samples per CPU-second, "

@@ -55,3 +55,14 @@ def test_prefilter_matches_torch_gsu(k):
         assert got == want  # same positions, oldest first
         matches = np.flatnonzero(cats[off[b]:off[b + 1]] == target[b])
         assert got == matches[-k:].tolist()  # the k most recent matches
+    # the per-row-range form (a sequence store's column; ranges in any order, gaps between them)
+    order = rng.permutation(B)
+    store_off = np.concatenate([[0], np.cumsum(lengths[order] + 3)])  # 3 unrelated events after each row
+    store = rng.integers(1, 5, store_off[-1])
+    starts = np.empty(B, np.int64)
+    starts[order] = store_off[:-1]
+    for b in range(B):
+        store[starts[b]:starts[b] + lengths[b]] = cats[off[b]:off[b + 1]]
+    at, ranges_off = HardSearchPrefilter(k).search(target, store, starts, starts + lengths)
+    assert np.array_equal(ranges_off, new_off)
+    assert np.array_equal(at - np.repeat(starts, np.diff(new_off)), pos - np.repeat(off[:-1], np.diff(new_off)))

@@ -37,15 +37,15 @@ def test_store_layout_expands_to_the_copy_layout(log):
 
 
 class CountingStore(SequenceStore):
-    """A store that records how many events per sample each `window` call asked for."""
+    """A store that records how many events per sample each `ranges` call asked for."""
 
     def __init__(self, table: pa.Table) -> None:
         super().__init__(table)
         self.asked: list[int] = []
 
-    def window(self, users, ends, max_len):
+    def ranges(self, users, ends, max_len):
         self.asked.append(max_len)
-        return super().window(users, ends, max_len)
+        return super().ranges(users, ends, max_len)
 
 
 @pytest.mark.parametrize("model,cfg,reads", [("din_full", {}, 64), ("sim_hard", {"k": 6}, 64),

@@ -50,8 +50,13 @@ class SequenceStore:
 
     def window(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Offsets (B+1,) and the flat store positions (into `values`) of each sample's last
-        `max_len` history events before `ends`: what `lists` reads, for a caller that reads only
-        some columns at some of them."""
+        `max_len` history events before `ends`: what `lists` reads."""
+        idx, offsets = concat_ranges(*self.ranges(users, ends, max_len))
+        return offsets, idx
+
+    def ranges(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's last `max_len` history events before `ends` as store positions [start, stop)
+        into `values`, (B,) each: for a reader that takes only some columns at some of them."""
         users = users.astype(np.int64)
         rows = np.where(users < len(self.row), self.row[np.minimum(users, len(self.row) - 1)], -1)
         if (rows < 0).any():
@@ -62,8 +67,7 @@ class SequenceStore:
             i = int(np.flatnonzero((ends > length) | (ends < 0))[0])
             raise ValueError(f"{self.source}: sample of user_id {int(users[i])} ends at history event "
                              f"{int(ends[i])}, the user has {int(length[i])}")
-        idx, offsets = concat_ranges(base + np.maximum(ends - max_len, 0), base + ends)
-        return offsets, idx
+        return base + np.maximum(ends - max_len, 0), base + ends
 
     def expand(self, samples: pa.Table, max_len: int) -> pa.Table:
         """Store-layout samples -> copy-layout samples (hist_end replaced by the list columns)."""

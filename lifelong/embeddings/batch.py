@@ -19,6 +19,10 @@ class Prefilter(Protocol):
                  ) -> tuple[np.ndarray, np.ndarray]:
         """(target_cat (B,), hist_cat (N,), offsets (B+1,)) -> (flat positions, new offsets)."""
 
+    def search(self, target_cat: np.ndarray, cats: np.ndarray, starts: np.ndarray, stops: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The same over row ranges [start, stop) of cats -> (positions into cats, new offsets)."""
+
 
 @dataclass
 class Batch:

@@ -33,9 +33,22 @@ def tail(offsets: np.ndarray, n: int) -> tuple[Optional[np.ndarray], np.ndarray]
     return concat_ranges(np.maximum(offsets[:-1], offsets[1:] - n), offsets[1:])
 
 
-def take(values: np.ndarray, idx: Optional[np.ndarray]) -> np.ndarray:
-    """values[idx], or values itself when idx is None (all of them)."""
-    return values if idx is None else values[idx]
+def take(values: np.ndarray, idx: Optional[np.ndarray | tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """values[idx]; values itself when idx is None (all of them); for idx = (starts, stops), the
+    ranges [start, stop) one after the other (slices copied, ~2x a gather's speed at 10^4 per row)."""
+    if idx is None:
+        return values
+    if isinstance(idx, tuple):
+        return np.concatenate([values[a:b] for a, b in zip(*idx)] or [values[:0]])
+    return values[idx]
+
+
+def last_ranges(starts: np.ndarray, stops: np.ndarray, n: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The ranges of the last n elements of each range [start, stop), and their offsets (B+1,)."""
+    first = np.maximum(starts, stops - n)
+    offsets = np.zeros(len(stops) + 1, np.int64)
+    np.cumsum(stops - first, out=offsets[1:])
+    return (first, stops), offsets
 
 
 def pad(values: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
@@ -43,6 +56,16 @@ def pad(values: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
     lengths = np.diff(offsets)
     out = np.zeros((len(lengths), width), values.dtype)
     out[np.arange(width) < lengths[:, None]] = values  # row-major, as the jagged values are
+    return out
+
+
+def padded(values: np.ndarray, idx, offsets: np.ndarray, width: int) -> np.ndarray:
+    """`pad(take(values, idx), offsets, width)`; ranges are copied into their rows directly."""
+    if not isinstance(idx, tuple):
+        return pad(take(values, idx), offsets, width)
+    out = np.zeros((len(offsets) - 1, width), values.dtype)
+    for row, (a, b) in enumerate(zip(*idx)):
+        out[row, :b - a] = values[a:b]
     return out
 
 
@@ -65,29 +88,34 @@ class Collator(ArrowBatchCollateFn):
         self.read_len = max(short_len, long_len) if use_long else short_len
 
     def __call__(self, table: pa.Table) -> Batch:
-        window = None  # positions of each sample's events in the `hist` arrays; None: all, in order
+        target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
         if self.store is not None:  # "store" layout: samples hold hist_end, histories live in the store
-            # the store's whole columns, read only where a group needs them (SIM-hard's search reads
-            # the categories of all L, its other columns only the k it keeps)
-            offsets, window = self.store.window(table.column("user_id").to_numpy(),
-                                                table.column("hist_end").to_numpy(), self.read_len)
+            # positions straight into the store's columns, each read only where a group needs it
+            # (SIM-hard's search compares the categories of all L, reads the rest at the k it keeps)
+            starts, stops = self.store.ranges(table.column("user_id").to_numpy(), table.column("hist_end").to_numpy(),
+                                              self.read_len)
             hist, hist_ts = {t: self.store.values[f"hist_{t}"] for t in TABLE_COLUMNS}, self.store.values["hist_ts"]
+            s_idx, s_off = last_ranges(starts, stops, self.short_len)
+            if not self.use_long:
+                l_idx, l_off = np.zeros(0, np.int64), np.zeros(len(starts) + 1, np.int64)
+            elif self.prefilter is not None:
+                l_idx, l_off = self.prefilter.search(target["cat"], hist["cat"], starts, stops)
+            else:
+                l_idx, l_off = last_ranges(starts, stops, self.long_len)
         else:
             lists = {t: list_arrays(table.column(f"hist_{t}")) for t in TABLE_COLUMNS}  # each column read once
             offsets = lists["item"][0]  # every hist_* column shares these offsets
             hist = {t: values for t, (_, values) in lists.items()}
             hist_ts = list_arrays(table.column("hist_ts"))[1]
-        at = lambda idx: window if idx is None else idx if window is None else window[idx]  # noqa: E731
-        target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
-        s_idx, s_off = tail(offsets, self.short_len)
-        if not self.use_long:
-            l_idx, l_off = np.zeros(0, np.int64), np.zeros(len(offsets), np.int64)
-        elif self.prefilter is not None:
-            l_idx, l_off = self.prefilter(target["cat"], take(hist["cat"], window), offsets)
-        else:
-            l_idx, l_off = tail(offsets, self.long_len)
-        rows = {"target": (None, np.arange(len(offsets), dtype=np.int64)),
-                "short": (at(s_idx), s_off), "long": (at(l_idx), l_off)}
+            s_idx, s_off = tail(offsets, self.short_len)
+            if not self.use_long:
+                l_idx, l_off = np.zeros(0, np.int64), np.zeros(len(offsets), np.int64)
+            elif self.prefilter is not None:
+                l_idx, l_off = self.prefilter(target["cat"], hist["cat"], offsets)
+            else:
+                l_idx, l_off = tail(offsets, self.long_len)
+        rows = {"target": (None, np.arange(len(s_off), dtype=np.int64)),
+                "short": (s_idx, s_off), "long": (l_idx, l_off)}
         values, lengths = [], []
         # KJT order = features(side, user): main tables, user, side tables; table-major then group.
         for t in TABLE_COLUMNS:
@@ -105,8 +133,8 @@ class Collator(ArrowBatchCollateFn):
         return Batch(
             sparse=sparse,
             target_ts=torch.from_numpy(table.column("timestamp").to_numpy().astype(np.int64)),
-            short_ts=torch.from_numpy(pad(take(hist_ts, rows["short"][0]), s_off, self.short_len)),
-            long_ts=torch.from_numpy(pad(take(hist_ts, rows["long"][0]), l_off, self.long_width)),
+            short_ts=torch.from_numpy(padded(hist_ts, s_idx, s_off, self.short_len)),
+            long_ts=torch.from_numpy(padded(hist_ts, l_idx, l_off, self.long_width)),
             short_len=self.short_len, long_len=self.long_width,
             labels=torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
             user_ids=torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64)),
