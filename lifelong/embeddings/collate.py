@@ -59,7 +59,8 @@ def pad(values: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def padded(values: np.ndarray, idx, offsets: np.ndarray, width: int) -> np.ndarray:
+def padded(values: np.ndarray, idx: Optional[np.ndarray | tuple[np.ndarray, np.ndarray]], offsets: np.ndarray,
+           width: int) -> np.ndarray:
     """`pad(take(values, idx), offsets, width)`; ranges are copied into their rows directly."""
     if not isinstance(idx, tuple):
         return pad(take(values, idx), offsets, width)

@@ -51,7 +51,8 @@ class AUGRU(nn.Module):
 
     def forward(self, xs: torch.Tensor, att: torch.Tensor, reference: bool = False) -> torch.Tensor:
         """xs (B, T, D), att (B, T) -> final state (B, H). The input projections of all T steps come
-        from one matmul and each step runs its gates on slices; `reference` runs `step` T times."""
+        from one matmul and a step is six ops (one sigmoid for both gates, addcmul, tanh, lerp);
+        `reference` runs `step` T times (parity-tested forward and backward)."""
         h = xs.new_zeros(xs.shape[0], self.cell.hidden_size)
         if reference:
             for t in range(xs.shape[1]):
