@@ -81,8 +81,8 @@ def our_config(name: str) -> dict:
             "sdim": {**att, "hashes": hashes, "tau": tau}}[base]
 
 
-def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store, sparse: str = "", sparse_lr: float = 0.0
-         ) -> dict:
+def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store, seed: int, sparse: str = "",
+         sparse_lr: float = 0.0) -> dict:
     """Our model, unsharded, one pass over `train` in its (already shuffled) order."""
     from lifelong.models.base import loss as ctr_loss
     from lifelong.trainers.local import batches, local_optimizer
@@ -96,7 +96,7 @@ def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store, sparse: 
     run = replace(run, model=split_name(name)[0], model_config=our_config(name), embedding_dim=DIM,
                   train=replace(run.train, batch_size=BATCH, **opt))
     job = job_spec(run, meta)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = plain_model(job)
     opt = local_optimizer(job, model)
     model.train()
@@ -200,7 +200,8 @@ def main() -> None:
         peer_files(run, meta, train, valid, store, a.seed, Path(tmp))
         for _ in range(a.repeats):
             for m, system in results:
-                r = (ours(m, run, meta, train, valid, store, a.sparse_optimizer, a.sparse_lr) if system == "lifelong"
+                r = (ours(m, run, meta, train, valid, store, a.seed, a.sparse_optimizer, a.sparse_lr)
+                     if system == "lifelong"
                      else peer(a.peer_python, system, m, Path(tmp)))
                 results[(m, system)].append(r)
                 print(f"  {m} {SYSTEMS[system]}: {r['samples_per_cpu_s']:,.0f} samples per CPU-second, "
