@@ -45,14 +45,8 @@ class SequenceStore:
 
     def lists(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Offsets (B+1,) and flat values of each sample's last `max_len` history events before `ends`."""
-        offsets, idx = self.window(users, ends, max_len)
-        return offsets, {name: v[idx] for name, v in self.values.items()}
-
-    def window(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Offsets (B+1,) and the flat store positions (into `values`) of each sample's last
-        `max_len` history events before `ends`: what `lists` reads."""
         idx, offsets = concat_ranges(*self.ranges(users, ends, max_len))
-        return offsets, idx
+        return offsets, {name: v[idx] for name, v in self.values.items()}
 
     def ranges(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Each sample's last `max_len` history events before `ends` as store positions [start, stop)

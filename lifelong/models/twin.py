@@ -76,10 +76,7 @@ class TWIN(TwinFrame):
         return emb.long  # (B, L, E)
 
     def extra_relevance(self, batch: Batch) -> torch.Tensor:
-        lengths = batch.sparse["long_item"].lengths()
-        pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
-        return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(
-            batch.target_ts, batch.long_ts, lengths, pos, self.long_match(batch)))  # (B, L)
+        return self.mean_cross_relevance(batch, self.long_match(batch))  # (B, L)
 
     def extra_keys(self, batch: Batch) -> torch.Tensor:
         lengths = batch.sparse["long_item"].lengths()

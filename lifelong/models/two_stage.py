@@ -187,17 +187,22 @@ class TwinFrame(TwoStage):
     def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         return emb.target, self.all_keys(batch, emb)
 
+    def mean_cross_relevance(self, batch: Batch, match: Optional[torch.Tensor]) -> torch.Tensor:
+        """Head mean of the cross features' terms of α for every lifelong behaviour, read per bucket
+        from their tables (`TwinAttention.mean_cross_bias`); match (B, L) when the model reads it. (B, L)."""
+        lengths = batch.sparse["long_item"].lengths()
+        pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
+        pos = pos if batch.long_pos is None else batch.long_pos
+        count = lengths if batch.long_count is None else batch.long_count
+        return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(
+            batch.target_ts, batch.long_ts, count, pos, match))
+
     def gsu_scores(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         """The GSU's score of every behaviour, `self.gsu.score(*self.gsu_inputs(...))`, without
         building the (B, L, D + J c) keys: the item part folded into the query
-        (`TwinAttention.mean_item_relevance`), each cross feature's head-mean term read per bucket
-        from its table (`TwinAttention.mean_cross_bias`). (B, L)."""
-        B, L = emb.long_mask.shape
-        pos = torch.arange(L, device=emb.long_mask.device).expand(B, L) if batch.long_pos is None else batch.long_pos
-        count = emb.long_mask.sum(1) if batch.long_count is None else batch.long_count
-        buckets = self.cross.buckets_of(batch.target_ts, batch.long_ts, count, pos, self.match_of(batch, emb))
+        (`TwinAttention.mean_item_relevance`), plus `mean_cross_relevance`. (B, L)."""
         return (self.attention.mean_item_relevance(emb.target, self.item_keys(emb))
-                + self.attention.mean_cross_bias(self.cross.tables(), buckets))
+                + self.mean_cross_relevance(batch, self.match_of(batch, emb)))
 
     def select(self, batch: Batch, emb: Embedded, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The frame's selection on `gsu_scores` (the same top-k: `masked_topk`); `reference`: the
