@@ -83,15 +83,14 @@ def our_config(name: str) -> dict:
 
 def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store, seed: int, sparse: str = "",
          sparse_lr: float = 0.0) -> dict:
-    """Our model, unsharded, one pass over `train` in its (already shuffled) order."""
+    """Our model, unsharded, one pass over `train` in its (already shuffled) order; the samples in
+    the run file's layout (`store` None unless it is "store")."""
     from lifelong.models.base import loss as ctr_loss
     from lifelong.trainers.local import batches, local_optimizer
     from lifelong.trainers.loop import evaluate
     from lifelong.trainers.model_setup import plain_model
     from lifelong.jobs.train import job_spec
 
-    if run.samples.layout != "store":
-        train, valid, store = store.expand(train, run.samples.max_len), store.expand(valid, run.samples.max_len), None
     opt = {"sparse_optimizer": sparse, "sparse_lr": sparse_lr} if sparse else {}
     run = replace(run, model=split_name(name)[0], model_config=our_config(name), embedding_dim=DIM,
                   train=replace(run.train, batch_size=BATCH, **opt))
@@ -198,9 +197,11 @@ def main() -> None:
     results = {(m, s): [] for m in models for s in ("lifelong",) + PEERS_OF.get(m, ("fuxictr",))}
     with tempfile.TemporaryDirectory() as tmp:
         peer_files(run, meta, train, valid, store, a.seed, Path(tmp))
+        mine = (train, valid, store) if run.samples.layout == "store" else (  # ours reads the run file's layout
+            store.expand(train, run.samples.max_len), store.expand(valid, run.samples.max_len), None)
         for _ in range(a.repeats):
             for m, system in results:
-                r = (ours(m, run, meta, train, valid, store, a.seed, a.sparse_optimizer, a.sparse_lr)
+                r = (ours(m, run, meta, *mine, a.seed, a.sparse_optimizer, a.sparse_lr)
                      if system == "lifelong"
                      else peer(a.peer_python, system, m, Path(tmp)))
                 results[(m, system)].append(r)
