@@ -9,8 +9,10 @@ import os
 import secrets
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,9 +91,9 @@ def listening_sockets(marker: str) -> set[tuple[str, str, int]]:
     return out
 
 
-def _stop_head(marker: str, gcs_port: int) -> None:
+def _stop_head(marker: str, temp_dir: str) -> None:
     """Stop the head whose processes' environment holds `marker` (its token), and only it: `ray stop`
-    would end every Ray process of this machine, other tests' included."""
+    would end every Ray process of this machine, other tests' included; then remove its temp dir."""
     procs = [int(proc.name) for proc in _holding(marker)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in procs:
@@ -102,9 +104,7 @@ def _stop_head(marker: str, gcs_port: int) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in procs):
             time.sleep(0.2)
-    current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` removes with the head
-    if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
-        current.unlink(missing_ok=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_trains_and_reports(tmp_path):
@@ -121,13 +121,22 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
     # free ports for what the README's head takes by default: another local Ray here (another test
     # process's) may hold the job agent's 52365, and the job server then has no agent to submit to
     gcs, dash, agent = _free_port(), _free_port(), _free_port()
+    # A temp dir of its own: the job supervisor finds the head's GCS through `ray_current_cluster` in the
+    # head's temp dir, and while other Rays run here (the other test process's), the shared
+    # /tmp/ray/ray_current_cluster may name another: `ray.cluster_utils.Cluster` (tests/test_multinode.py)
+    # overwrites it, and the job's driver then joined that cluster and failed on its token (CI, f6a89c3).
+    # Short, under /tmp: Ray's unix sockets live below it.
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
     head = run("start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                f"--port={gcs}", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
-               "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats")
+               "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}")
     assert head.returncode == 0, head.stderr[-2000:]
+    current = Path("/tmp/ray/ray_current_cluster")  # where a head in Ray's default temp dir names itself
     try:
-        # a local run beside the head starts a Ray of its own: plain ray.init() would join the head
-        # (`ray start` names it in /tmp/ray/ray_current_cluster) and refuse num_cpus
+        # a local run beside a head starts a Ray of its own: plain ray.init() would join the head that
+        # `ray start` names in /tmp/ray/ray_current_cluster, and refuse num_cpus
+        current.parent.mkdir(parents=True, exist_ok=True)
+        current.write_text(f"127.0.0.1:{gcs}")
         os.environ.pop(PREEMPTION_ENV, None)
         assert connect(ClusterConfig()) == "local"
         assert os.environ[PREEMPTION_ENV] == "0"  # one machine: no preemption watcher actor
@@ -168,4 +177,6 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
             assert beyond <= EXPOSED, f"listening beyond loopback, not in README: {beyond - EXPOSED}"
     finally:
         ray.shutdown()
-        _stop_head(env["RAY_AUTH_TOKEN"], gcs)
+        _stop_head(env["RAY_AUTH_TOKEN"], temp_dir)
+        if current.exists() and current.read_text().strip() == f"127.0.0.1:{gcs}":
+            current.unlink(missing_ok=True)
