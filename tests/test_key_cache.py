@@ -188,6 +188,10 @@ def test_unique_ids_by_marking_rows_equals_torch_unique():
     assert torch.equal(u, ru) and torch.equal(inv, rinv)
     u, inv = unique_ids(ids, 10**7)  # a huge table: falls back to sorting
     assert torch.equal(u, ru) and torch.equal(inv, rinv)
+    with pytest.raises(ValueError, match="id 50 is out of range for a table of 50 rows"):
+        unique_ids(torch.cat([ids, torch.tensor([50])]), 50)
+    with pytest.raises(RuntimeError):
+        unique_ids(torch.cat([ids, torch.tensor([-1])]), 50)
 
 
 def test_a_checkpoint_without_the_cache_loads_into_a_cached_model(tmp_path):

@@ -64,13 +64,14 @@ def cache_collection(spec: FeatureSpec, tables: tuple[CacheTable, ...],
 
 def unique_ids(ids: torch.Tensor, n_rows: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted distinct ids, inverse) like `torch.unique(return_inverse=True)`; with the table's row
-    count given and not much larger than len(ids), by marking present rows (O(N + rows), no sort)."""
+    count given and not much larger than len(ids), by counting rows (O(N + rows), no sort)."""
     if n_rows is None or n_rows > 4 * ids.numel() + 1024:
         return torch.unique(ids, return_inverse=True)
-    present = torch.zeros(n_rows, dtype=torch.bool, device=ids.device)
-    present[ids] = True
+    present = torch.bincount(ids, minlength=n_rows) > 0  # (rows,); ids < 0 raise here
+    if len(present) > n_rows:
+        raise ValueError(f"id {int(ids.max())} is out of range for a table of {n_rows} rows")
     rank = present.cumsum(0) - 1  # row -> its index among the present rows
-    return present.nonzero().squeeze(1), rank[ids]
+    return present.nonzero().squeeze(1), rank.index_select(0, ids)
 
 
 def unique_lookup(ec: torch.nn.Module, kjt: KeyedJaggedTensor, rows: Optional[dict[str, int]] = None

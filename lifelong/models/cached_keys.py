@@ -185,8 +185,10 @@ def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> t
         found, inv = rows[feature]
         if inv is not None and found.shape[0] * len(q) > 4 * len(inv):  # (U, B) would outgrow (N,)
             found, inv = found[inv], None
-        total = total + (keys.row_scores(found, q[row_of]) if inv is None
-                         else keys.pair_scores(found, q)[inv, row_of])  # (N,)
+        if inv is None:
+            total = total + keys.row_scores(found, q[row_of])  # (N,)
+        else:  # the (U, B) scores read at flat positions inv * B + row
+            total = total + keys.pair_scores(found, q).view(-1).index_select(0, torch.add(row_of, inv, alpha=len(q)))
     scores = JaggedTensor(values=total, lengths=lengths).to_padded_dense(desired_length=batch.long_len)
     idx, top = masked_topk(scores + keys.extra_relevance(batch), mask, k)  # (B, L) -> (B, k)
     return idx, valid_slots(top)
