@@ -393,6 +393,33 @@ def test_match_buckets_and_the_twin_match_cross_feature():
             assert hit.any() and torch.equal(moved & emb.long_mask.unsqueeze(1), hit & emb.long_mask.unsqueeze(1))
 
 
+@pytest.mark.parametrize("match", [False, True])
+def test_cross_feature_bucket_sum_equals_each_bucket_read_forward_and_backward(match):
+    """The fast sum (position term tabled per distance, `index_select` reads) against the buckets
+    read one by one: gaps from the future to decades, unsorted positions, counts beyond the width."""
+    from lifelong.models.layers import CrossFeatures
+
+    g = torch.Generator().manual_seed(0)
+    B, T, now = 6, 300, 2_000_000_000
+    cross = CrossFeatures(4, 24, match=match)
+    ts = now - torch.randint(-3600, 10**9, (B, T), generator=g)  # up to ~32 years back, some ahead
+    ts[0, :60] = now - 60 * (2 ** torch.arange(60) % 2**23)  # gaps at the bucket edges
+    count = torch.tensor([T, 5, 1, 70_000, 300_000, 0])  # (B,) with long_count: beyond the width
+    pos = torch.stack([torch.randperm(max(int(c), T), generator=g)[:T] for c in count])  # (B, T)
+    m = torch.randint(0, MATCH_BUCKETS, (B, T), generator=g) if match else None
+    request = torch.full((B,), now)
+    for p in (pos, torch.arange(T).expand(B, T)):
+        scalars = [torch.randn(len(t), requires_grad=True) for t in cross.tables()]
+        want = sum(sc[b] for sc, b in zip(scalars, cross.buckets_of(request, ts, count, p, m)))
+        got = cross.bucket_sum(scalars, request, ts, count, p, m)
+        assert torch.equal(got, want)
+        w = torch.randn(B, T)
+        grads = torch.autograd.grad((got * w).sum(), scalars)
+        for a, b in zip(grads, torch.autograd.grad((want * w).sum(), scalars)):
+            assert torch.allclose(a, b, atol=1e-5)
+    assert cross.buckets_of(request, ts, count, pos, m)[1].max() > 15  # far positions reached high buckets
+
+
 @pytest.mark.parametrize("name,k", [("sim_hard", 6), ("sim_soft", 64), ("eta", 6)])  # SIM-soft's untrained
 def test_gap_search_esu_reads_the_match_of_exactly_the_selected_behaviours(name, k):  # GSU: take them all
     samples, meta = tiny_samples()
@@ -532,6 +559,26 @@ def test_lic_clock_relevance_uses_the_gap_mlp_and_four_heads():
     E = model.spec.behaviour_dim
     s_diff = (model.clock.s(keys[..., E:]) - model.clock.s(shifted[..., E:])).transpose(1, 2)
     assert torch.allclose(delta, s_diff, atol=1e-5) and delta.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("match", [False, True])
+def test_lic_lookup_free_terms_per_minute_of_day_equal_the_per_behaviour_gap_forward_and_backward(match):
+    samples, meta = tiny_samples()
+    job = tiny_job("lic", meta, {"k": 6, "match": match, "tz_offset_min": 90})
+    torch.manual_seed(0)
+    model = plain_model(job)
+    if match:
+        torch.nn.init.normal_(model.clock.m)
+    batch = make_collator(job)(samples.slice(0, 16))
+    got, want = model.extra_relevance(batch), model.extra_relevance(batch, reference=True)  # (B, L)
+    assert got.shape == batch.long_ts.shape and torch.equal(got, want)
+    params = [p for p in model.clock.parameters() if p.requires_grad]
+    w = torch.randn_like(got)
+    fast = torch.autograd.grad((got * w).sum(), params, allow_unused=True)
+    ref = torch.autograd.grad((want * w).sum(), params, allow_unused=True)
+    for a, b in zip(fast, ref):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
+    assert any(a is not None and a.abs().sum() > 0 for a in fast)
 
 
 def test_lic_gsu_forms_equal_the_head_mean_and_the_seeds_concatenated_heads():

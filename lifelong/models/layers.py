@@ -190,8 +190,10 @@ class TimeGapEmbedding(nn.Module):
         self.emb = nn.Embedding(buckets, dim)
 
     def bucket(self, request_ts: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        gap_min = (request_ts.unsqueeze(1) - ts).clamp(min=0).float() / 60.0  # (B, T)
-        return torch.log2(gap_min + 1).floor().long().clamp(max=self.buckets - 1)
+        """floor(log2(gap in minutes + 1)), capped at the last bucket: (B, T). In place after the first
+        op (the same values as the out-of-place chain, half the time at (64, 10^4))."""
+        gap_min = (request_ts.unsqueeze(1) - ts).clamp_(min=0).float().div_(60.0)  # (B, T)
+        return gap_min.add_(1).log2_().floor_().long().clamp_(max=self.buckets - 1)
 
     def forward(self, request_ts: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         return self.emb(self.bucket(request_ts, ts))  # (B, T, dim)
@@ -243,17 +245,36 @@ class CrossFeatures(nn.Module):
         self.buckets = buckets
         self.n_features = 3 if match else 2
 
+    def position_bucket(self, from_newest: torch.Tensor) -> torch.Tensor:
+        """floor(log2(distance from the newest behaviour + 1)), capped at the last bucket."""
+        return torch.log2(from_newest.float() + 1).floor().long().clamp(max=self.buckets - 1)
+
     def buckets_of(self, request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor, pos: torch.Tensor,
                    match: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Bucket ids of each feature (each (B, T)) for behaviours at positions pos (B, T) of
         histories with count (B,) behaviours; ts (B, T); match (B, T) when the module has it."""
         from_newest = (count.unsqueeze(1) - 1 - pos).clamp(min=0)  # (B, T)
-        pos_bucket = torch.log2(from_newest.float() + 1).floor().long().clamp(max=self.buckets - 1)
-        out = [self.gap.bucket(request_ts, ts), pos_bucket]
+        out = [self.gap.bucket(request_ts, ts), self.position_bucket(from_newest)]
         if self.match is not None:
             if match is None:
                 raise ValueError("CrossFeatures(match=True) needs the behaviours' match buckets")
             out.append(match)
+        return out
+
+    def bucket_sum(self, scalars: list[torch.Tensor], request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor,
+                   pos: torch.Tensor, match: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_j scalars[j][bucket_j] (B, T) for one scalar per bucket of each feature (`tables()` order):
+        `sum(s[b] for s, b in zip(scalars, buckets_of(...)))`, the position term read from a table per
+        distance (the same bucket formula on 0..max distance) and every read an `index_select`."""
+        take = lambda s, b: s.index_select(0, b.reshape(-1)).view(b.shape)  # noqa: E731  (B, T)
+        from_newest = (count.unsqueeze(1) - 1 - pos).clamp_(min=0)  # (B, T)
+        longest = int(from_newest.max()) + 1 if from_newest.numel() else 1
+        per_distance = scalars[1][self.position_bucket(torch.arange(longest, device=from_newest.device))]
+        out = take(scalars[0], self.gap.bucket(request_ts, ts)).add_(take(per_distance, from_newest))
+        if self.match is not None:
+            if match is None:
+                raise ValueError("CrossFeatures(match=True) needs the behaviours' match buckets")
+            out.add_(take(scalars[2], match))
         return out
 
     def tables(self) -> list[torch.Tensor]:

@@ -89,11 +89,24 @@ class LIC(TwoStage):
         """Δ features of behaviours at times ts (B, T) to the request: (B, T, 4)."""
         return gap_features(self.delta(batch, ts))
 
-    def extra_relevance(self, batch: Batch) -> torch.Tensor:
-        per_minute = torch.arange(DAY_MIN // 2 + 1, device=batch.long_ts.device)  # every possible Δ
-        table = self.clock.s(gap_features(per_minute)).mean(-1)  # (721,) head mean of s(Δ)
-        out = table[self.delta(batch, batch.long_ts)]  # (B, L)
-        return out if self.clock.m is None else out + self.clock.m.mean(-1)[self.long_match(batch)]
+    def extra_relevance(self, batch: Batch, reference: bool = False) -> torch.Tensor:
+        """The Clock-GSU's lookup-free terms, head mean of s(Δ) (+ m(match)), of every lifelong
+        behaviour: (B, L). s(Δ) is tabled for every possible Δ, then per request for every minute of
+        the day, so each behaviour reads its minute's entry (`reference`: Δ per behaviour, then the
+        Δ table)."""
+        per_gap = torch.arange(DAY_MIN // 2 + 1, device=batch.long_ts.device)  # every possible Δ
+        table = self.clock.s(gap_features(per_gap)).mean(-1)  # (721,) head mean of s(Δ)
+        if reference:
+            out = table[self.delta(batch, batch.long_ts)]  # (B, L)
+        else:
+            now = minute_of_day(batch.target_ts, self.config.tz_offset_min).unsqueeze(1)  # (B, 1)
+            minutes = torch.arange(DAY_MIN, device=now.device).unsqueeze(0)  # (1, 1440)
+            per_minute = table[circular_gap(minutes, now)]  # (B, 1440): s(Δ) of each minute of the day
+            out = per_minute.gather(1, minute_of_day(batch.long_ts, self.config.tz_offset_min))  # (B, L)
+        if self.clock.m is None:
+            return out
+        match = self.long_match(batch)  # (B, L)
+        return out + self.clock.m.mean(-1).index_select(0, match.reshape(-1)).view(match.shape)
 
     @property
     def reads_match(self) -> bool:

@@ -187,15 +187,20 @@ class TwinFrame(TwoStage):
     def gsu_inputs(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         return emb.target, self.all_keys(batch, emb)
 
-    def mean_cross_relevance(self, batch: Batch, match: Optional[torch.Tensor]) -> torch.Tensor:
-        """Head mean of the cross features' terms of α for every lifelong behaviour, read per bucket
-        from their tables (`TwinAttention.mean_cross_bias`); match (B, L) when the model reads it. (B, L)."""
+    def mean_cross_relevance(self, batch: Batch, match: Optional[torch.Tensor], reference: bool = False
+                             ) -> torch.Tensor:
+        """Head mean of the cross features' terms of α for every lifelong behaviour, one scalar per
+        bucket of each feature (`TwinAttention.mean_cross_scalars`) read per behaviour
+        (`CrossFeatures.bucket_sum`); `reference`: every feature's buckets, then
+        `TwinAttention.mean_cross_bias`. match (B, L) when the model reads it. (B, L)."""
         lengths = batch.sparse["long_item"].lengths()
         pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
         pos = pos if batch.long_pos is None else batch.long_pos
         count = lengths if batch.long_count is None else batch.long_count
-        return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(
-            batch.target_ts, batch.long_ts, count, pos, match))
+        args = (batch.target_ts, batch.long_ts, count, pos, match)
+        if reference:
+            return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(*args))
+        return self.cross.bucket_sum(self.attention.mean_cross_scalars(self.cross.tables()), *args)
 
     def gsu_scores(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         """The GSU's score of every behaviour, `self.gsu.score(*self.gsu_inputs(...))`, without

@@ -29,7 +29,7 @@ GSU_FORMS = ("head_mean", "concat")
 
 def minute_of_day(ts: torch.Tensor, tz_offset_min: int = 0) -> torch.Tensor:
     """Unix seconds -> minutes since local midnight in [0, 1440)."""
-    return torch.remainder(torch.div(ts, 60, rounding_mode="floor") + tz_offset_min, DAY_MIN)
+    return torch.div(ts, 60, rounding_mode="floor").add_(tz_offset_min).remainder_(DAY_MIN)
 
 
 def circular_gap(a_min: torch.Tensor, b_min: torch.Tensor) -> torch.Tensor:

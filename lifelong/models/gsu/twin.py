@@ -46,11 +46,16 @@ class TwinAttention(nn.Module):
         per_feature = k_c.view(*k_c.shape[:-1], self.n_cross, self.cross_dim)  # (B, L, J, c)
         return torch.einsum("bljc,hjc->bhl", per_feature, self.cross_weight())
 
+    def mean_cross_scalars(self, tables: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Head mean of `cross_bias` for every bucket of each cross feature, from their embedding
+        tables (buckets_j, c): [(buckets_j,)]."""
+        w = self.cross_weight().mean(0)  # (J, c)
+        return [tab @ w[j] for j, tab in enumerate(tables)]
+
     def mean_cross_bias(self, tables: list[torch.Tensor], buckets: list[torch.Tensor]) -> torch.Tensor:
         """Head mean of `cross_bias` from the cross features' embedding tables (buckets_j, c) and
         bucket ids (B, L): each bucket's head-mean scalar is computed once per table. -> (B, L)."""
-        w = self.cross_weight().mean(0)  # (J, c)
-        return sum((tab @ w[j])[b] for j, (tab, b) in enumerate(zip(tables, buckets)))
+        return sum(s[b] for s, b in zip(self.mean_cross_scalars(tables), buckets))
 
     def mean_item_relevance(self, query: torch.Tensor, k_h: torch.Tensor) -> torch.Tensor:
         """Head mean of α's item part, (K_h W^h_a)·(q W^q_a) / sqrt(d_k), for every behaviour without
