@@ -277,6 +277,15 @@ def test_simhash_pack_and_hamming_fast_paths_equal_their_references(n):
     assert hamming(torch.tensor([-1]), torch.tensor([0])).item() == 64
 
 
+@pytest.mark.parametrize("rows", [1, 4, 15, 16, 1000])
+def test_simhash_signature_by_chunks_of_rows_equals_the_plain_one(rows):
+    h = SimHash(16, 128, seed=2, blocks=2)
+    x = torch.randn(3, 5, 16)  # 15 rows: chunks of 1, 4 (one short), 15 (one), 16 and 1000 (all in one)
+    want = h.pack_reference(h.sign_bits(x))  # (3, 5, 2)
+    assert torch.equal(h.signature(x, rows=rows), want)
+    assert torch.equal(h.signature(x[1, 2], rows=rows), want[1, 2])  # one vector, no batch dims
+
+
 @pytest.mark.parametrize("tau", [1, 3, 4, 8])
 def test_simhash_codes_fast_path_equals_the_plain_arithmetic(tau):
     h = SimHash(16, 48, seed=3)
