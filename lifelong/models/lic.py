@@ -89,6 +89,13 @@ class LIC(TwoStage):
         """Δ features of behaviours at times ts (B, T) to the request: (B, T, 4)."""
         return gap_features(self.delta(batch, ts))
 
+    def gsu_scores(self, batch: Batch, emb: Embedded) -> torch.Tensor:
+        """The Clock-GSU's score without building [b, Δ features, match] keys: the similarity
+        Σ_h (W_b b)_h·(W_q q)_h = b · W_b^T W_q q, one dot product of width E per behaviour
+        (`ClockAttention.folded_query`), plus the lookup-free terms (`extra_relevance`). (B, L)."""
+        u = self.clock.folded_query(emb.target) / math.sqrt(self.config.head_dim)  # (B, E)
+        return torch.bmm(emb.long, u.unsqueeze(-1)).squeeze(-1) + self.extra_relevance(batch)  # (B, L)
+
     def extra_relevance(self, batch: Batch, reference: bool = False) -> torch.Tensor:
         """The Clock-GSU's lookup-free terms, head mean of s(Δ) (+ m(match)), of every lifelong
         behaviour: (B, L). s(Δ) is tabled for every possible Δ, then per request for every minute of

@@ -88,13 +88,25 @@ class TwoStage(CTRModel):
         return self.output(self.logits(self.interest_from(
             selected, emb, torch.arange(k, device=idx.device).expand_as(idx), valid), emb), emb)
 
-    def select(self, batch: Batch, emb: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+    def gsu_scores(self, batch: Batch, emb: Embedded) -> Optional[torch.Tensor]:
+        """The GSU's score of every behaviour, `self.gsu.score(*self.gsu_inputs(batch, emb))` (B, L),
+        without building the GSU's keys, for models with such a folded form (TWIN, CAIN, LIC); None
+        where the GSU module on its inputs is the only form."""
+        return None
+
+    def select(self, batch: Batch, emb: Embedded, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """GSU top-k positions and validity; with L <= k (and a GSU that does not filter) every
-        valid behaviour, in order, without scoring."""
+        valid behaviour, in order, without scoring. The same top-k (`masked_topk`) on `gsu_scores`
+        where the model has them, unless `reference`: the GSU module on its built inputs."""
         B, L = emb.long_mask.shape
         if L <= self.gsu.k and not self.gsu.filters:
             return torch.arange(L, device=emb.long_mask.device).expand(B, L), emb.long_mask
-        idx, scores = self.gsu(*self.gsu_inputs(batch, emb), emb.long_mask)
+        with torch.no_grad():
+            scores = None if reference else self.gsu_scores(batch, emb)
+            if scores is None:
+                idx, scores = self.gsu(*self.gsu_inputs(batch, emb), emb.long_mask)
+            else:
+                idx, scores = masked_topk(scores, emb.long_mask, self.gsu.k)
         return idx, valid_slots(scores)
 
     def interest(self, batch: Batch, emb: Embedded) -> torch.Tensor:
@@ -208,15 +220,6 @@ class TwinFrame(TwoStage):
         (`TwinAttention.mean_item_relevance`), plus `mean_cross_relevance`. (B, L)."""
         return (self.attention.mean_item_relevance(emb.target, self.item_keys(emb))
                 + self.mean_cross_relevance(batch, self.match_of(batch, emb)))
-
-    def select(self, batch: Batch, emb: Embedded, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frame's selection on `gsu_scores` (the same top-k: `masked_topk`); `reference`: the
-        GSU module on the built keys."""
-        if reference or (emb.long_mask.shape[1] <= self.gsu.k and not self.gsu.filters):
-            return super().select(batch, emb)
-        with torch.no_grad():
-            idx, scores = masked_topk(self.gsu_scores(batch, emb), emb.long_mask, self.gsu.k)
-        return idx, valid_slots(scores)
 
     def esu_relevance(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         return self.attention(emb.target, self.all_keys(batch, emb)).mean(1)  # (B, L)

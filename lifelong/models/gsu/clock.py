@@ -94,6 +94,11 @@ class ClockAttention(nn.Module):
         """The GSU's weight on the sum of the heads' similarities: 1/sqrt(H) (concat) or 1/H (head mean)."""
         return 1 / math.sqrt(self.heads) if self.gsu_form == "concat" else 1 / self.heads
 
+    def folded_query(self, query: torch.Tensor) -> torch.Tensor:
+        """W_b^T W_q q times `gsu_head_weight`: its dot product with a behaviour b is the GSU's
+        similarity term (before 1/sqrt(d)) without projecting b. (B, E)."""
+        return self.w_q(query) @ self.w_b.weight * self.gsu_head_weight  # (B, E)
+
     def gsu(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The Clock-GSU's score (`gsu_form`): (B, 1, L)."""
         b, extra = candidates.split([self.dim, self.n_extra], -1)
