@@ -74,18 +74,18 @@ def unique_ids(ids: torch.Tensor, n_rows: Optional[int] = None) -> tuple[torch.T
     return present.nonzero().squeeze(1), rank.index_select(0, ids)
 
 
-def unique_lookup(ec: torch.nn.Module, kjt: KeyedJaggedTensor, rows: Optional[dict[str, int]] = None
-                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each feature's distinct ids looked up once: feature -> (rows (U, D), inverse (N,)) with
-    rows[inverse] the feature's values in order. The looked-up KJT holds each feature's unique
-    ids in its first row. `rows`: feature -> its table's row count (enables `unique_ids`' fast form)."""
-    keys, uniq, inverse, lengths = kjt.keys(), [], [], []
-    B = kjt.stride()
+def unique_lookup(ec: torch.nn.Module, ids: dict[str, torch.Tensor], stride: int,
+                  rows: Optional[dict[str, int]] = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each feature's distinct ids (feature -> its ids, in order, (N,)) looked up once: feature ->
+    (rows (U, D), inverse (N,)) with rows[inverse] the embeddings of the feature's ids in order. The
+    looked-up KJT (`stride` rows) holds each feature's unique ids in its first row. `rows`: feature
+    -> its table's row count (enables `unique_ids`' fast form)."""
+    keys, uniq, inverse, lengths = list(ids), [], [], []
     for key in keys:
-        u, inv = unique_ids(kjt[key].values(), (rows or {}).get(key))
+        u, inv = unique_ids(ids[key], (rows or {}).get(key))
         uniq.append(u)
         inverse.append(inv)
-        row = torch.zeros(B, dtype=kjt.lengths().dtype, device=u.device)
+        row = torch.zeros(stride, dtype=torch.int32, device=u.device)
         row[:1] = u.numel()
         lengths.append(row)
     looked = ec(KeyedJaggedTensor.from_lengths_sync(keys, torch.cat(uniq), torch.cat(lengths)))
@@ -96,8 +96,9 @@ def dedup_lookup(ec: torch.nn.Module, kjt: KeyedJaggedTensor, rows: Optional[dic
                  ) -> dict[str, JaggedTensor]:
     """`ec(kjt)` with each feature's distinct ids looked up once and expanded back (gradients sum
     per id, as the embedding kernels do for repeated ids)."""
-    return {key: JaggedTensor(values=r[inv], lengths=kjt[key].lengths())
-            for key, (r, inv) in unique_lookup(ec, kjt, rows).items()}
+    features = kjt.to_dict()
+    looked = unique_lookup(ec, {key: jt.values() for key, jt in features.items()}, kjt.stride(), rows)
+    return {key: JaggedTensor(values=r[inv], lengths=features[key].lengths()) for key, (r, inv) in looked.items()}
 
 
 def table_rows(spec: FeatureSpec, tables: tuple[CacheTable, ...]) -> dict[str, int]:
@@ -126,11 +127,10 @@ def lookup_rows(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: Key
                 dedup: Optional[dict[str, int]]) -> dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """Cached keys of the batch, jagged: cache feature -> (rows, inverse) with rows[inverse] the
     feature's keys in order (N, dim); inverse is None without dedup (rows are already in order)."""
-    kjt = cache_kjt(tables, sparse)
-    if dedup is not None:
-        return unique_lookup(ec, kjt, dedup)
-    out = ec(kjt)
-    return {k: (out[k].values(), None) for k in kjt.keys()}
+    if dedup is not None:  # each feature's ids straight from the batch: no concatenated copy
+        ids = {feature_name(g, t.name): sparse[feature_name(g, t.source)].values() for t in tables for g in t.groups}
+        return unique_lookup(ec, ids, sparse.stride(), dedup)
+    return {k: (jt.values(), None) for k, jt in ec(cache_kjt(tables, sparse)).items()}
 
 
 def _local_blocks(ec: torch.nn.Module, table: str) -> list[tuple[torch.Tensor, int, int]]:
