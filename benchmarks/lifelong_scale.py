@@ -131,7 +131,7 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
         def count_rows(module, args, out):
             gsu.bytes += sum(out[f].values().nbytes for f in out.keys())
         m.sparse.key_cache.register_forward_hook(count_rows)
-    elif collate.prefilter is None and type(m).gsu_scores is not TwoStage.gsu_scores:
+    elif collate.prefilter is None and isinstance(m, TwoStage) and type(m).gsu_scores is not TwoStage.gsu_scores:
         # folded scores (TWIN, CAIN, LIC): the GSU reads the item keys and the times
         item_keys = m.item_keys if isinstance(m, TwinFrame) else (lambda emb: emb.long)
         m.select = gsu.wrap(m.select, lambda b, emb: item_keys(emb).nbytes + b.long_ts.nbytes)
