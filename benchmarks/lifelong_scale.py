@@ -40,6 +40,7 @@ from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models import entry
 from lifelong.models.base import loss as ctr_loss
 from lifelong.models.two_stage import TwinFrame, TwoStage
+from lifelong.trainers.allocator import keep_freed_memory
 from lifelong.trainers.config import JobSpec, TrainConfig
 from lifelong.trainers.inputs import make_collator
 from lifelong.trainers.local import local_optimizer, one_chunk
@@ -106,6 +107,7 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
             ) -> dict:
     """One (L, model) in this (fresh) process. Peak RSS is reported with its growth after the data
     and batches were loaded (the model, its activations and optimiser state)."""
+    keep_freed_memory()  # as the trainers do
     torch.manual_seed(0)
     L = meta["max_len"]
     model, *opts = variant.split("+")

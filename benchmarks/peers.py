@@ -90,7 +90,9 @@ def ours(name: str, run, meta, train: pa.Table, valid: pa.Table, store, seed: in
     from lifelong.trainers.loop import evaluate
     from lifelong.trainers.model_setup import plain_model
     from lifelong.jobs.train import job_spec
+    from lifelong.trainers.allocator import keep_freed_memory
 
+    keep_freed_memory()  # as the trainers do
     opt = {"sparse_optimizer": sparse, "sparse_lr": sparse_lr} if sparse else {}
     run = replace(run, model=split_name(name)[0], model_config=our_config(name), embedding_dim=DIM,
                   train=replace(run.train, batch_size=BATCH, **opt))

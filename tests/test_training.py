@@ -213,3 +213,16 @@ def test_max_eval_batches_caps_the_validation_rows_and_the_cli_sets_it(tmp_path)
     assert (run.train.max_steps, run.train.max_eval_batches) == (3, 2)
     with pytest.raises(ValueError, match="max_eval_batches must be >= 0"):
         tiny_job("din", meta, max_eval_batches=-1)
+
+
+def test_training_processes_keep_freed_memory_unless_told_not_to(monkeypatch):
+    import platform
+
+    from lifelong.trainers import allocator
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        assert not allocator.keep_freed_memory()  # other C libraries: nothing changed
+        return
+    assert allocator.keep_freed_memory()  # glibc took both thresholds
+    monkeypatch.setenv(allocator.ENV, "default")
+    assert not allocator.keep_freed_memory()

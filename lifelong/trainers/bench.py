@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lifelong.cluster import logs
 from lifelong.embeddings.plan import allowed_types, describe, estimates, planner, sharders, table_names
 from lifelong.models.base import loss as ctr_loss
+from lifelong.trainers.allocator import keep_freed_memory
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.inputs import load_store, make_collator
 from lifelong.trainers.loop import in_lockstep
@@ -183,6 +184,7 @@ def bench_loop_per_worker(config: dict) -> None:
     own while the others wait (one worker-group start for all world sizes)."""
     job = JobSpec.from_dict(config["job"])
     logs.use(config.get("relay"))
+    keep_freed_memory()
     warmup, steps = config["warmup"], config["steps"]
     device = ray.train.torch.get_device()
     world, rank = dist.get_world_size(), dist.get_rank()

@@ -13,6 +13,7 @@ import torch
 
 from lifelong.data.store import SequenceStore
 from lifelong.embeddings.batch import Batch, EvalBatch
+from lifelong.trainers.allocator import keep_freed_memory
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.inputs import make_collator, make_eval_collator
 from lifelong.trainers.core import TrainCore
@@ -85,6 +86,7 @@ def fit_local(job: JobSpec, train: pa.Table, valid: pa.Table, store: Optional[Se
     the model holds the best epoch's weights and the last entry is that epoch's metrics with
     `best_epoch`, `stopped_early` and `epochs_trained`. `on_epoch(model, metrics)` sees every
     epoch's metrics as they come (a tune trial reports them)."""
+    keep_freed_memory()
     torch.manual_seed(job.train.seed)
     train, valid = one_chunk(train), one_chunk(valid)  # once, not at every epoch's `batches`
     model = plain_model(job)
