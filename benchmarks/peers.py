@@ -16,7 +16,8 @@ Matched: embedding width 16, batch 256, head MLP (128, 64), DIN attention MLP (6
 `sdim-48x3` is the paper's). One pass over train. FuxiCTR's DIEN has no auxiliary loss: `dien`
 (ours with it, α 0.05) is matched by deepctr-torch's, `dien-noaux` (ours without) by FuxiCTR's.
 - ours: the model with the trainer's optimisers (row-wise Adagrad 0.05 on the tables, Adam on the
-  rest), batches collated from Arrow (the run file's layout) into KJTs.
+  rest), batches collated from Arrow (the run file's layout) into KJTs, glibc's malloc thresholds
+  as the trainers set them (`trainers/allocator.py`; the peers' processes keep glibc's defaults).
 - FuxiCTR 2.3.10 + its LongCTR zoo (`../shared/peers/fuxictr-longctr`): its `LongCTRDataLoader`
   over Parquet (sample rows, one sequence per user, an item table), its `train_step` (Adam 1e-3,
   gradient clipping 10), its defaults otherwise (init N(0, 1e-4), Dice in DIN's attention). Known
