@@ -417,10 +417,13 @@ def test_cross_feature_bucket_sum_equals_each_bucket_read_forward_and_backward(m
     pos = torch.stack([torch.randperm(max(int(c), T), generator=g)[:T] for c in count])  # (B, T)
     m = torch.randint(0, MATCH_BUCKETS, (B, T), generator=g) if match else None
     request = torch.full((B,), now)
-    for p in (pos, torch.arange(T).expand(B, T)):
+    arange = torch.arange(T).expand(B, T)
+    within = torch.tensor([T, 5, 1, 0, 17, 64])  # the longest row within the width: its window starts at 0
+    for c, p, given in ((count, pos, pos), (count, arange, arange), (count, arange, None), (within, arange, None)):
+        # None: positions 0..T-1, read by windows
         scalars = [torch.randn(len(t), requires_grad=True) for t in cross.tables()]
-        want = sum(sc[b] for sc, b in zip(scalars, cross.buckets_of(request, ts, count, p, m)))
-        got = cross.bucket_sum(scalars, request, ts, count, p, m)
+        want = sum(sc[b] for sc, b in zip(scalars, cross.buckets_of(request, ts, c, p, m)))
+        got = cross.bucket_sum(scalars, request, ts, c, given, m)
         assert torch.equal(got, want)
         w = torch.randn(B, T)
         grads = torch.autograd.grad((got * w).sum(), scalars)

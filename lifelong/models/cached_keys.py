@@ -179,7 +179,9 @@ def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> t
     behaviour; nothing (B, L, dim) is built."""
     lengths, mask = _long_mask(batch)
     rows = sparse.cached_rows(batch)
-    row_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # (N,)
+    rows_dtype = torch.int32 if len(lengths) * max(len(lengths), int(lengths.sum())) < 2**31 else torch.int64
+    row_of = torch.repeat_interleave(torch.arange(len(lengths), dtype=rows_dtype, device=lengths.device),
+                                     lengths)  # (N,)
     total = 0
     for feature, q in keys.queries(rows).items():
         found, inv = rows[feature]
@@ -187,7 +189,7 @@ def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> t
             found, inv = found[inv], None
         if inv is None:
             total = total + keys.row_scores(found, q[row_of])  # (N,)
-        else:  # the (U, B) scores read at flat positions inv * B + row
+        else:  # the (U, B) scores read at flat positions inv * B + row (int32 where both are, U B < 2^31)
             total = total + keys.pair_scores(found, q).view(-1).index_select(0, torch.add(row_of, inv, alpha=len(q)))
     scores = JaggedTensor(values=total, lengths=lengths).to_padded_dense(desired_length=batch.long_len)
     idx, top = masked_topk(scores + keys.extra_relevance(batch), mask, k)  # (B, L) -> (B, k)

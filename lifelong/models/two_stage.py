@@ -206,13 +206,14 @@ class TwinFrame(TwoStage):
         (`CrossFeatures.bucket_sum`); `reference`: every feature's buckets, then
         `TwinAttention.mean_cross_bias`. match (B, L) when the model reads it. (B, L)."""
         lengths = batch.sparse["long_item"].lengths()
-        pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
-        pos = pos if batch.long_pos is None else batch.long_pos
         count = lengths if batch.long_count is None else batch.long_count
-        args = (batch.target_ts, batch.long_ts, count, pos, match)
         if reference:
-            return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(*args))
-        return self.cross.bucket_sum(self.attention.mean_cross_scalars(self.cross.tables()), *args)
+            pos = torch.arange(batch.long_len, device=lengths.device).expand(len(lengths), -1)  # (B, L)
+            pos = pos if batch.long_pos is None else batch.long_pos
+            return self.attention.mean_cross_bias(self.cross.tables(), self.cross.buckets_of(
+                batch.target_ts, batch.long_ts, count, pos, match))
+        return self.cross.bucket_sum(self.attention.mean_cross_scalars(self.cross.tables()), batch.target_ts,
+                                     batch.long_ts, count, batch.long_pos, match)
 
     def gsu_scores(self, batch: Batch, emb: Embedded) -> torch.Tensor:
         """The GSU's score of every behaviour, `self.gsu.score(*self.gsu_inputs(...))`, without
