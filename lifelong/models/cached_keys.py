@@ -79,6 +79,12 @@ class CachedKeys(ABC):
     def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Row-aligned keys and queries (N, dim): (N,)."""
 
+    def segment_scores(self, keys: torch.Tensor, queries: torch.Tensor, row_of: torch.Tensor,
+                       lengths: torch.Tensor) -> torch.Tensor:
+        """Every behaviour's key (N, dim), rows in order (`lengths` (B,) per row, `row_of` (N,) its
+        row), against its row's query (B, dim): (N,)."""
+        return self.row_scores(keys, queries[row_of])
+
     def extra_relevance(self, batch: Batch) -> torch.Tensor | float:
         """The score's lookup-free term over the full history (B, L), or 0."""
         return 0.0
@@ -120,6 +126,12 @@ class ProjectedKeys(CachedKeys):
 
     def row_scores(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         return torch.einsum("nd,nd->n", keys, queries) * self.dot_scale  # (N,)
+
+    def segment_scores(self, keys: torch.Tensor, queries: torch.Tensor, row_of: torch.Tensor,
+                       lengths: torch.Tensor) -> torch.Tensor:
+        """One matrix-vector product per row: no (N, dim) copy of the queries."""
+        parts = keys.split(lengths.tolist())  # B x (n_b, dim)
+        return torch.cat([k @ q for k, q in zip(parts, queries)]) * self.dot_scale  # (N,)
 
     def extra_relevance(self, batch: Batch) -> torch.Tensor:
         return self._extra_relevance(batch)
@@ -188,7 +200,7 @@ def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> t
         if inv is not None and found.shape[0] * len(q) > 4 * len(inv):  # (U, B) would outgrow (N,)
             found, inv = found[inv], None
         if inv is None:
-            total = total + keys.row_scores(found, q[row_of])  # (N,)
+            total = total + keys.segment_scores(found, q, row_of, lengths)  # (N,)
         else:  # the (U, B) scores read at flat positions inv * B + row (int32 where both are, U B < 2^31)
             total = total + keys.pair_scores(found, q).view(-1).index_select(0, torch.add(row_of, inv, alpha=len(q)))
     scores = JaggedTensor(values=total, lengths=lengths).to_padded_dense(desired_length=batch.long_len)
