@@ -330,15 +330,24 @@ def test_twin_gsu_topk_equals_topk_of_the_esu_logits_even_after_training():
         opt.step()
 
 
-@pytest.mark.parametrize("name,config", [("twin", {}), ("twin", {"match": True}), ("cain", {})])
-def test_twin_frame_folded_gsu_scores_and_selects_as_its_gsu_module_on_the_built_keys(name, config):
+FOLDED = [("twin", {}), ("twin", {"match": True}), ("cain", {}),
+          ("lic", {}), ("lic", {"match": True}), ("lic", {"gsu_form": "head_mean", "match": True})]
+
+
+@pytest.mark.parametrize("name,config", FOLDED)
+def test_folded_gsu_scores_and_selects_as_its_gsu_module_on_the_built_keys(name, config):
+    """TWIN / CAIN / LIC's `gsu_scores` (no keys built) against their GSU module on the built keys."""
     samples, meta = tiny_samples()
     job = tiny_job(name, meta, {"k": 6, **config})
     torch.manual_seed(0)
     model = plain_model(job)
-    torch.nn.init.normal_(model.attention.beta)  # every term of α in play (β starts at 1)
-    for t in model.cross.tables():
-        torch.nn.init.normal_(t.data)
+    if name == "lic":
+        if model.clock.m is not None:
+            torch.nn.init.normal_(model.clock.m)  # the match term in play (0 at init)
+    else:
+        torch.nn.init.normal_(model.attention.beta)  # every term of α in play (β starts at 1)
+        for t in model.cross.tables():
+            torch.nn.init.normal_(t.data)
     batch = make_collator(job)(samples.slice(0, 48))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(2):
@@ -591,28 +600,6 @@ def test_lic_lookup_free_terms_per_minute_of_day_equal_the_per_behaviour_gap_for
     for a, b in zip(fast, ref):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
     assert any(a is not None and a.abs().sum() > 0 for a in fast)
-
-
-@pytest.mark.parametrize("config", [{}, {"match": True}, {"gsu_form": "head_mean", "match": True}])
-def test_lic_folded_gsu_scores_and_selects_as_its_gsu_module_on_the_built_keys(config):
-    samples, meta = tiny_samples()
-    job = tiny_job("lic", meta, {"k": 6, **config})
-    torch.manual_seed(0)
-    model = plain_model(job)
-    if model.clock.m is not None:
-        torch.nn.init.normal_(model.clock.m)  # the match term in play (0 at init)
-    batch = make_collator(job)(samples.slice(0, 48))
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(2):
-        emb = model.lookup(batch)
-        assert emb.long_mask.sum(1).max() > 6  # the top-k has to choose
-        want = model.gsu.score(*model.gsu_inputs(batch, emb))  # (B, L) the reference: keys built
-        assert torch.allclose(model.gsu_scores(batch, emb), want, atol=1e-5)
-        fast, ref = model.select(batch, emb), model.select(batch, emb, reference=True)
-        assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
-        opt.zero_grad()
-        ctr_loss(batch, model(batch)).backward()  # the trained path selects with the folded scores
-        opt.step()
 
 
 def test_lic_gsu_forms_equal_the_head_mean_and_the_seeds_concatenated_heads():
