@@ -355,6 +355,10 @@ def test_folded_gsu_scores_and_selects_as_its_gsu_module_on_the_built_keys(name,
         assert emb.long_mask.sum(1).max() > 6  # the top-k has to choose
         want = model.gsu.score(*model.gsu_inputs(batch, emb))  # (B, L) the reference: keys built, projected
         assert torch.allclose(model.gsu_scores(batch, emb), want, atol=1e-5)
+        if name != "lic":  # the cross features' part alone, against its per-feature buckets
+            match = model.match_of(batch, emb)
+            assert torch.equal(model.mean_cross_relevance(batch, match),
+                               model.mean_cross_relevance(batch, match, reference=True))
         fast, ref = model.select(batch, emb), model.select(batch, emb, reference=True)
         assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
         opt.zero_grad()
