@@ -132,13 +132,19 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
                "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}")
     assert head.returncode == 0, head.stderr[-2000:]
     current = Path("/tmp/ray/ray_current_cluster")  # where a head in Ray's default temp dir names itself
+    ours = lambda: current.exists() and current.read_text().strip() == f"127.0.0.1:{gcs}"  # noqa: E731
     try:
         # a local run beside a head starts a Ray of its own: plain ray.init() would join the head that
-        # `ray start` names in /tmp/ray/ray_current_cluster, and refuse num_cpus
+        # `ray start` names in /tmp/ray/ray_current_cluster, and refuse num_cpus. The file names this
+        # head only for this check (as little time as another test process could read it).
         current.parent.mkdir(parents=True, exist_ok=True)
         current.write_text(f"127.0.0.1:{gcs}")
         os.environ.pop(PREEMPTION_ENV, None)
-        assert connect(ClusterConfig()) == "local"
+        try:
+            assert connect(ClusterConfig()) == "local"
+        finally:
+            if ours():
+                current.unlink(missing_ok=True)
         assert os.environ[PREEMPTION_ENV] == "0"  # one machine: no preemption watcher actor
         assert not ray.get_runtime_context().gcs_address.endswith(f":{gcs}")
         ray.shutdown()
@@ -178,5 +184,3 @@ def test_ray_job_submit_trains_and_reports(tmp_path):
     finally:
         ray.shutdown()
         _stop_head(env["RAY_AUTH_TOKEN"], temp_dir)
-        if current.exists() and current.read_text().strip() == f"127.0.0.1:{gcs}":
-            current.unlink(missing_ok=True)
