@@ -45,10 +45,6 @@ class CacheTable:
             raise ValueError(f"cache table '{self.name}': unknown group(s) {bad}; choose from {GROUPS}")
 
 
-def cache_features(tables: tuple[CacheTable, ...]) -> list[str]:
-    return [feature_name(g, t.name) for t in tables for g in t.groups]
-
-
 def cache_collection(spec: FeatureSpec, tables: tuple[CacheTable, ...],
                      device: torch.device | str = "cpu") -> EmbeddingCollection:
     """The cache's collection: one table per CacheTable, its rows like its source table's."""
@@ -107,11 +103,16 @@ def table_rows(spec: FeatureSpec, tables: tuple[CacheTable, ...]) -> dict[str, i
     return {feature_name(g, t.name): spec.num_embeddings(t.source) for t in tables for g in t.groups}
 
 
+def cache_sources(tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+    """Cache feature -> the batch's ids it reads (its source table's feature of the same group)."""
+    return {feature_name(g, t.name): sparse[feature_name(g, t.source)] for t in tables for g in t.groups}
+
+
 def cache_kjt(tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
     """The batch's ids under the cache features' names (a cache table reads its source's ids)."""
-    src = [sparse[feature_name(g, t.source)] for t in tables for g in t.groups]
-    return KeyedJaggedTensor.from_lengths_sync(cache_features(tables), torch.cat([j.values() for j in src]),
-                                               torch.cat([j.lengths() for j in src]))
+    src = cache_sources(tables, sparse)
+    return KeyedJaggedTensor.from_lengths_sync(list(src), torch.cat([j.values() for j in src.values()]),
+                                               torch.cat([j.lengths() for j in src.values()]))
 
 
 def lookup(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor, widths: dict[str, int],
@@ -129,7 +130,7 @@ def lookup_rows(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: Key
     """Cached keys of the batch, jagged: cache feature -> (rows, inverse) with rows[inverse] the
     feature's keys in order (N, dim); inverse is None without dedup (rows are already in order)."""
     if dedup is not None:  # each feature's ids straight from the batch: no concatenated copy
-        ids = {feature_name(g, t.name): sparse[feature_name(g, t.source)].values() for t in tables for g in t.groups}
+        ids = {feature: jt.values() for feature, jt in cache_sources(tables, sparse).items()}
         return unique_lookup(ec, ids, sparse.stride(), dedup)
     return {k: (jt.values(), None) for k, jt in ec(cache_kjt(tables, sparse)).items()}
 

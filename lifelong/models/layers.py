@@ -256,11 +256,12 @@ class CrossFeatures(nn.Module):
         histories with count (B,) behaviours; ts (B, T); match (B, T) when the module has it."""
         from_newest = (count.unsqueeze(1) - 1 - pos).clamp(min=0)  # (B, T)
         out = [self.gap.bucket(request_ts, ts), self.position_bucket(from_newest)]
-        if self.match is not None:
-            if match is None:
-                raise ValueError("CrossFeatures(match=True) needs the behaviours' match buckets")
-            out.append(match)
-        return out
+        return out + ([self._match(match)] if self.match is not None else [])
+
+    def _match(self, match: torch.Tensor | None) -> torch.Tensor:
+        if match is None:
+            raise ValueError("CrossFeatures(match=True) needs the behaviours' match buckets")
+        return match
 
     def bucket_sum(self, scalars: list[torch.Tensor], request_ts: torch.Tensor, ts: torch.Tensor, count: torch.Tensor,
                    pos: Optional[torch.Tensor], match: torch.Tensor | None = None) -> torch.Tensor:
@@ -275,20 +276,17 @@ class CrossFeatures(nn.Module):
             return ts.new_zeros((B, 0), dtype=scalars[0].dtype)
         if pos is None:  # row b, position t: distance count_b - 1 - t, clamped at 0
             longest = max(int(count.max()) if len(count) else 0, 1)
-            per_distance = scalars[1][self.position_bucket(torch.arange(longest, device=ts.device))]  # (D,)
-            rev = torch.cat([per_distance.flip(0), per_distance[:1].expand(T)])  # (D + T,): distance D-1 .. 0, 0...
-            by_position = rev.unfold(0, T, 1).index_select(0, longest - count)  # (B, T): row b from D - count_b
         else:
             from_newest = (count.unsqueeze(1) - 1 - pos).clamp_(min=0)  # (B, T)
             longest = int(from_newest.max()) + 1 if from_newest.numel() else 1
-            per_distance = scalars[1][self.position_bucket(torch.arange(longest, device=ts.device))]
+        per_distance = scalars[1][self.position_bucket(torch.arange(longest, device=ts.device))]  # (D,)
+        if pos is None:
+            rev = torch.cat([per_distance.flip(0), per_distance[:1].expand(T)])  # (D + T,): distance D-1 .. 0, 0...
+            by_position = rev.unfold(0, T, 1).index_select(0, longest - count)  # (B, T): row b from D - count_b
+        else:
             by_position = take(per_distance, from_newest)
         out = take(scalars[0], self.gap.bucket(request_ts, ts, torch.int32)).add_(by_position)
-        if self.match is not None:
-            if match is None:
-                raise ValueError("CrossFeatures(match=True) needs the behaviours' match buckets")
-            out.add_(take(scalars[2], match))
-        return out
+        return out.add_(take(scalars[2], self._match(match))) if self.match is not None else out
 
     def tables(self) -> list[torch.Tensor]:
         """Each feature's embedding table (buckets, dim), in output order."""
