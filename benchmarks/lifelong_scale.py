@@ -48,16 +48,24 @@ from lifelong.trainers.metrics import peak_rss_mb
 from lifelong.trainers.model_setup import plain_model
 
 
-def copy_bandwidth(mb: int = 256, reps: int = 5) -> float:
-    """Bytes per second `Tensor.copy_` moves on this machine (read side), the best of `reps` copies
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously), so host clocks time it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, mb: int = 256, reps: int = 5) -> float:
+    """Bytes per second `Tensor.copy_` moves on this device (read side), the best of `reps` copies
     (the floor is what the machine can do, not what a disturbed copy did)."""
-    src = torch.ones(mb * 2**20 // 4)
+    src = torch.ones(mb * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = float("inf")
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         dst.copy_(src)
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return src.numel() * 4 / best
 
@@ -88,27 +96,31 @@ def prepare(L: int, users: int, impressions: int, folder: Path) -> dict:
 
 
 class Timer:
-    """Accumulates wall time and input bytes of wrapped calls."""
+    """Accumulates wall time and input bytes of wrapped calls (on a GPU, until their work is done)."""
 
-    def __init__(self) -> None:
-        self.seconds, self.bytes = 0.0, 0
+    def __init__(self, device: torch.device = torch.device("cpu")) -> None:
+        self.seconds, self.bytes, self.device = 0.0, 0, device
 
     def wrap(self, fn, count_bytes):
         def timed(*args):
+            sync(self.device)
             t = time.perf_counter()
             out = fn(*args)
+            sync(self.device)
             self.seconds += time.perf_counter() - t
             self.bytes += count_bytes(*args)
             return out
         return timed
 
 
-def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmup: int, k: int, refresh: int
-            ) -> dict:
+def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmup: int, k: int, refresh: int,
+            device_name: str = "cpu") -> dict:
     """One (L, model) in this (fresh) process. Peak RSS is reported with its growth after the data
-    and batches were loaded (the model, its activations and optimiser state)."""
+    and batches were loaded (the model, its activations and optimiser state); on a GPU, the peak
+    of allocated GPU memory (all of it the model's, its batches' and their activations')."""
     keep_freed_memory()  # as the trainers do
     torch.manual_seed(0)
+    device = torch.device(device_name)
     L = meta["max_len"]
     model, *opts = variant.split("+")
     cfg = {"k": k} if issubclass(entry(model).module, TwoStage) else {}
@@ -120,14 +132,14 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
     samples = one_chunk(pq.read_table(Path(folder) / "samples.parquet"))  # as the trainers take rows
     store = SequenceStore.read(Path(folder) / "store.parquet")
     collate = make_collator(job, store=store)
-    gsu = Timer()
+    gsu = Timer(device)
     if collate.prefilter is not None:  # SIM-hard: the GSU is the collate-time category search over L ids
         collate.prefilter.search = gsu.wrap(collate.prefilter.search,
                                             lambda tc, cats, starts, stops: int((stops - starts).sum()) * cats.itemsize)
     n = warmup + steps
     order = np.random.default_rng(0).permutation(samples.num_rows)[: n * batch]
     rows = lambda i: samples.take(order[i * batch:(i + 1) * batch])  # noqa: E731
-    batches = [collate(rows(i)) for i in range(n)]  # the trainer's pre-collated batches
+    batches = [collate(rows(i)).to(device) for i in range(n)]  # the trainer's pre-collated batches
     # Ingest in steady state: the same batches collated again and dropped, as a prefetching loader
     # hands each on and frees it. The first pass, in a fresh process whose batches all stay alive,
     # pays page faults for every new array (TWIN at 10^4: ~2k samples/s, against ~15k once memory
@@ -137,13 +149,15 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
         collate(rows(i))
     collate_rate = steps * batch / (time.perf_counter() - t)
     gsu_samples = (n + steps) * batch  # SIM-hard: its GSU ran on every collated sample, in both passes
-    base_rss = peak_rss_mb()
-    m = plain_model(job)
+    base_rss = peak_rss_mb() if device.type == "cpu" else 0.0
+    m = plain_model(job).to(device)
     opt = local_optimizer(job, m)
     refresh_s = 0.0
     if m.sparse.key_cache is not None:
+        sync(device)
         t = time.perf_counter()
         m.refresh_keys()
+        sync(device)
         refresh_s = time.perf_counter() - t
     if collate.prefilter is None and isinstance(m, TwoStage) and m.sparse.key_cache is not None:
         # GSU on the key cache: it reads each behaviour's ids and time stamp, and the cache rows it
@@ -166,6 +180,7 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
         m.gsu.register_forward_pre_hook(count_keys)
     for i, b in enumerate(batches):
         if i == warmup:
+            sync(device)
             t = time.perf_counter()
             if collate.prefilter is None:
                 gsu.seconds, gsu.bytes, gsu_samples = 0.0, 0, steps * batch
@@ -173,11 +188,13 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
         opt.zero_grad()
         loss.backward()
         opt.step()
+    sync(device)
     elapsed = time.perf_counter() - t + refresh_s * steps / max(refresh, 1)  # refreshes amortised
     timed = steps * batch
     return {"model": variant, "L": L, "samples_per_s": timed / elapsed, "collate_per_s": collate_rate,
             "refresh_ms": 1e3 * refresh_s if m.sparse.key_cache is not None else None,
-            "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss,
+            "peak_rss_mb": peak_rss_mb() if device.type == "cpu" else torch.cuda.max_memory_allocated(device) / 2**20,
+            "base_rss_mb": base_rss, "device": device.type,
             "gsu_us_per_sample": 1e6 * gsu.seconds / gsu_samples if gsu.bytes else None,
             "gsu_key_bytes_per_sample": gsu.bytes / gsu_samples if gsu.bytes else None}
 
@@ -211,14 +228,20 @@ def main() -> None:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--refresh", type=int, default=100, help="steps between key-cache refreshes (+cache models)")
     p.add_argument("--repeats", type=int, default=1, help="fresh processes per (L, model); each column's best is kept")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: models, batches and key caches on the GPU "
+                   "(collate and SIM-hard's collate-time search stay on the host)")
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args()
-    bw = copy_bandwidth()
+    device = torch.device(a.device)
+    bw = copy_bandwidth(device)
+    where = (f"CUDA ({torch.cuda.get_device_name(device)}; collate on the host's {torch.get_num_threads()} threads)"
+             if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)")
     print(f"SYNTHETIC planted logs, {a.users} users x {a.impressions} impressions; one process per (L, model), "
-          f"unsharded, CPU ({torch.get_num_threads()} threads), batch {a.batch}, k {a.k}, {a.steps} timed steps; "
+          f"unsharded, {where}, batch {a.batch}, k {a.k}, {a.steps} timed steps; "
           f"copy bandwidth {bw / 1e9:.2f} GB/s (best of 5 copies); key-cache refresh every {a.refresh} steps"
           + (f"; each timed column the best of {a.repeats} processes" if a.repeats > 1 else "") + "\n")
-    print("| L | model | samples/s | x din_full | peak RSS MB (data + model) | GSU us/sample | GSU key KB/sample "
+    memory = "peak GPU MB allocated" if device.type == "cuda" else "peak RSS MB (data + model)"
+    print(f"| L | model | samples/s | x din_full | {memory} | GSU us/sample | GSU key KB/sample "
           "| floor us/sample | GSU / floor | refresh ms | ingest (collate) samples/s | ingest / train |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -227,7 +250,7 @@ def main() -> None:
             meta = prepare(L, a.users, a.impressions, Path(tmp))
             base = None
             for model in a.models.split(","):
-                r = best_of([run_one((model, tmp, meta, a.batch, a.steps, a.warmup, a.k, a.refresh))
+                r = best_of([run_one((model, tmp, meta, a.batch, a.steps, a.warmup, a.k, a.refresh, a.device))
                              for _ in range(a.repeats)])
                 rows.append(r)
                 if "error" in r:
@@ -241,7 +264,8 @@ def main() -> None:
                            f"| {r['gsu_us_per_sample'] / floor:.0f}x")
                 else:
                     gsu = "– | – | – | –"
-                rss = f"{r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] - r['base_rss_mb']:+.0f})"
+                rss = (f"{r['peak_rss_mb']:.0f}" if device.type == "cuda"
+                       else f"{r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] - r['base_rss_mb']:+.0f})")
                 refresh = f"{r['refresh_ms']:.0f}" if r["refresh_ms"] is not None else "–"
                 print(f"| {L:,} | {model} | {r['samples_per_s']:.0f} | {ratio} | {rss} | {gsu} | {refresh} "
                       f"| {r['collate_per_s']:.0f} | {r['collate_per_s'] / r['samples_per_s']:.1f} |", flush=True)

@@ -106,7 +106,7 @@ class DIEN(CTRModel):
         h, _ = self.extractor(seq)  # (B, S, E); left-aligned, so padding after a row never reaches it
         if self.training and self.config.aux_weight:
             items = batch.sparse["short_item"].to_padded_dense(desired_length=batch.short_len)  # (B, S)
-            perm = torch.randperm(seq.shape[0], device=seq.device)
+            perm = torch.randperm(seq.shape[0]).to(seq.device)  # the host RNG: same seed, same negatives on any device
             emb.aux.append(self.config.aux_weight * auxiliary_loss(h, seq, items, mask, perm))
         a = masked_softmax(torch.einsum("bte,be->bt", h, self.attention(emb.target)), mask)  # (B, S)
         final = self.evolution(h, a)
