@@ -18,7 +18,9 @@ bandwidth (the floor: those bytes / bandwidth). SIM-hard's GSU runs at collate t
 time is the collate-time category search. A GSU on the key cache reads each behaviour's ids and
 time stamp plus the cache rows it fetches. `--repeats N` runs each (L, model) in N fresh processes
 and keeps each timed column's best (samples/s, GSU time, ingest), as this machine's other work
-moves single runs by +-25 % and more. Prints one Markdown table.
+moves single runs by +-25 % and more. `--device cuda` puts the models, their batches and key caches
+on the GPU (collate and SIM-hard's collate-time search stay on the host; the floor is then the
+GPU's copy bandwidth, and memory is the peak allocated on the GPU). Prints one Markdown table.
 """
 from __future__ import annotations
 
