@@ -62,11 +62,24 @@ def test_cached_gsu_two_phase_lookup_equals_plain_path_forward_and_backward(mode
 
 
 @pytest.mark.parametrize("model", CACHED)
-@pytest.mark.parametrize("dedup", [False, True])
-def test_fast_cached_selection_equals_its_reference(model, dedup):
-    """Jagged / per-distinct-id scoring vs padded keys through the GSU module."""
+@pytest.mark.parametrize("dedup", [False, "distinct", "whole", "expanded"])
+def test_fast_cached_selection_equals_its_reference(model, dedup, monkeypatch):
+    """Jagged / per-distinct-id / per-table-row scoring (read at padded positions, or expanded to
+    the behaviours first) vs padded keys through the GSU module."""
+    from lifelong.embeddings import key_cache
+    from lifelong.models import cached_keys
+
     m_fast, _, batch, _ = _pair(model)
-    m_fast.sparse.dedup_ids = dedup
+    m_fast.sparse.dedup_ids = bool(dedup)
+    monkeypatch.setattr(key_cache, "WHOLE_TABLE_RATIO", 10**6 if dedup == "whole" else 0)
+    monkeypatch.setattr(cached_keys, "PAIR_RATIO", 0 if dedup == "expanded" else 10**6)
+    rows = m_fast.sparse.cached_rows(batch)
+    for feature, (found, inv) in rows.items():  # which form ran: the table whole (ids as the inverse), or distinct ids
+        assert (inv is None) == (not dedup), feature
+        if dedup == "whole":
+            assert len(found) == m_fast.sparse.cache_dedup[feature] and inv.dtype == torch.int64, feature
+        elif dedup in ("distinct", "expanded"):
+            assert inv.dtype == torch.int32, feature
     idx_fast, valid_fast = m_fast.select_cached(batch)
     idx_ref, valid_ref = m_fast.select_cached(batch, reference=True)
     assert torch.equal(valid_fast, valid_ref)

@@ -71,15 +71,26 @@ def unique_ids(ids: torch.Tensor, n_rows: Optional[int] = None) -> tuple[torch.T
     return present.nonzero().squeeze(1), rank.index_select(0, ids)
 
 
+WHOLE_TABLE_RATIO = 4  # unique_lookup(whole_tables=True): rows x stride <= 4 N reads the whole table
+
+
 def unique_lookup(ec: torch.nn.Module, ids: dict[str, torch.Tensor], stride: int,
-                  rows: Optional[dict[str, int]] = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                  rows: Optional[dict[str, int]] = None, whole_tables: bool = False
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each feature's distinct ids (feature -> its ids, in order, (N,)) looked up once: feature ->
     (rows (U, D), inverse (N,)) with rows[inverse] the embeddings of the feature's ids in order. The
     looked-up KJT (`stride` rows) holds each feature's unique ids in its first row. `rows`: feature
-    -> its table's row count (enables `unique_ids`' fast form)."""
+    -> its table's row count (enables `unique_ids`' fast form). With `whole_tables` (no gradient
+    may reach the tables: every row read gets one), a table of at most WHOLE_TABLE_RATIO N / stride
+    rows is read whole and the ids are the inverse: a score per (row, batch row) then costs less
+    than finding the distinct ids (two passes over N)."""
     keys, uniq, inverse, lengths = list(ids), [], [], []
     for key in keys:
-        u, inv = unique_ids(ids[key], (rows or {}).get(key))
+        n_rows = (rows or {}).get(key)
+        if whole_tables and n_rows is not None and n_rows * stride <= WHOLE_TABLE_RATIO * ids[key].numel():
+            u, inv = torch.arange(n_rows, device=ids[key].device), ids[key]  # ids in range: checked at collate
+        else:
+            u, inv = unique_ids(ids[key], n_rows)
         uniq.append(u)
         inverse.append(inv)
         row = torch.zeros(stride, dtype=torch.int32, device=u.device)
@@ -128,10 +139,12 @@ def lookup(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: KeyedJag
 def lookup_rows(ec: torch.nn.Module, tables: tuple[CacheTable, ...], sparse: KeyedJaggedTensor,
                 dedup: Optional[dict[str, int]]) -> dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """Cached keys of the batch, jagged: cache feature -> (rows, inverse) with rows[inverse] the
-    feature's keys in order (N, dim); inverse is None without dedup (rows are already in order)."""
+    feature's keys in order (N, dim); inverse is None without dedup (rows are already in order).
+    With dedup, a small table comes whole (`unique_lookup`'s whole_tables: the GSU reads the cache
+    without gradients)."""
     if dedup is not None:  # each feature's ids straight from the batch: no concatenated copy
         ids = {feature: jt.values() for feature, jt in cache_sources(tables, sparse).items()}
-        return unique_lookup(ec, ids, sparse.stride(), dedup)
+        return unique_lookup(ec, ids, sparse.stride(), dedup, whole_tables=True)
     return {k: (jt.values(), None) for k, jt in ec(cache_kjt(tables, sparse)).items()}
 
 

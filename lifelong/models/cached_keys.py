@@ -184,25 +184,33 @@ def select_reference(keys: CachedKeys, sparse: SparseArch, batch: Batch) -> tupl
     return idx, valid_slots(scores)
 
 
+PAIR_RATIO = 4  # select_fast scores (distinct id, query) pairs while there are at most 4 per behaviour
+
+
 @torch.no_grad()
 def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same selection scored on the jagged cache rows, or with dedup once per distinct id and
-    query (when the U x B scores are not much more than the N behaviours), then gathered per
-    behaviour; nothing (B, L, dim) is built."""
+    """The same selection scored on the jagged cache rows, or with dedup once per distinct id (or
+    table row) and query, then read per behaviour at its padded position (when the (U, B) scores
+    are not much more than the N behaviours); nothing (B, L, dim) is built."""
     lengths, mask = _long_mask(batch)
     rows = sparse.cached_rows(batch)
-    rows_dtype = torch.int32 if len(lengths) * max(len(lengths), int(lengths.sum())) < 2**31 else torch.int64
-    row_of = torch.repeat_interleave(torch.arange(len(lengths), dtype=rows_dtype, device=lengths.device),
-                                     lengths)  # (N,)
-    total = 0
+    B, L = len(lengths), batch.long_len
+    padded, jagged = None, None
     for feature, q in keys.queries(rows).items():
         found, inv = rows[feature]
-        if inv is not None and found.shape[0] * len(q) > 4 * len(inv):  # (U, B) would outgrow (N,)
-            found, inv = found[inv], None
-        if inv is None:
-            total = total + keys.segment_scores(found, q, row_of, lengths)  # (N,)
-        else:  # the (U, B) scores read at flat positions inv * B + row (int32 where both are, U B < 2^31)
-            total = total + keys.pair_scores(found, q).view(-1).index_select(0, torch.add(row_of, inv, alpha=len(q)))
-    scores = JaggedTensor(values=total, lengths=lengths).to_padded_dense(desired_length=batch.long_len)
-    idx, top = masked_topk(scores + keys.extra_relevance(batch), mask, k)  # (B, L) -> (B, k)
+        if inv is not None and found.shape[0] * B <= PAIR_RATIO * len(inv):  # (B, U) scores, each row read at its ids
+            at = JaggedTensor(values=inv, lengths=lengths).to_padded_dense(desired_length=L)  # (B, L); padding: 0
+            part = keys.pair_scores(found, q).T.contiguous().gather(1, at.long())  # (B, L)
+            padded = part if padded is None else padded.add_(part)
+            continue
+        if inv is not None:  # (U, B) would outgrow (N,)
+            found = found[inv]
+        rows_dtype = torch.int32 if B * max(B, len(found)) < 2**31 else torch.int64
+        row_of = torch.repeat_interleave(torch.arange(B, dtype=rows_dtype, device=lengths.device), lengths)  # (N,)
+        part = keys.segment_scores(found, q, row_of, lengths)  # (N,)
+        jagged = part if jagged is None else jagged.add_(part)
+    if jagged is not None:
+        jagged = JaggedTensor(values=jagged, lengths=lengths).to_padded_dense(desired_length=L)
+        padded = jagged if padded is None else padded.add_(jagged)
+    idx, top = masked_topk(padded.add_(keys.extra_relevance(batch)), mask, k)  # (B, L) -> (B, k)
     return idx, valid_slots(top)
