@@ -12,7 +12,7 @@ from lifelong.models.cain import CAIN, gap_inputs
 from lifelong.models.dien import AUGRU, auxiliary_loss
 from lifelong.models.dsin import split_sessions
 from lifelong.models.gsu.base import masked_topk, masked_topk_reference
-from lifelong.models.gsu.clock import circular_gap, gap_features, minute_of_day
+from lifelong.models.gsu.clock import circular_gap, gap_features, minute_of_day, minute_of_day_reference
 from lifelong.models.gsu.relevance import InnerProduct, RelevanceGSU
 from lifelong.models.gsu.simhash import SimHash, SimHashGSU, hamming
 from lifelong.models.gsu.twin import TwinAttention
@@ -566,6 +566,11 @@ def test_lic_time_of_day_gap_is_circular():
     assert circular_gap(minute_of_day(at(11)), minute_of_day(at(17))).item() == 360
     assert circular_gap(minute_of_day(at(0)), minute_of_day(at(12))).item() == 720
     assert minute_of_day(at(23), tz_offset_min=120).item() == 60  # a local clock two hours ahead
+    g = torch.Generator().manual_seed(0)
+    ts = torch.cat([torch.randint(-2**40, 2**40, (20000,), generator=g),  # any day, before 1970 too
+                    torch.arange(-200, 200) + 1_700_006_400, torch.arange(-200, 200) * 60 + 86400 * 19000 - 1])
+    for tz in (0, -300, 330, 1439):  # whole days, minute and day boundaries
+        assert torch.equal(minute_of_day(ts, tz), minute_of_day_reference(ts, tz)), tz
     f = gap_features(torch.tensor([0, 120, 720]))
     assert f.shape == (3, 4) and torch.allclose(f[2], torch.ones(4)) and torch.allclose(f[0], torch.zeros(4))
     assert torch.allclose(f[1], torch.tensor([1 / 6, math.sqrt(1 / 6), 1 / 36, math.log(121) / math.log(721)]))

@@ -28,7 +28,14 @@ GSU_FORMS = ("head_mean", "concat")
 
 
 def minute_of_day(ts: torch.Tensor, tz_offset_min: int = 0) -> torch.Tensor:
-    """Unix seconds -> minutes since local midnight in [0, 1440)."""
+    """Unix seconds -> minutes since local midnight in [0, 1440) (int64). Computed in float64, exact
+    for |ts| < 2^50: int64 division has no vector instructions (twice the time at (64, 10^4));
+    `minute_of_day_reference` is the integer form (parity-tested)."""
+    x = ts.double().add_(60 * tz_offset_min)  # local seconds
+    return x.sub_(x.div(86400).floor_().mul_(86400)).div_(60).long()  # seconds into the day, then minutes
+
+
+def minute_of_day_reference(ts: torch.Tensor, tz_offset_min: int = 0) -> torch.Tensor:
     return torch.div(ts, 60, rounding_mode="floor").add_(tz_offset_min).remainder_(DAY_MIN)
 
 
