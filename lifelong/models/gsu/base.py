@@ -38,12 +38,12 @@ def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch
     pruned = blocks >= BLOCK_MIN_RATIO * k  # by blocks only where it pays
     width = blocks * BLOCK if pruned else L
     ordered = torch.empty(B, width, dtype=torch.int32, device=scores.device)
-    ordered[:, L:] = lowest  # a last block's padding
     torch.add(scores.detach(), 0.0, out=ordered.view(torch.float32)[:, :L])  # + 0.0: -0.0 ties with +0.0
     flip = ordered >> 31
     flip &= 0x7FFFFFFF
     ordered ^= flip  # negative floats' magnitude bits flipped: integer order = float order
     ordered[:, :L].masked_fill_(~mask, lowest)  # padding below every score, -inf included
+    ordered[:, L:] = lowest  # a last block's padding too
     if not pruned:
         key = torch.empty(B, L, 2, dtype=torch.int32, device=scores.device)  # int64 words: (position, score)
         key[..., 0] = torch.arange(L, dtype=torch.int32, device=scores.device)  # the low word (little-endian)
