@@ -25,6 +25,21 @@ from lifelong.models.base import loss as ctr_loss
 from tests.helpers import tiny_job, tiny_samples
 
 
+def test_time_gap_bucket_is_the_floor_of_log2_of_the_minutes_plus_one():
+    from lifelong.models.layers import TimeGapEmbedding
+
+    g = torch.Generator().manual_seed(0)
+    now = torch.tensor([1_700_000_000, 1_600_000_000])
+    minutes = torch.cat([torch.randint(0, 2**26, (2, 5000), generator=g),  # powers of two - 1, +- a minute
+                         (2 ** torch.arange(0, 26)).repeat(2, 3) + torch.arange(-1, 2).repeat_interleave(26) - 1], 1)
+    ts = now.unsqueeze(1) - minutes * 60 - torch.randint(0, 60, minutes.shape, generator=g)  # seconds in the minute
+    gap = TimeGapEmbedding(4, 30)
+    x = (now.unsqueeze(1) - ts).float().clamp(min=0) / 60.0 + 1  # minutes + 1, in float32 as the model has it
+    want = torch.log2(x.double()).floor().clamp(max=29).long()  # float64: exact at powers of two and just below
+    assert torch.equal(gap.bucket(now, ts), want)
+    assert torch.equal(gap.bucket(now, now.unsqueeze(1) + 3600), torch.zeros(2, 1, dtype=torch.long))  # future: 0
+
+
 def test_masked_topk_breaks_ties_toward_recent_and_never_picks_padding():
     scores = torch.tensor([[1.0, 3.0, 1.0, 2.0, 1.0, 9.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
     mask = torch.tensor([[True] * 5 + [False], [True, True, True, False, False, False]])
