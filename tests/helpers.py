@@ -26,6 +26,35 @@ def tiny_job(model: str, meta, model_config=None, max_len=64, short_len=8, users
                    train=TrainConfig(**train))
 
 
+def train_steps(job: JobSpec, model, opt, tables: list, device=None) -> None:
+    """One training step per sample table (collated, moved to `device` if given)."""
+    from lifelong.models.base import loss as ctr_loss
+    from lifelong.trainers.inputs import make_collator
+
+    collate = make_collator(job)
+    for t in tables:
+        b = collate(t) if device is None else collate(t).to(device)
+        loss = ctr_loss(b, model(b))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def local_steps(job: JobSpec, tables: list):
+    """The in-process trainer's steps, one per sample table, from a seed-0 model: (the trained
+    model, its initial state dict)."""
+    import torch
+
+    from lifelong.trainers.local import local_optimizer
+    from lifelong.trainers.model_setup import plain_model
+
+    torch.manual_seed(0)
+    model = plain_model(job)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    train_steps(job, model, local_optimizer(job, model), tables)
+    return model, init
+
+
 def store_run(tmp_path, name: str, model: str, model_config: dict, sharding=None, **train):
     """A small Ray run file: planted synthetic log (60 users x 400 events), store layout, 2 workers."""
     from lifelong.jobs.config import run_file

@@ -16,9 +16,8 @@ from lifelong.embeddings.plan import describe
 from lifelong.embeddings.state import gather_full_state, load_full_state
 from lifelong.models.base import loss as ctr_loss
 from lifelong.trainers.inputs import make_collator
-from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.model_setup import plain_model, sharded_model
-from tests.helpers import start_ranks, tiny_job, tiny_samples
+from tests.helpers import local_steps, start_ranks, tiny_job, tiny_samples, train_steps
 from tests.test_zoo import ALL, cfg
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -76,13 +75,7 @@ def _fused_steps(rank, init_file, job, init, tables, out):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model, opt, plan = sharded_model(job, CUDA, dist.group.WORLD)
     load_full_state(model, init)
-    collate = make_collator(job)
-    for t in tables:
-        b = collate(t).to(CUDA)
-        loss = ctr_loss(b, model(b))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(job, model, opt, tables, CUDA)
     torch.save({"state": gather_full_state(model), "plan": describe(plan)}, out)
     dist.destroy_process_group()
 
@@ -98,16 +91,7 @@ def test_dmp_on_cuda_with_nccl_steps_like_the_local_cpu_trainer(sharding):
     if sharding is not None:
         job = replace(job, sharding={t: [sharding] for t in ("item", "cat", "user")})
     tables = [samples.slice(16 * i, 16) for i in range(3)]
-    torch.manual_seed(0)
-    model = plain_model(job)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    opt, collate = local_optimizer(job, model), make_collator(job)
-    for t in tables:
-        b = collate(t)
-        loss = ctr_loss(b, model(b))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model, init = local_steps(job, tables)
     item = "sparse.embeddings.embeddings.item.weight"
     assert (model.state_dict()[item] - init[item]).abs().max() > 1e-2
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ from lifelong.trainers.local import local_optimizer
 from lifelong.trainers.loop import EarlyStopping, lr_groups, unwrap
 from lifelong.trainers.model_setup import plain_model, sharded_model
 from lifelong.models.base import loss as ctr_loss
-from tests.helpers import start_ranks, tiny_job, tiny_samples
+from tests.helpers import local_steps, start_ranks, tiny_job, tiny_samples, train_steps
 
 WORLD = 2
 ITEM = "sparse.embeddings.embeddings.item.weight"  # the item table's weights in a model's state dict
@@ -120,13 +120,7 @@ def _fused_steps(rank, init_file, job, init, tables, out, lr_scale=1.0):
         stopper = EarlyStopping(2, {"decays": 1}, lr_decay=lr_scale)
         stopper.set_lr(model, opt, [g["lr"] for g in lr_groups(model, opt)])
     load_full_state(model, init)
-    collate = make_collator(job)
-    for t in tables:
-        b = collate(t)
-        loss = ctr_loss(b, model(b))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(job, model, opt, tables)
     torch.save(gather_full_state(model), out)
     dist.destroy_process_group()
 
@@ -142,16 +136,7 @@ def test_local_trainer_steps_like_the_fused_sparse_optimiser(sparse, lr_scale, l
     job = tiny_job("twin", meta, {"k": 6}, users=True, sparse_optimizer=sparse, sparse_lr=0.3 * lr_scale,
                    dense_lr=1e-2 * lr_scale, embedding_l2=l2)
     tables = [samples.slice(16 * i, 16) for i in range(3)]
-    torch.manual_seed(0)
-    model = plain_model(job)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    opt, collate = local_optimizer(job, model), make_collator(job)
-    for t in tables:
-        b = collate(t)
-        loss = ctr_loss(b, model(b))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model, init = local_steps(job, tables)
     moved = (model.state_dict()[ITEM] - init[ITEM])
     assert moved.abs().max() > 1e-2
     with tempfile.TemporaryDirectory() as tmp:
