@@ -44,16 +44,12 @@ def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch
     ordered ^= flip  # negative floats' magnitude bits flipped: integer order = float order
     ordered[:, :L].masked_fill_(~mask, lowest)  # padding below every score, -inf included
     ordered[:, L:] = lowest  # a last block's padding too
-    if not pruned:
-        key = torch.empty(B, L, 2, dtype=torch.int32, device=scores.device)  # int64 words: (position, score)
-        key[..., 0] = torch.arange(L, dtype=torch.int32, device=scores.device)  # the low word (little-endian)
-        key[..., 1] = ordered
-    else:  # only the k blocks with the best (max, block index) can hold a top-k key (see `top_blocks`)
+    if pruned:  # only the k blocks with the best (max, block index) can hold a top-k key (see `top_blocks`)
         positions = top_blocks(ordered.view(B, blocks, BLOCK), k)  # (B, k * BLOCK) int32
-        key = torch.empty(B, positions.shape[1], 2, dtype=torch.int32, device=scores.device)
-        key[..., 0] = positions
-        key[..., 1] = ordered.gather(1, positions.long())
-    top = key.view(torch.int64).squeeze(-1).topk(k, dim=1).values  # (B, k): score first, then the most recent
+        key = int64_keys(ordered.gather(1, positions.long()), positions)
+    else:
+        key = int64_keys(ordered, torch.arange(L, dtype=torch.int32, device=scores.device).expand(B, L))
+    top = key.topk(k, dim=1).values  # (B, k): score first, then the most recent
     chosen = (top >> 32) > lowest
     at = top & 0xFFFFFFFF  # positions
     order = torch.where(chosen, at, at + L).sort(dim=1).values  # chosen first, each group by position
@@ -67,16 +63,22 @@ BLOCK = 8  # masked_topk's block width: its top-k runs over the k best blocks' k
 BLOCK_MIN_RATIO = 2  # ... where L has at least 2k blocks (below that the pruning saves little)
 
 
+def int64_keys(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """int64 keys (...,) whose high word is `high` and low word `low` (int32 tensors of one shape)."""
+    key = torch.empty(*high.shape, 2, dtype=torch.int32, device=high.device)
+    key[..., 0] = low  # the low word (little-endian; masked_topk checks the host)
+    key[..., 1] = high
+    return key.view(torch.int64).squeeze(-1)
+
+
 def top_blocks(ordered: torch.Tensor, k: int) -> torch.Tensor:
     """Positions (B, k * w) of the k blocks of `ordered` (B, n, w) with the largest (max, block
     index), row by row. They hold every one of the k largest (value, position) keys: a block ranked
     above the block of such a key holds a larger key (its max is larger, or equal and later), and
     fewer than k keys are larger."""
     B, n, w = ordered.shape
-    best = torch.empty(B, n, 2, dtype=torch.int32, device=ordered.device)  # int64 words: (block, max)
-    best[..., 0] = torch.arange(n, dtype=torch.int32, device=ordered.device)
-    best[..., 1] = ordered.amax(dim=2)
-    chosen = (best.view(torch.int64).squeeze(-1).topk(k, dim=1).values & 0xFFFFFFFF).to(torch.int32)  # (B, k)
+    best = int64_keys(ordered.amax(dim=2), torch.arange(n, dtype=torch.int32, device=ordered.device).expand(B, n))
+    chosen = (best.topk(k, dim=1).values & 0xFFFFFFFF).to(torch.int32)  # (B, k) block indices
     offsets = torch.arange(w, dtype=torch.int32, device=ordered.device)
     return (chosen.unsqueeze(-1) * w + offsets).view(B, k * w)  # (B, k * w)
 
