@@ -195,7 +195,7 @@ def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> t
     lengths, mask = _long_mask(batch)
     rows = sparse.cached_rows(batch)
     B, L = len(lengths), batch.long_len
-    padded, jagged = None, None
+    padded, jagged, row_of = None, None, None
     for feature, q in keys.queries(rows).items():
         found, inv = rows[feature]
         if inv is not None and found.shape[0] * B <= PAIR_RATIO * len(inv):  # (B, U) scores, each row read at its ids
@@ -205,8 +205,9 @@ def select_fast(keys: CachedKeys, sparse: SparseArch, batch: Batch, k: int) -> t
             continue
         if inv is not None:  # (U, B) would outgrow (N,)
             found = found[inv]
-        rows_dtype = torch.int32 if B * max(B, len(found)) < 2**31 else torch.int64
-        row_of = torch.repeat_interleave(torch.arange(B, dtype=rows_dtype, device=lengths.device), lengths)  # (N,)
+        if row_of is None:  # once for the batch's features
+            rows_dtype = torch.int32 if B * max(B, len(found)) < 2**31 else torch.int64
+            row_of = torch.repeat_interleave(torch.arange(B, dtype=rows_dtype, device=lengths.device), lengths)  # (N,)
         part = keys.segment_scores(found, q, row_of, lengths)  # (N,)
         jagged = part if jagged is None else jagged.add_(part)
     if jagged is not None:
