@@ -202,40 +202,46 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
             "gsu_key_bytes_per_sample": gsu.bytes / gsu_samples if gsu.bytes else None}
 
 
-def _child(args, queue) -> None:
+def _put(fn, args, queue) -> None:
+    queue.put(fn(*args))
+
+
+def in_fresh_process(fn, *args):
+    """fn(*args) in a freshly spawned process (its own memory and page placement); raises if the
+    process died without a result (out of memory, say)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_put, args=(fn, args, queue))
+    p.start()
+    p.join()
+    if queue.empty():
+        raise RuntimeError(f"process exited with {p.exitcode}")
+    return queue.get()
+
+
+def measure_or_error(*args) -> dict:
     try:
-        queue.put(measure(*args))
+        return measure(*args)
     except Exception as e:  # noqa: BLE001  out of memory or a model error: reported in the table
-        queue.put({"model": args[0], "L": args[2]["max_len"], "error": f"{type(e).__name__}: {str(e)[:120]}"})
+        return {"model": args[0], "L": args[2]["max_len"], "error": f"{type(e).__name__}: {str(e)[:120]}"}
 
 
-def _bandwidth_child(device: str, queue) -> None:
-    queue.put(copy_bandwidth(torch.device(device)))
+def device_bandwidth(device: str) -> float:
+    return copy_bandwidth(torch.device(device))
 
 
 def machine_bandwidth(device: str, processes: int) -> float:
     """The best `copy_bandwidth` of `processes` fresh processes: on this machine one process's
     copies read 10.8 to 18.7 GB/s from one start to the next (where its pages land), and the
     floor is what the machine can do."""
-    ctx = mp.get_context("spawn")
-    best = 0.0
-    for _ in range(processes):
-        queue = ctx.Queue()
-        p = ctx.Process(target=_bandwidth_child, args=(device, queue))
-        p.start()
-        p.join()
-        best = max(best, queue.get())
-    return best
+    return max(in_fresh_process(device_bandwidth, device) for _ in range(processes))
 
 
 def run_one(args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    p = ctx.Process(target=_child, args=(args, queue))
-    p.start()
-    p.join()
-    return queue.get() if not queue.empty() else {"model": args[0], "L": args[2]["max_len"],
-                                                  "error": f"process exited with {p.exitcode}"}
+    try:
+        return in_fresh_process(measure_or_error, *args)
+    except RuntimeError as e:
+        return {"model": args[0], "L": args[2]["max_len"], "error": str(e)}
 
 
 def main() -> None:
