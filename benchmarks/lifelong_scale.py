@@ -16,7 +16,9 @@ Data's prefetch threads and is measured on its own as the ingest rate), the GSU'
 forward pass, and the bytes of keys the GSU reads per sample next to this machine's measured copy
 bandwidth (the floor: those bytes / bandwidth, the best copy of --bandwidth-processes fresh
 processes). SIM-hard's GSU runs at collate time, so its GSU
-time is the collate-time category search. A GSU on the key cache reads each behaviour's ids and
+time is the collate-time category search. ETA without the cache hashes every behaviour's
+embedding in the step, so its GSU reads the embeddings (not the signatures they give). A GSU on
+the key cache reads each behaviour's ids and
 time stamp plus the cache rows it fetches. `--repeats N` runs each (L, model) in N fresh processes
 and keeps each timed column's best (samples/s, GSU time, ingest), as this machine's other work
 moves single runs by +-25 % and more. `--device cuda` puts the models, their batches and key caches
@@ -42,6 +44,7 @@ from lifelong.data.synthetic import SyntheticConfig, generate
 from lifelong.embeddings.spec import FeatureSpec
 from lifelong.models import entry
 from lifelong.models.base import loss as ctr_loss
+from lifelong.models.eta import ETA
 from lifelong.models.two_stage import TwinFrame, TwoStage
 from lifelong.trainers.allocator import keep_freed_memory
 from lifelong.trainers.config import JobSpec, TrainConfig
@@ -175,6 +178,8 @@ def measure(variant: str, folder: str, meta: dict, batch: int, steps: int, warmu
         # folded scores (TWIN, CAIN, LIC): the GSU reads the item keys and the times
         item_keys = m.item_keys if isinstance(m, TwinFrame) else (lambda emb: emb.long)
         m.select = gsu.wrap(m.select, lambda b, emb: item_keys(emb).nbytes + b.long_ts.nbytes)
+    elif isinstance(m, ETA):  # the GSU hashes every behaviour's embedding in the step: it reads them
+        m.select = gsu.wrap(m.select, lambda b, emb: emb.long.nbytes)
     elif collate.prefilter is None and isinstance(m, TwoStage):
         m.select = gsu.wrap(m.select, lambda b, emb: 0)  # keys' bytes come from the hook below
 

@@ -294,6 +294,16 @@ def test_simhash_pack_and_hamming_fast_paths_equal_their_references(n):
     assert hamming(torch.tensor([-1]), torch.tensor([0])).item() == 64
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_simhash_sign_bits_by_blocks_equal_the_whole_product(blocks):
+    h = SimHash(16, 64, seed=4, blocks=blocks)
+    x = torch.randn(3, 50, 16)
+    x[0, 0] = 0.0  # a zero embedding (padding): x R = 0 is not > 0 in either form
+    got = h.sign_bits(x)
+    assert got.shape == (3, 50, 64) and torch.equal(got, h.sign_bits_reference(x))
+    assert not got[0, 0].any()
+
+
 @pytest.mark.parametrize("rows", [1, 4, 15, 16, 1000])
 def test_simhash_signature_by_chunks_of_rows_equals_the_plain_one(rows):
     h = SimHash(16, 128, seed=2, blocks=2)

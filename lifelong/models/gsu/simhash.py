@@ -45,6 +45,16 @@ def or_bits(b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+GATHER = 0x0102040810204080  # sum of 2^(56 - 7 j), j = 0..7
+
+
+def gather_byte(eights: torch.Tensor) -> torch.Tensor:
+    """int64 words whose 8 little-endian bytes are each 0 or 1 -> uint8 with bit i = byte i. The
+    product with GATHER puts byte i's bit at 8 i + 56 - 7 j for each j: at bit 56 + i for j = i,
+    above bit 63 (dropped) for j < i, and for j > i at distinct bits below 56, so nothing carries."""
+    return ((eights * GATHER) >> 56).to(torch.uint8)
+
+
 class SimHash(nn.Module):
     """Fixed random projection R (dim, bits); not trained, saved with the model (seeded).
 
@@ -66,21 +76,36 @@ class SimHash(nn.Module):
         self.register_buffer("weights", weights)
 
     def sign_bits(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., dim) -> (..., bits) bool: x R > 0."""
-        flat = x.detach().reshape(-1, x.shape[-1])  # (N, dim): one 2-D matmul, faster than a batched one on CPU
-        return ((flat @ self.R) > 0).view(*x.shape[:-1], self.bits)  # (..., bits)
+        """(..., dim) -> (..., bits) bool: x R > 0, one matmul per diagonal block of R (half the
+        multiply-adds at two blocks; the block products are what `part_halves` caches);
+        `sign_bits_reference` multiplies by all of R and compares into bool.
+        The comparison runs in place in float32 (1.0 / 0.0) and is then cast: ATen's CPU compare
+        into bool is ~4x slower than the two passes together."""
+        flat = x.detach().reshape(-1, x.shape[-1])  # (N, dim): 2-D matmuls, faster than batched ones on CPU
+        db, bb = self.R.shape[0] // self.blocks, self.bits // self.blocks
+        out = torch.empty(flat.shape[0], self.bits, dtype=torch.bool, device=flat.device)  # (N, bits)
+        for p in range(self.blocks):
+            block = self.R[p * db:(p + 1) * db, p * bb:(p + 1) * bb]  # (dim / blocks, bits / blocks)
+            out[:, p * bb:(p + 1) * bb].copy_((flat[:, p * db:(p + 1) * db] @ block).gt_(0))
+        return out.view(*x.shape[:-1], self.bits)  # (..., bits)
+
+    def sign_bits_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """`sign_bits` as one product with the whole R: (..., dim) -> (..., bits) bool."""
+        return x.detach() @ self.R > 0
 
     def pack(self, bits: torch.Tensor) -> torch.Tensor:
-        """(..., n) bool -> (..., ceil(n / 64)) int64 words, bit j of a word = bit 64w + j. Eight
-        bits at a time into uint8 bytes, read as int64 words (little-endian byte order);
+        """(..., n) bool -> (..., ceil(n / 64)) int64 words, bit j of a word = bit 64w + j. Each 8
+        bools (bytes of 0 or 1) read as one int64 and gathered into its top byte by one multiply
+        (`gather_byte`), the bytes read as int64 words (little-endian byte order);
         `pack_reference` is the plain weighted sum."""
         if sys.byteorder != "little":
             return self.pack_reference(bits)
         n = bits.shape[-1]
         words = -(-n // 64)
-        b = torch.nn.functional.pad(bits.to(torch.uint8), (0, words * 64 - n))  # (..., words * 64)
-        byte = or_bits(b.view(*bits.shape[:-1], words * 8, 8))  # (..., bytes)
-        return byte.contiguous().view(torch.int64)  # (..., words): byte j of a word holds bits 8j..8j+7
+        b = bits.contiguous() if n == words * 64 else torch.nn.functional.pad(bits, (0, words * 64 - n))
+        eights = b.view(torch.uint8).view(*bits.shape[:-1], words * 8, 8).view(torch.int64)  # (..., bytes, 1)
+        byte = gather_byte(eights.squeeze(-1))  # (..., bytes) uint8
+        return byte.view(torch.int64)  # (..., words): byte j of a word holds bits 8j..8j+7
 
     def pack_reference(self, bits: torch.Tensor) -> torch.Tensor:
         """`pack` as the weighted sum of its bits, in int64 (bit 63 wraps to -2^63)."""
@@ -133,12 +158,16 @@ class SimHash(nn.Module):
 def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hamming distance of packed signatures a (..., W), b (..., W) (broadcast) -> (...): the
     word-parallel (SWAR) popcount of the xor, in int64 arithmetic (the arithmetic shifts of
-    negative words are masked off); `hamming_reference` counts bits by a per-byte table."""
+    negative words are masked off), in place; `hamming_reference` counts bits by a per-byte table."""
     x = torch.bitwise_xor(a, b)
-    x = x - ((x >> 1) & 0x5555555555555555)  # 2-bit counts
-    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)  # 4-bit counts
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F  # 8-bit counts
-    return (((x * 0x0101010101010101) >> 56) & 0xFF).sum(-1)  # the byte sums gather in the top byte
+    y = torch.empty_like(x)  # in place from here: two buffers, not one per step
+    torch.bitwise_right_shift(x, 1, out=y).bitwise_and_(0x5555555555555555)
+    x -= y  # 2-bit counts
+    torch.bitwise_right_shift(x, 2, out=y).bitwise_and_(0x3333333333333333)
+    x.bitwise_and_(0x3333333333333333).add_(y)  # 4-bit counts
+    x.add_(torch.bitwise_right_shift(x, 4, out=y)).bitwise_and_(0x0F0F0F0F0F0F0F0F)  # 8-bit counts
+    x.mul_(0x0101010101010101).bitwise_right_shift_(56)  # the byte sums gather in the top byte (<= 64: sign clear)
+    return x.sum(-1)
 
 
 def hamming_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -152,4 +181,4 @@ class SimHashGSU(GSU):
     """query: packed signature (B, W); candidates: packed signatures (B, L, W). Score = -Hamming."""
 
     def score(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return -hamming(query.unsqueeze(1), candidates).float()  # (B, L)
+        return hamming(query.unsqueeze(1), candidates).float().neg_()  # (B, L)
