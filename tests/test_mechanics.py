@@ -85,15 +85,51 @@ def test_augru_fast_forward_equals_its_steps_forward_and_backward():
     aug = AUGRU(6, 5)
     xs, att = torch.randn(4, 7, 6, requires_grad=True), torch.rand(4, 7)
     att[1, 4:] = 0  # padding keeps the state
+    att.requires_grad_()  # the attention is trained: its gradient too
     grads = []
     for reference in (False, True):
         aug.zero_grad()
-        xs.grad = None
+        xs.grad = att.grad = None
         out = aug(xs, att, reference=reference)
         (out * torch.arange(5)).sum().backward()
-        grads.append([out, xs.grad] + [p.grad for p in aug.parameters()])
+        grads.append([out, xs.grad, att.grad] + [p.grad for p in aug.parameters()])
     for fast, ref in zip(*grads):
         assert torch.allclose(fast, ref, atol=1e-6), (fast - ref).abs().max()
+    assert grads[0][2][1, 4:].abs().max() > 0  # a zero attention still gets a gradient
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_gated_recurrence_backward_passes_gradcheck(attention):
+    from lifelong.models.recurrent import GatedRecurrence
+
+    torch.manual_seed(0)
+    T, B, H = 4, 3, 2
+    gi = torch.randn(T, B, 3 * H, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3 * H, H, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3 * H, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(T, B, 1, dtype=torch.float64, requires_grad=True) if attention else None
+    assert torch.autograd.gradcheck(GatedRecurrence.apply, (gi, w, b, a))
+
+
+def test_gru_states_equal_nn_gru_forward_and_backward():
+    from lifelong.models.recurrent import gru_states
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(6, 5, batch_first=True)
+    xs = torch.randn(4, 7, 6, requires_grad=True)
+    weight = torch.randn(4, 7, 5)  # every state reaches the loss, as DIEN's aux loss and attention read them
+    grads = []
+    for fast in (True, False):
+        gru.zero_grad()
+        xs.grad = None
+        out = gru_states(gru, xs) if fast else gru(xs)[0]
+        (out * weight).sum().backward()
+        grads.append([out, xs.grad] + [p.grad for p in gru.parameters()])
+    assert grads[0][0].shape == (4, 7, 5)
+    for fast, ref in zip(*grads):
+        assert torch.allclose(fast, ref, atol=1e-6), (fast - ref).abs().max()
+    with pytest.raises(ValueError, match="one-layer"):
+        gru_states(torch.nn.GRU(6, 5, num_layers=2, batch_first=True), xs)
 
 
 def test_dien_auxiliary_loss_matches_the_formula():
