@@ -98,8 +98,8 @@ def test_augru_fast_forward_equals_its_steps_forward_and_backward():
     assert grads[0][2][1, 4:].abs().max() > 0  # a zero attention still gets a gradient
 
 
-@pytest.mark.parametrize("attention", [False, True])
-def test_gated_recurrence_backward_passes_gradcheck(attention):
+@pytest.mark.parametrize("attention,final_only", [(False, False), (True, False), (True, True)])
+def test_gated_recurrence_backward_passes_gradcheck(attention, final_only):
     from lifelong.models.recurrent import GatedRecurrence
 
     torch.manual_seed(0)
@@ -108,7 +108,9 @@ def test_gated_recurrence_backward_passes_gradcheck(attention):
     w = torch.randn(3 * H, H, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3 * H, dtype=torch.float64, requires_grad=True)
     a = torch.rand(T, B, 1, dtype=torch.float64, requires_grad=True) if attention else None
-    assert torch.autograd.gradcheck(GatedRecurrence.apply, (gi, w, b, a))
+    assert torch.autograd.gradcheck(GatedRecurrence.apply, (gi, w, b, a, final_only))
+    states = GatedRecurrence.apply(gi, w, b, a, False)
+    assert torch.equal(GatedRecurrence.apply(gi, w, b, a, True), states[-1])
 
 
 def test_gru_states_equal_nn_gru_forward_and_backward():

@@ -60,7 +60,7 @@ class AUGRU(nn.Module):
                 h = self.step(xs[:, t], h, att[:, t])
             return h
         c = self.cell
-        return run_gated(xs, c.weight_ih, c.bias_ih, c.weight_hh, c.bias_hh, att)[-1]
+        return run_gated(xs, c.weight_ih, c.bias_ih, c.weight_hh, c.bias_hh, att, final_only=True)
 
 
 def auxiliary_loss(h: torch.Tensor, seq: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,

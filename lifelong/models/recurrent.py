@@ -23,59 +23,70 @@ from torch import nn
 
 class GatedRecurrence(torch.autograd.Function):
     """gi (T, B, 3H) input projections (time-major), w (3H, H), b (3H) the hidden projection,
-    a (T, B, 1) attention or None -> every state h_1..h_T (T, B, H), from h_0 = 0."""
+    a (T, B, 1) attention or None -> every state h_1..h_T (T, B, H) from h_0 = 0, or h_T (B, H)
+    alone when `final_only`."""
 
     @staticmethod
-    def forward(ctx, gi: torch.Tensor, w: torch.Tensor, b: torch.Tensor, a: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(ctx, gi: torch.Tensor, w: torch.Tensor, b: torch.Tensor, a: Optional[torch.Tensor],
+                final_only: bool) -> torch.Tensor:
         T, B, H3 = gi.shape
         H = H3 // 3
+        one = gi.new_ones(())  # 0-dim: an op with a Python number pays ~3 us to wrap it on CPU
         HS = gi.new_empty(T + 1, B, H)  # states, h_0 first
         HS[0].zero_()
-        GH, RZ, N = gi.new_empty(T, B, H3), gi.new_empty(T, B, 2 * H), gi.new_empty(T, B, H)
+        RZ, GHn, N = gi.new_empty(T, B, 2 * H), gi.new_empty(T, B, H), gi.new_empty(T, B, H)
         U = None if a is None else gi.new_empty(T, B, H)
-        hs, gh, rz, n = HS.unbind(0), GH.unbind(0), RZ.unbind(0), N.unbind(0)
-        wt = w.t()
-        for t, g in enumerate(gi.unbind(0)):
-            torch.addmm(b, hs[t], wt, out=gh[t])  # (B, 3H)
-            torch.add(g[:, :2 * H], gh[t][:, :2 * H], out=rz[t]).sigmoid_()  # [r, k]
-            torch.addcmul(g[:, 2 * H:], rz[t][:, :H], gh[t][:, 2 * H:], out=n[t]).sigmoid_().mul_(2).sub_(1)
-            u = rz[t][:, H:] if a is None else torch.mul(rz[t][:, H:], a[t], out=U[t])
+        pre_rz = (gi[..., :2 * H] + b[:2 * H]).unbind(0)  # (B, 2H) per step: the rz gates' input part and bias
+        gi_n = gi[..., 2 * H:].unbind(0)
+        w_rz, w_n, b_n = w[:2 * H].t(), w[2 * H:].t(), b[2 * H:]
+        hs, rz, r, k, ghn, n = (HS.unbind(0), RZ.unbind(0), RZ[..., :H].unbind(0), RZ[..., H:].unbind(0),
+                                GHn.unbind(0), N.unbind(0))  # per-step views, made once
+        for t in range(T):
+            torch.addmm(pre_rz[t], hs[t], w_rz, out=rz[t]).sigmoid_()  # [r, k]
+            torch.addmm(b_n, hs[t], w_n, out=ghn[t])  # h W_n^T + b_n
+            torch.addcmul(gi_n[t], r[t], ghn[t], out=n[t]).sigmoid_()
+            torch.add(n[t], n[t], out=n[t]).sub_(one)  # 2 s - 1
+            u = k[t] if a is None else torch.mul(k[t], a[t], out=U[t])
             torch.lerp(hs[t], n[t], u, out=hs[t + 1])
-        ctx.save_for_backward(w, a, HS, GH, RZ, N, U)
-        return HS[1:]
+        ctx.save_for_backward(w, a, HS, GHn, RZ, N, U)
+        ctx.final_only = final_only
+        return HS[T] if final_only else HS[1:]
 
     @staticmethod
     def backward(ctx, d_states: torch.Tensor):
-        w, a, HS, GH, RZ, N, U = ctx.saved_tensors
+        w, a, HS, GHn, RZ, N, U = ctx.saved_tensors
         T, B, H = N.shape
+        d_n_pre = N.square().sub_(1).mul_(-0.5)  # dn / dn_pre = (1 - n^2) / 2, all steps at once
+        d_rz_pre = RZ - RZ.square()  # sigmoid' = s (1 - s)
         DG = d_states.new_empty(T, B, 3 * H)  # d (h W^T + b): [d rz_pre, d gh_n]
         DN = d_states.new_empty(T, B, H)  # d n_pre (= d gi_n)
         want_a = a is not None and ctx.needs_input_grad[3]
         da = d_states.new_empty(T, B, 1) if want_a else None
-        hs, gh, rz, n, dg, dn_pre = HS.unbind(0), GH.unbind(0), RZ.unbind(0), N.unbind(0), DG.unbind(0), DN.unbind(0)
-        dh = d_states[T - 1].clone()  # (B, H)
-        dn, du, sig = torch.empty_like(dh), torch.empty_like(dh), d_states.new_empty(B, 2 * H)
+        hs, r, k, ghn, n = HS.unbind(0), RZ[..., :H].unbind(0), RZ[..., H:].unbind(0), GHn.unbind(0), N.unbind(0)
+        dg, dg_rz, dg_r, dg_k, dg_n, dn_pre = (DG.unbind(0), DG[..., :2 * H].unbind(0), DG[..., :H].unbind(0),
+                                               DG[..., H:2 * H].unbind(0), DG[..., 2 * H:].unbind(0), DN.unbind(0))
+        f_n, f_rz = d_n_pre.unbind(0), d_rz_pre.unbind(0)
+        dh = (d_states if ctx.final_only else d_states[T - 1]).clone()  # (B, H)
+        dn, du = torch.empty_like(dh), torch.empty_like(dh)
         for t in range(T - 1, -1, -1):
-            r, k, g = rz[t][:, :H], rz[t][:, H:], dg[t]
-            d_u = g[:, H:2 * H] if a is None else du  # a GRU: dk = du, written in place
+            d_u = dg_k[t] if a is None else du  # a GRU: dk = du, written in place
             torch.sub(n[t], hs[t], out=d_u).mul_(dh)  # dL/du = dh (n - h)
-            torch.mul(dh, k if a is None else U[t], out=dn)  # dL/dn = dh u
+            torch.mul(dh, k[t] if a is None else U[t], out=dn)  # dL/dn = dh u
             dh.sub_(dn)  # the direct path: dh (1 - u)
-            torch.addcmul(dn, dn * n[t], n[t], value=-1, out=dn_pre[t]).mul_(0.5)  # dn (1 - n^2) / 2
-            torch.mul(dn_pre[t], r, out=g[:, 2 * H:])  # d gh_n
-            torch.mul(dn_pre[t], gh[t][:, 2 * H:], out=g[:, :H])  # dr
+            torch.mul(dn, f_n[t], out=dn_pre[t])
+            torch.mul(dn_pre[t], r[t], out=dg_n[t])  # d gh_n
+            torch.mul(dn_pre[t], ghn[t], out=dg_r[t])  # dr
             if a is not None:
-                torch.mul(du, a[t], out=g[:, H:2 * H])  # dk = du a
+                torch.mul(du, a[t], out=dg_k[t])  # dk = du a
                 if want_a:
-                    torch.sum(du * k, 1, keepdim=True, out=da[t])  # da = sum du k
-            torch.addcmul(rz[t], rz[t], rz[t], value=-1, out=sig)  # sigmoid': s (1 - s)
-            g[:, :2 * H].mul_(sig)
-            dh.addmm_(g, w)  # through h W^T
-            if t:
+                    torch.sum(du * k[t], 1, keepdim=True, out=da[t])  # da = sum du k
+            dg_rz[t].mul_(f_rz[t])
+            dh.addmm_(dg[t], w)  # through h W^T
+            if t and not ctx.final_only:
                 dh.add_(d_states[t - 1])
         d_gi = torch.cat([DG[..., :2 * H], DN], -1)  # (T, B, 3H)
         d_w = DG.view(T * B, 3 * H).t() @ HS[:-1].reshape(T * B, H)  # (3H, H): all steps in one product
-        return d_gi, d_w, DG.sum((0, 1)), da
+        return d_gi, d_w, DG.sum((0, 1)), da, None
 
 
 def gate_scale(H: int, like: torch.Tensor) -> torch.Tensor:
@@ -85,13 +96,14 @@ def gate_scale(H: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def run_gated(xs: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
-              att: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """xs (B, T, D) batch-first, `nn.GRU`-layout weights, att (B, T) or None -> states (T, B, H)."""
+              att: Optional[torch.Tensor] = None, final_only: bool = False) -> torch.Tensor:
+    """xs (B, T, D) batch-first, `nn.GRU`-layout weights, att (B, T) or None -> states (T, B, H),
+    or the last state (B, H) when `final_only`."""
     H = w_hh.shape[1]
     scale = gate_scale(H, xs)
     gi = nn.functional.linear(xs.transpose(0, 1).contiguous(), w_ih * scale[:, None], b_ih * scale)  # (T, B, 3H)
     a = None if att is None else att.t().unsqueeze(-1).contiguous()  # (T, B, 1)
-    return GatedRecurrence.apply(gi, w_hh * scale[:, None], b_hh * scale, a)
+    return GatedRecurrence.apply(gi, w_hh * scale[:, None], b_hh * scale, a, final_only)
 
 
 def gru_states(gru: nn.GRU, xs: torch.Tensor) -> torch.Tensor:
