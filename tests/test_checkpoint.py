@@ -41,6 +41,21 @@ def _step(model, opt, batch) -> float:
     return loss.item()
 
 
+ITEM_W = "sparse.embeddings.embeddings.item.weight"
+
+
+def _item_momentum(opt) -> torch.Tensor:
+    """The item table's row-wise Adagrad state, whole (gathered from its shards when sharded)."""
+    t = opt.state_dict()["state"][ITEM_W]["item.momentum1"]
+    if not hasattr(t, "local_shards"):
+        return t.detach().clone()
+    full = torch.zeros(t.shape)
+    for shard in t.local_shards():
+        full[shard.metadata.shard_offsets[0]:][:shard.tensor.shape[0]] = shard.tensor
+    dist.all_reduce(full)  # disjoint shards, zeros elsewhere
+    return full
+
+
 def _train_and_save(rank, init_file, out):
     """N steps, checkpoint, NEXT more steps (the uninterrupted run); saves losses, state, predictions."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -52,12 +67,16 @@ def _train_and_save(rank, init_file, out):
         _step(model, opt, b)
     checkpoint.save(model, out + "/ckpt", job.to_dict(), "", {}, opt, {"epoch": 0, "step": N, "world_size": 2})
     full = gather_full_state(model)
+    momentum = _item_momentum(opt)
     with torch.no_grad():
         model.eval()
         pred = model(make_collator(job)(samples.slice(0, 2 * B))).logits  # same rows on both ranks
         model.train()
-    losses = [_step(model, opt, b) for b in batches[N:]]
-    torch.save({"losses": losses, "pred": pred, "state": full}, f"{out}/run.{rank}")
+    losses = [_step(model, opt, batches[N])]
+    item1 = gather_full_state(model)[ITEM_W]  # after one more step
+    losses += [_step(model, opt, b) for b in batches[N + 1:]]
+    torch.save({"losses": losses, "pred": pred, "state": full, "momentum": momentum, "item1": item1},
+               f"{out}/run.{rank}")
     dist.barrier()
     dist.destroy_process_group()
 
@@ -70,12 +89,19 @@ def _resume(rank, world, init_file, out, sharding, tag):
     model, opt, _ = sharded_model(job, torch.device("cpu"), dist.group.WORLD)
     state = checkpoint.load(model, out + "/ckpt", opt)
     full = gather_full_state(model)
+    momentum = _item_momentum(opt) if tag == "dp" else None  # the others may hold no or column shards
     with torch.no_grad():
         model.eval()
         pred = model(make_collator(job)(samples.slice(0, 2 * B))).logits
         model.train()
-    losses = [_step(model, opt, b) for b in _batches(samples, job, rank, 2, N + NEXT)[N:]] if world == 2 else []
-    torch.save({"losses": losses, "pred": pred, "state": full, "trainer": state}, f"{out}/{tag}.{rank}")
+    losses, item1 = [], None
+    if world == 2:
+        batches = _batches(samples, job, rank, 2, N + NEXT)[N:]
+        losses = [_step(model, opt, batches[0])]
+        item1 = gather_full_state(model)[ITEM_W]
+        losses += [_step(model, opt, b) for b in batches[1:]]
+    torch.save({"losses": losses, "pred": pred, "state": full, "trainer": state, "momentum": momentum,
+                "item1": item1}, f"{out}/{tag}.{rank}")
     dist.barrier()
     dist.destroy_process_group()
 
@@ -103,16 +129,26 @@ def test_resume_is_exact_and_checkpoints_reshard(saved):
     other = {"item": ["column_wise"], "cat": ["row_wise"], "user": ["table_wise"]}
     start_ranks(_resume, (2, pg(), out, other, "other"), 2)
     start_ranks(_resume, (1, pg(), out, {"item": ["table_wise"]}, "one"), 1)
-    for tag in ("other", "one"):
+    # data_parallel on CPU: every table replicated, its row-wise Adagrad state loaded from the fused one's
+    dp = {t: ["data_parallel"] for t in ("item", "cat", "user")}
+    start_ranks(_resume, (2, pg(), out, dp, "dp"), 2)
+    for tag in ("other", "one", "dp"):
         got = torch.load(f"{out}/{tag}.0", weights_only=True)
         for name, want in ref[0]["state"].items():
             assert torch.equal(got["state"][name], want), (tag, name)
         gap = (got["pred"] - ref[0]["pred"]).abs().max()
         assert gap <= 1e-5, (tag, gap)
+    # the fused row-wise Adagrad state, loaded into the replicated tables' optimiser: the same state,
+    # and the next step moves the item table as the uninterrupted run's did (a fresh state would not)
+    got = torch.load(f"{out}/dp.1", weights_only=True)
+    assert ref[0]["momentum"].abs().sum() > 0 and torch.equal(got["momentum"], ref[0]["momentum"])
+    moved = (ref[0]["item1"] - ref[0]["state"][ITEM_W]).abs().max()
+    assert moved > 1e-4 and (got["item1"] - ref[0]["item1"]).abs().max() < 1e-3 * moved
     # Resuming under another plan continues training from the same point (not bit-exact: the
     # kernels sum gradients in another order), so the losses agree closely.
-    got = torch.load(f"{out}/other.0", weights_only=True)["losses"]
-    assert max(abs(a - b) for a, b in zip(got, ref[0]["losses"])) < 1e-3
+    for tag in ("other", "dp"):
+        got = torch.load(f"{out}/{tag}.0", weights_only=True)["losses"]
+        assert max(abs(a - b) for a, b in zip(got, ref[0]["losses"])) < 1e-3, tag
 
 
 def _copy(src, run_dir, name, global_step):

@@ -62,3 +62,23 @@ def test_cpu_plans_never_use_data_parallel_sequence_tables(types, expect):
     with pytest.raises(ValueError, match=r"table 'item': data_parallel cannot be used on cpu: .*one row per bag"):
         constraints_from_config({"item": ["data_parallel"]}, "cpu")
     assert constraints_from_config({"item": ["data_parallel"]}, "cuda")["item"].sharding_types == ["data_parallel"]
+
+
+def test_cpu_data_parallel_replicates_whole_collections():
+    from lifelong.embeddings.plan import describe, make_plan, replicated_collections
+    from lifelong.trainers.model_setup import build
+    from tests.helpers import tiny_job, tiny_samples
+
+    _, meta = tiny_samples()
+    model = build(tiny_job("sim_soft", meta, {"k": 6}), "meta")  # main: item, cat; side: search_item, search_cat
+    dp = ["data_parallel"]
+    assert replicated_collections(model, {"search_item": dp, "search_cat": dp, "item": ["row_wise"]}, "cpu") == {
+        "sparse.side_embeddings": ("search_item", "search_cat")}
+    assert replicated_collections(model, {"item": dp, "cat": dp}, "cuda") == {}  # TorchRec's own there
+    assert replicated_collections(model, {t: ["data_parallel", "row_wise"] for t in ("item", "cat")}, "cpu") == {}
+    with pytest.raises(ValueError, match=r"'sparse.embeddings' has tables \['item', 'cat'\], of which only \['item'\]"):
+        replicated_collections(model, {"item": dp}, "cpu")
+    plan = make_plan(model, 2, "cpu", 16, {"search_item": dp, "search_cat": dp})
+    assert set(plan.plan) == {"sparse.embeddings"} and set(plan.replicated) == {"sparse.side_embeddings"}
+    text = describe(plan)
+    assert "sparse.side_embeddings.search_cat: data_parallel (replicated" in text and "sparse.embeddings.item:" in text

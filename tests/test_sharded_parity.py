@@ -87,6 +87,11 @@ def _worker(rank, init_file, job, table, halves, init, out):
     ("twin+cache", {"item": ["row_wise"], "cat": ["table_wise"], "user": ["row_wise"]}),
     ("eta+cache", {"item": ["table_wise"], "cat": ["table_wise"]}),  # a rank may hold no cache rows
     ("lic+cache+dedup", {"item": ["column_wise"], "cat": ["row_wise"]}),
+    # data_parallel: on CPU the collections are replicated under DDP (plan.Plan.replicated)
+    ("sim_hard", {"item": ["data_parallel"], "cat": ["data_parallel"]}),
+    ("twin+cache", {"item": ["data_parallel"], "cat": ["data_parallel"], "user": ["data_parallel"]}),
+    ("sim_soft", {"item": ["row_wise"], "cat": ["table_wise"], "search_item": ["data_parallel"],
+                  "search_cat": ["data_parallel"]}),
 ])
 def test_sharded_equals_unsharded_after_one_step(model, sharding):
     samples, meta = tiny_samples()

@@ -1,7 +1,9 @@
-"""Sharding plans from TorchRec's planner, with per-table constraints from config."""
+"""Sharding plans from TorchRec's planner, with per-table constraints from config; on CPU, a
+collection asked for data_parallel is replicated (left unsharded, under DDP)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Collection, Optional
 
 import torch.distributed as dist
@@ -29,9 +31,46 @@ def allowed_types(device_type: str) -> list[str]:
 
 # TorchRec 1.8 on CPU: a data-parallel EmbeddingCollection table looks ids up with fbgemm's dense
 # kernel, which returns one row per bag instead of one per id, so any sequence feature fails
-# (split_with_sizes in construct_jagged_tensors). There data_parallel is never planned.
+# (split_with_sizes in construct_jagged_tensors). There TorchRec's data_parallel is never planned;
+# a collection whose every table asks for it is replicated instead (`Plan.replicated`).
 CPU_DP_LIMIT = ("TorchRec 1.8's CPU data-parallel EmbeddingCollection returns one row per bag, not per id, "
                 "so sequence features fail")
+
+
+@dataclass
+class Plan(ShardingPlan):
+    """TorchRec's plan plus the collections it leaves replicated: collection path -> its tables. A
+    replicated collection is not in `plan`, so DMP keeps it a plain EmbeddingCollection and its
+    DDP wrapper all-reduces (averages) the tables' gradients; the sparse optimiser runs on them in
+    DDP's backward, as TorchRec's own data_parallel tables do on CUDA."""
+
+    replicated: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def collections(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Path -> table names of every EmbeddingCollection in `module`."""
+    return {path: tuple(c.name for c in m.embedding_configs()) for path, m in module.named_modules()
+            if isinstance(m, EmbeddingCollection)}
+
+
+def replicated_collections(module: nn.Module, constraints: dict[str, list[str]] | None,
+                           device_type: str) -> dict[str, tuple[str, ...]]:
+    """On CPU, the collections (path -> tables) whose every table is constrained to data_parallel
+    alone; a collection where only some are is an error naming them (the CPU stand-in replicates
+    whole collections). Elsewhere none: TorchRec shards data_parallel tables itself."""
+    if device_type != "cpu":
+        return {}
+    dp = {t for t, types in (constraints or {}).items() if list(types) == ["data_parallel"]}
+    out = {}
+    for path, tables in collections(module).items():
+        mine = [t for t in tables if t in dp]
+        if mine and len(mine) < len(tables):
+            raise ValueError(f"on cpu, data_parallel replicates a whole EmbeddingCollection: '{path}' has tables "
+                             f"{list(tables)}, of which only {mine} ask for it; ask for data_parallel on all or none "
+                             f"(TorchRec's own per-table data_parallel is not usable there: {CPU_DP_LIMIT})")
+        if mine:
+            out[path] = tables
+    return out
 
 
 def table_names(module: nn.Module) -> list[str]:
@@ -79,21 +118,36 @@ def planner(world_size: int, device_type: str, batch_size: int,
     )
 
 
+def plan_module(module: nn.Module, world_size: int, device_type: str, batch_size: int,
+                constraints: dict[str, list[str]] | None = None, min_partition: Optional[int] = None,
+                pg: Optional[dist.ProcessGroup] = None) -> tuple[Plan, EmbeddingShardingPlanner]:
+    """The planner's plan for `module` (with a process group, rank 0 plans and broadcasts:
+    collective_plan) with any replicated collections taken out of it, and the planner."""
+    replicated = replicated_collections(module, constraints, device_type)
+    kept = {t for tables in replicated.values() for t in tables}
+    rest = {t: types for t, types in (constraints or {}).items() if t not in kept}
+    # the replicated tables are planned like any other (the planner plans every collection) and then dropped
+    p = planner(world_size, device_type, batch_size, rest, min_partition, table_names(module))
+    plan = p.collective_plan(module, sharders(), pg) if pg is not None else p.plan(module, sharders())
+    return Plan(plan={k: v for k, v in plan.plan.items() if k not in replicated}, replicated=replicated), p
+
+
 def make_plan(module: nn.Module, world_size: int, device_type: str, batch_size: int,
               constraints: dict[str, list[str]] | None = None,
-              pg: Optional[dist.ProcessGroup] = None) -> ShardingPlan:
-    """Planner-built plan; with a process group, rank 0 plans and broadcasts (collective_plan)."""
-    p = planner(world_size, device_type, batch_size, constraints, every_table=table_names(module))
-    if pg is not None:
-        return p.collective_plan(module, sharders(), pg)
-    return p.plan(module, sharders())
+              pg: Optional[dist.ProcessGroup] = None) -> Plan:
+    """Planner-built plan (`plan_module`)."""
+    return plan_module(module, world_size, device_type, batch_size, constraints, pg=pg)[0]
 
 
-def estimates(p: EmbeddingShardingPlanner, world_size: int, device_type: str) -> dict[str, list[float]]:
-    """The planner's own per-rank estimates for its last plan: storage in MB (HBM on cuda, DDR on
-    cpu: weights, optimiser state and I/O buffers) and step time in ms (fwd + bwd compute and comms)."""
+def estimates(p: EmbeddingShardingPlanner, world_size: int, device_type: str,
+              skip: Collection[str] = ()) -> dict[str, list[float]]:
+    """The planner's own per-rank estimates for its last plan, without the tables in `skip` (e.g.
+    replicated ones, which it planned as sharded): storage in MB (HBM on cuda, DDR on cpu: weights,
+    optimiser state and I/O buffers) and step time in ms (fwd + bwd compute and comms)."""
     mb, ms = [0.0] * world_size, [0.0] * world_size
     for option in p._best_plan or []:  # the planner keeps its chosen ShardingOptions here (TorchRec 1.8)
+        if option.name in skip:
+            continue
         for shard in option.shards:
             if shard.rank is None:
                 continue
@@ -103,10 +157,13 @@ def estimates(p: EmbeddingShardingPlanner, world_size: int, device_type: str) ->
 
 
 def describe(plan: ShardingPlan) -> str:
-    """One line per table: sharding type, compute kernel and ranks."""
+    """One line per table: sharding type, compute kernel and ranks (replicated tables: on every rank)."""
     lines = []
     for module_path, params in plan.plan.items():
         for table, p in params.items():
             ranks = sorted(set(p.ranks or []))
             lines.append(f"{module_path or '<root>'}.{table}: {p.sharding_type} ({p.compute_kernel}) ranks={ranks}")
+    for module_path, tables in getattr(plan, "replicated", {}).items():
+        lines += [f"{module_path}.{t}: data_parallel (replicated, plain EmbeddingCollection under DDP) ranks=all"
+                  for t in tables]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from lifelong.trainers.trainer import make_trainer
 PLANS_FILE = "plans.txt"  # every plan that ran, as TorchRec describes it
 FILES = ("shard_bench.md", "shard_bench.csv", "shard_bench.json", "shard_bench.png", PLANS_FILE)
 COLUMNS = ("world_size", "plan", "samples_per_s", "step_ms", "est_ms", "emb_mb", "est_mb",
-           "a2a_mb_per_step", "allreduce_mb_per_step", "error")
+           "a2a_mb_per_step", "allreduce_mb_per_step", "error", "note")
 
 
 def shard_bench(run: RunFile, world_sizes: list[int], steps: int = 20, warmup: int = 3) -> list[dict]:
@@ -62,7 +62,7 @@ def _cell(v) -> str:
 
 def markdown(rows: list[dict], title: str) -> str:
     head = ["world", "plan", "samples/s", "step ms", "planner est. ms", "emb MB per rank",
-            "planner est. MB per rank", "a2a MB/step per rank", "all-reduce MB/step", "note"]
+            "planner est. MB per rank", "a2a MB/step per rank", "all-reduce MB/step", "error", "note"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |")

@@ -204,12 +204,14 @@ def lr_groups(model: torch.nn.Module, optimizer) -> list[dict]:
     """Every param group that sets a learning rate of the model: the optimiser's (TorchRec's fused
     table optimisers read their group's rate at each `zero_grad`/`step`) and, under DMP, the
     in-backward optimisers TorchRec attaches to data-parallel tables, which no optimiser wraps."""
-    groups, seen = list(optimizer.param_groups), set()
+    groups = list(optimizer.param_groups)
+    seen = {id(g) for g in groups}  # a replicated table's optimiser is in both (`ReplicatedTablesOptimizer`)
     for p in model.parameters():
         for o in getattr(p, "_in_backward_optimizers", ()):
-            if id(o) not in seen:
-                seen.add(id(o))
-                groups += o.param_groups
+            for g in o.param_groups:
+                if id(g) not in seen:
+                    seen.add(id(g))
+                    groups.append(g)
     return groups
 
 

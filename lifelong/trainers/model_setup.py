@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -16,6 +17,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from lifelong.embeddings.key_cache import CacheTable, cache_collection
 from lifelong.embeddings.sparse_arch import SparseArch
 from lifelong.embeddings.plan import make_plan
+from lifelong.embeddings.replicated import ReplicatedTablesOptimizer
 from lifelong.models import build_model, entry
 from lifelong.models.base import CTRModel
 from lifelong.trainers.config import JobSpec
@@ -36,20 +38,24 @@ def cache_tables(job: JobSpec) -> tuple[CacheTable, ...]:
     return entry(job.model).module.cache_tables(job.arch()) if job.train.key_cache_every else ()
 
 
-def sparse_arch(job: JobSpec, device: torch.device | str) -> SparseArch:
-    """The job's `SparseArch` over fresh collections on `device`: main tables, the model's side tables
+def sparse_arch(job: JobSpec, device: torch.device | str,
+                devices: Mapping[str, torch.device] = MappingProxyType({})) -> SparseArch:
+    """The job's `SparseArch` over fresh collections on `device` (or on `devices[path]` for a
+    collection's path in the model, e.g. "sparse.embeddings"): main tables, the model's side tables
     if any, the GSU key cache when `train.key_cache_every` > 0 and the model has one, and the
     trainer's lookup settings (`train.dedup_ids`, `train.embedding_l2`)."""
     side, cache = entry(job.model).module.inputs(job.arch()).side_tables, cache_tables(job)
-    return SparseArch(job.features, job.features.collection(device),
-                      job.features.side_collection(side, device), side,
-                      cache_collection(job.features, cache, device) if cache else None, cache,
+    on = lambda name: devices.get(f"sparse.{name}", device)  # noqa: E731
+    return SparseArch(job.features, job.features.collection(on("embeddings")),
+                      job.features.side_collection(side, on("side_embeddings")), side,
+                      cache_collection(job.features, cache, on("key_cache")) if cache else None, cache,
                       dedup_ids=job.train.dedup_ids, embedding_l2=job.train.embedding_l2)
 
 
-def build(job: JobSpec, device: torch.device | str) -> CTRModel:
-    """The job's model over its `sparse_arch` on `device`."""
-    return build_model(job.model, job.arch(), sparse_arch(job, device))
+def build(job: JobSpec, device: torch.device | str,
+          devices: Mapping[str, torch.device] = MappingProxyType({})) -> CTRModel:
+    """The job's model over its `sparse_arch` on `device` (`devices`: see `sparse_arch`)."""
+    return build_model(job.model, job.arch(), sparse_arch(job, device, devices))
 
 
 def cache_constraints(job: JobSpec) -> dict[str, list[str]]:
@@ -69,17 +75,30 @@ def plain_model(job: JobSpec, device: torch.device | str = "cpu") -> CTRModel:
 def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
                   plan: Optional[ShardingPlan] = None
                   ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
-    """DMP over the model's EmbeddingCollection, with the plan from TorchRec's planner
-    (per-table constraints from `job.sharding`), a fused in-backward sparse optimiser and
-    `train.dense_optimizer` for the dense parameters."""
-    model = build(job, "meta")
-    cls, extra = SPARSE[job.train.sparse_optimizer]
-    apply_optimizer_in_backward(cls, model.sparse_parameters(), {"lr": job.train.sparse_lr, **extra})
+    """DMP over the model's EmbeddingCollections, with the plan from TorchRec's planner
+    (per-table constraints from `job.sharding`), the sparse optimiser fused into the sharded
+    tables' backward, the same optimiser class stepping any replicated tables (`Plan.replicated`,
+    whose gradients DDP averages) and `train.dense_optimizer` for the dense parameters."""
     if plan is None:
-        plan = make_plan(model, dist.get_world_size(pg), device.type, job.train.batch_size,
+        plan = make_plan(build(job, "meta"), dist.get_world_size(pg), device.type, job.train.batch_size,
                          cache_constraints(job), pg)
+    replicated = tuple(f"{path}." for path in getattr(plan, "replicated", {}))
+    # replicated collections are built where they run, initialised as configured: DMP would make their
+    # meta parameters plain nn.Embedding ones (N(0, 1)); DDP then broadcasts rank 0's values
+    model = build(job, "meta", {path[:-1]: device for path in replicated})
+    cls, extra = SPARSE[job.train.sparse_optimizer]
+    name = {id(p): n for n, p in model.named_parameters()}
+    trained = [p for p in model.sparse_parameters() if not name[id(p)].startswith(replicated)]
+    apply_optimizer_in_backward(cls, trained, {"lr": job.train.sparse_lr, **extra})
+    trained_here = {id(p) for p in model.sparse_parameters()} - {id(p) for p in trained}
     dmp = DistributedModelParallel(module=model, device=device, plan=plan,
                                    env=ShardingEnv.from_process_group(pg))
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
+    rest = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    own = {n: p for n, p in rest.items() if n.startswith(replicated)}  # replicated tables (and key cache)
+    dense = KeyedOptimizerWrapper({n: p for n, p in rest.items() if n not in own},
                                   lambda params: DENSE[job.train.dense_optimizer](params, lr=job.train.dense_lr))
-    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
+    parts = [dmp.fused_optimizer, dense]
+    own = {n: p for n, p in own.items() if id(p) in trained_here}  # the key cache is refreshed, not trained
+    if own:
+        parts.append(ReplicatedTablesOptimizer(own, lambda params: cls(params, lr=job.train.sparse_lr, **extra)))
+    return dmp, CombinedOptimizer(parts), plan
