@@ -41,8 +41,9 @@ CPU_DP_LIMIT = ("TorchRec 1.8's CPU data-parallel EmbeddingCollection returns on
 class Plan(ShardingPlan):
     """TorchRec's plan plus the collections it leaves replicated: collection path -> its tables. A
     replicated collection is not in `plan`, so DMP keeps it a plain EmbeddingCollection and its
-    DDP wrapper all-reduces (averages) the tables' gradients; the sparse optimiser runs on them in
-    DDP's backward, as TorchRec's own data_parallel tables do on CUDA."""
+    DDP wrapper averages the tables' gradients, and the sparse optimiser's class steps them after
+    that (`replicated.ReplicatedTablesOptimizer`), as TorchRec's own data_parallel tables are
+    stepped after DDP's all-reduce on CUDA."""
 
     replicated: dict[str, tuple[str, ...]] = field(default_factory=dict)
 

@@ -19,7 +19,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from lifelong.cluster import logs
@@ -38,8 +37,8 @@ class CommCounter:
     """Counts bytes sent to other ranks by `dist.all_to_all_single` and by DDP's all-reduce."""
 
     def __init__(self) -> None:
-        self.a2a = self.allreduce = 0
-        self.allreduce_per_step = 0  # DDP's with optimisers in backward: counted from their parameters
+        self.a2a = 0
+        self.allreduce_per_step = 0
 
     @contextlib.contextmanager
     def all_to_all(self) -> Iterator[None]:
@@ -61,22 +60,15 @@ class CommCounter:
         finally:
             dist.all_to_all_single = original
 
-    def hook_ddp(self, model: torch.nn.Module, pg: dist.ProcessGroup) -> None:
+    def count_ddp(self, model: torch.nn.Module, pg: dist.ProcessGroup) -> None:
+        """DDP's all-reduce payload per step: every gradient it manages, each step (a static graph
+        reduces every bucket; with `comm.exchange_mean_hook` two ranks send the same bytes)."""
         if dist.get_world_size(pg) == 1:
             return  # nothing leaves the rank
         for m in model.modules():
             if isinstance(m, DistributedDataParallel):
-                managed = [p for p in m._module_parameters if p.requires_grad]
-                if any(hasattr(p, "_in_backward_optimizers") for p in managed):
-                    # replicated tables: DDP's own hook runs their optimiser and takes the one hook
-                    # slot; every gradient is all-reduced each step (a static graph)
-                    self.allreduce_per_step += sum(p.numel() * p.element_size() for p in managed)
-                    continue
-
-                def hook(state, bucket):
-                    self.allreduce += bucket.buffer().numel() * bucket.buffer().element_size()
-                    return default_hooks.allreduce_hook(state, bucket)
-                m.register_comm_hook(pg, hook)
+                self.allreduce_per_step += sum(p.numel() * p.element_size() for p in m._module_parameters
+                                               if p.requires_grad)
 
 
 def _local_bytes(t) -> int:
@@ -127,14 +119,14 @@ def bench_plan(job: JobSpec, plan, batches: list, device: torch.device, pg, warm
     torch.manual_seed(job.train.seed)
     model, optimizer, _ = sharded_model(job, device, pg, plan)
     counter = CommCounter()
-    counter.hook_ddp(model, pg)
+    counter.count_ddp(model, pg)
     model.train()
     steps, t0 = 0, 0.0
     with counter.all_to_all():
         for i, batch in enumerate(batches):
             if i == warmup:
                 dist.barrier(group=pg)
-                counter.a2a = counter.allreduce = 0
+                counter.a2a = 0
                 t0 = time.perf_counter()
             batch = batch.to(device)
             loss = ctr_loss(batch, model(batch))
@@ -146,9 +138,8 @@ def bench_plan(job: JobSpec, plan, batches: list, device: torch.device, pg, warm
             torch.cuda.synchronize(device)
         dist.barrier(group=pg)
     elapsed = time.perf_counter() - t0
-    allreduce = counter.allreduce / steps + counter.allreduce_per_step
     return {"emb_mb": embedding_bytes(model, optimizer) / 2**20, "a2a_mb_per_step": counter.a2a / steps / 2**20,
-            "allreduce_mb_per_step": allreduce / 2**20, "step_ms": 1000 * elapsed / steps,
+            "allreduce_mb_per_step": counter.allreduce_per_step / 2**20, "step_ms": 1000 * elapsed / steps,
             "samples_per_s": dist.get_world_size(pg) * job.train.batch_size * steps / elapsed,
             "loss": float(loss.item())}
 

@@ -20,6 +20,7 @@ from lifelong.embeddings.plan import make_plan
 from lifelong.embeddings.replicated import ReplicatedTablesOptimizer
 from lifelong.models import build_model, entry
 from lifelong.models.base import CTRModel
+from lifelong.trainers.comm import use_exchange
 from lifelong.trainers.config import JobSpec
 
 SPARSE = {
@@ -78,7 +79,8 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     """DMP over the model's EmbeddingCollections, with the plan from TorchRec's planner
     (per-table constraints from `job.sharding`), the sparse optimiser fused into the sharded
     tables' backward, the same optimiser class stepping any replicated tables (`Plan.replicated`,
-    whose gradients DDP averages) and `train.dense_optimizer` for the dense parameters."""
+    whose gradients DDP averages; on two gloo ranks in one exchange, `comm.use_exchange`) and
+    `train.dense_optimizer` for the dense parameters."""
     if plan is None:
         plan = make_plan(build(job, "meta"), dist.get_world_size(pg), device.type, job.train.batch_size,
                          cache_constraints(job), pg)
@@ -93,6 +95,7 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     trained_here = {id(p) for p in model.sparse_parameters()} - {id(p) for p in trained}
     dmp = DistributedModelParallel(module=model, device=device, plan=plan,
                                    env=ShardingEnv.from_process_group(pg))
+    use_exchange(dmp, pg)
     rest = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     own = {n: p for n, p in rest.items() if n.startswith(replicated)}  # replicated tables (and key cache)
     dense = KeyedOptimizerWrapper({n: p for n, p in rest.items() if n not in own},
