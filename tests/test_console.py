@@ -82,3 +82,10 @@ def test_cpu_data_parallel_replicates_whole_collections():
     assert set(plan.plan) == {"sparse.embeddings"} and set(plan.replicated) == {"sparse.side_embeddings"}
     text = describe(plan)
     assert "sparse.side_embeddings.search_cat: data_parallel (replicated" in text and "sparse.embeddings.item:" in text
+    # a CPU run file asking it of part of a collection is refused before any worker starts
+    from lifelong.jobs.config import RunFile
+    from lifelong.jobs.train import job_spec
+
+    with pytest.raises(ValueError, match=r"'sparse.embeddings' has tables \['item', 'cat', 'user'\]"):
+        job_spec(RunFile(sharding={"item": dp}), meta)
+    assert job_spec(RunFile(sharding={"item": dp, "cat": dp, "user": dp}), meta).sharding["user"] == dp
