@@ -226,3 +226,25 @@ def test_training_processes_keep_freed_memory_unless_told_not_to(monkeypatch):
     assert allocator.keep_freed_memory()  # glibc took both thresholds
     monkeypatch.setenv(allocator.ENV, "default")
     assert not allocator.keep_freed_memory()
+
+
+def test_the_wait_for_the_first_batch_is_reported_beside_the_steady_rate():
+    """`train_epoch`'s samples/s counts the whole pass; `first_batch_s` is the wait for the first batch
+    (a data pipeline's start) and `steady_samples_per_s` the rate of every batch after it."""
+    import time
+
+    samples, meta = tiny_samples()
+    job = tiny_job("din", meta, batch_size=16)
+    torch.manual_seed(0)
+    model = local.plain_model(job)
+
+    def slow_start():
+        time.sleep(0.5)  # the pipeline's start
+        yield from local.batches(samples, job, 16, 0)
+
+    stats = loop.train_epoch(model, local_optimizer(job, model), slow_start(), torch.device("cpu"), show=False)
+    assert stats["steps"] > 3 and stats["first_batch_s"] >= 0.5
+    whole = stats["samples"] / stats["samples_per_s"]  # seconds
+    steady = (stats["samples"] - 16) / stats["steady_samples_per_s"]
+    assert whole - steady == pytest.approx(stats["first_batch_s"], abs=1e-3)
+    assert stats["steady_samples_per_s"] > stats["samples_per_s"]

@@ -57,7 +57,9 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
                 before_step: Optional[Callable[[Batch], None]] = None, grad_clip: float = 0.0) -> dict:
     """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
-    ranks (the job's throughput).
+    ranks (the job's throughput: the whole pass, its wait for the first batch included). Beside
+    them: `first_batch_s`, that wait (this rank: the data pipeline's start), and
+    `steady_samples_per_s`, the rate from the first batch on (every batch after each rank's first).
 
     Resuming: the first `start` batches are passed over (they were trained before the checkpoint).
     `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch, loss)` after each,
@@ -73,7 +75,10 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     bar = tqdm(desc="train", unit="batch", disable=not show, mininterval=5)
     rank = dist.get_rank() if dist.is_initialized() else 0
     sparse = {id(p) for p in unwrap(model).sparse_parameters()}
+    first = math.nan  # seconds to this rank's first batch; the steady rate is counted from then
     for batch in in_lockstep(batches, device, skipped):
+        if not steps:
+            first, first_size = time.perf_counter() - t0, batch.size
         batch = batch.to(device, non_blocking=True)
         if before_step is not None:
             before_step(batch)
@@ -103,15 +108,18 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
             break
     bar.close()
     elapsed = time.perf_counter() - t0
+    after_first = samples - first_size if steps else 0
     if dist.is_initialized():
-        total = torch.tensor([samples], dtype=torch.float64, device=device)
+        total = torch.tensor([samples, after_first], dtype=torch.float64, device=device)
         dist.all_reduce(total)
-        samples = int(total.item())
+        samples, after_first = int(total[0].item()), int(total[1].item())
     q = max(1, steps // 4)
+    steady = elapsed - first if steps > 1 else 0.0
     return {"steps": steps, "samples": samples, "loss": loss_sum / max(steps, 1),
             "loss_start": float(np.mean(losses[:q])) if losses else math.nan,
             "loss_end": float(np.mean(losses[-q:])) if losses else math.nan,
             "samples_per_s": samples / elapsed if elapsed else math.nan,
+            "first_batch_s": round(first, 3), "steady_samples_per_s": after_first / steady if steady else math.nan,
             "skipped_batches": max(skipped[0], 0) if skipped else 0}
 
 
