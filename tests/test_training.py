@@ -248,3 +248,33 @@ def test_the_wait_for_the_first_batch_is_reported_beside_the_steady_rate():
     steady = (stats["samples"] - 16) / stats["steady_samples_per_s"]
     assert whole - steady == pytest.approx(stats["first_batch_s"], abs=1e-3)
     assert stats["steady_samples_per_s"] > stats["samples_per_s"]
+
+
+def _lockstep_rank(rank, init_file, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    skipped: list[int] = []
+    got = []
+    for b in loop.in_lockstep(iter(range([5, 3][rank])), torch.device("cpu"), skipped):
+        t = torch.tensor([b])
+        dist.all_reduce(t)  # a step's own collective between the lockstep's checks
+        got.append((b, int(t)))
+    torch.save({"got": got, "skipped": skipped}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_lockstep_stops_every_rank_when_one_runs_out():
+    """Rank 0 has 5 batches, rank 1 has 3: both train 3 (their steps' collectives matched) and rank 0
+    counts 2 unused; the check runs ahead of each step, so steps' own collectives stay in order."""
+    import os
+    import tempfile
+
+    from tests.helpers import start_ranks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "r")
+        start_ranks(_lockstep_rank, (os.path.join(tmp, "pg"), out), 2)
+        r0, r1 = (torch.load(f"{out}.{r}", weights_only=True) for r in range(2))
+    assert r0["got"] == r1["got"] == [(0, 0), (1, 2), (2, 4)]
+    assert r0["skipped"] == [2] and r1["skipped"] == [0]

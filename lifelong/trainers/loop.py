@@ -39,15 +39,33 @@ def _any_rank(flag: bool, device: torch.device, op=dist.ReduceOp.MAX) -> bool:
     return bool(t.item())
 
 
+class _AnyRank:
+    """`_any_rank` started now and read later: an all-reduce that runs while the caller works."""
+
+    def __init__(self, flag: bool, device: torch.device) -> None:
+        self.t = torch.tensor([int(flag)], device=device)
+        self.work = dist.all_reduce(self.t, op=dist.ReduceOp.MAX, async_op=True) if dist.is_initialized() else None
+
+    def result(self) -> bool:
+        if self.work is not None:
+            self.work.wait()
+        return bool(self.t.item())
+
+
 def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> Iterator:
-    """Yield batches while every rank has one; append this rank's unused batch count to skipped."""
+    """Yield batches while every rank has one; append this rank's unused batch count to skipped.
+    Each batch is fetched, and whether every rank has one asked, before the previous one is handed
+    out: that all-reduce's round trip runs during the previous batch's step, not between steps."""
     it = iter(batches)
+    nxt = next(it, None)
+    asked = _AnyRank(nxt is None, device)
     while True:
-        nxt = next(it, None)
-        if _any_rank(nxt is None, device):
+        if asked.result():
             skipped.append(int(nxt is not None) + sum(1 for _ in it))
             return
-        yield nxt
+        batch, nxt = nxt, next(it, None)
+        asked = _AnyRank(nxt is None, device)
+        yield batch
 
 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
