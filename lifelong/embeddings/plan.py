@@ -13,6 +13,8 @@ from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingPlan
 
+from lifelong.embeddings.spec import CPU_DP_LIMIT, replicated_on_cpu
+
 # TorchRec 1.8 warns that Topology should come from TopologyFactory, whose configs cannot set
 # the compute device (cpu/cuda) we need; the direct constructor is still supported.
 logging.getLogger("torchrec.distributed.planner.types").setLevel(logging.ERROR)
@@ -27,14 +29,6 @@ def sharders() -> list:
 def allowed_types(device_type: str) -> list[str]:
     """Sharding types TorchRec's EmbeddingCollection sharder offers on this device type."""
     return list(EmbeddingCollectionSharder().sharding_types(device_type))
-
-
-# TorchRec 1.8 on CPU: a data-parallel EmbeddingCollection table looks ids up with fbgemm's dense
-# kernel, which returns one row per bag instead of one per id, so any sequence feature fails
-# (split_with_sizes in construct_jagged_tensors). There TorchRec's data_parallel is never planned;
-# a collection whose every table asks for it is replicated instead (`Plan.replicated`).
-CPU_DP_LIMIT = ("TorchRec 1.8's CPU data-parallel EmbeddingCollection returns one row per bag, not per id, "
-                "so sequence features fail")
 
 
 @dataclass
@@ -61,17 +55,8 @@ def replicated_collections(module: nn.Module, constraints: dict[str, list[str]] 
     whole collections). Elsewhere none: TorchRec shards data_parallel tables itself."""
     if device_type != "cpu":
         return {}
-    dp = {t for t, types in (constraints or {}).items() if list(types) == ["data_parallel"]}
-    out = {}
-    for path, tables in collections(module).items():
-        mine = [t for t in tables if t in dp]
-        if mine and len(mine) < len(tables):
-            raise ValueError(f"on cpu, data_parallel replicates a whole EmbeddingCollection: '{path}' has tables "
-                             f"{list(tables)}, of which only {mine} ask for it; ask for data_parallel on all or none "
-                             f"(TorchRec's own per-table data_parallel is not usable there: {CPU_DP_LIMIT})")
-        if mine:
-            out[path] = tables
-    return out
+    return {path: tables for path, tables in collections(module).items()
+            if replicated_on_cpu(path, tables, constraints)}
 
 
 def table_names(module: nn.Module) -> list[str]:

@@ -21,8 +21,28 @@ TABLE_COLUMNS = {"item": "item_id", "cat": "category_id"}
 USER = "user"  # the user-id table and its one feature (one id per sample), when n_users > 0
 
 
+# TorchRec 1.8 on CPU: a data-parallel EmbeddingCollection table looks ids up with fbgemm's dense
+# kernel, which returns one row per bag instead of one per id, so any sequence feature fails
+# (split_with_sizes in construct_jagged_tensors). There TorchRec's data_parallel is never planned;
+# a collection whose every table asks for it is replicated instead (`plan.Plan.replicated`).
+CPU_DP_LIMIT = ("TorchRec 1.8's CPU data-parallel EmbeddingCollection returns one row per bag, not per id, "
+                "so sequence features fail")
+
+
 def feature_name(group: str, table: str) -> str:
     return f"{group}_{table}"
+
+
+def replicated_on_cpu(path: str, tables: tuple[str, ...], constraints: dict[str, list[str]] | None) -> bool:
+    """Whether the collection at `path` asks for data_parallel alone on every table (on CPU it is then
+    replicated); an error naming them when only some of its tables do (the CPU stand-in replicates
+    whole collections). Needs no TorchRec: the driver checks a run file's main tables with it."""
+    mine = [t for t in tables if list((constraints or {}).get(t, ())) == ["data_parallel"]]
+    if mine and len(mine) < len(tables):
+        raise ValueError(f"on cpu, data_parallel replicates a whole EmbeddingCollection: '{path}' has tables "
+                         f"{list(tables)}, of which only {mine} ask for it; ask for data_parallel on all or none "
+                         f"(TorchRec's own per-table data_parallel is not usable there: {CPU_DP_LIMIT})")
+    return bool(mine)
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,11 @@ class FeatureSpec:
     @property
     def user_dim(self) -> int:
         return self.dim if self.n_users else 0
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        """The main collection's tables."""
+        return (*TABLE_COLUMNS, *((USER,) if self.n_users else ()))
 
     def tables(self) -> list[EmbeddingConfig]:
         from torchrec import EmbeddingConfig

@@ -9,14 +9,12 @@ from typing import Callable, Optional
 
 from lifelong.cluster.connect import connect
 from lifelong.cluster.logs import relayed, short
-from lifelong.embeddings.plan import replicated_collections
-from lifelong.embeddings.spec import FeatureSpec
+from lifelong.embeddings.spec import FeatureSpec, replicated_on_cpu
 from lifelong.jobs.config import RUN_FILE, RunFile
 from lifelong.jobs.prepare import prepare, samples_key
 from lifelong.trainers import checkpoint
 from lifelong.trainers.checkpoint import PLAN_FILE
 from lifelong.trainers.config import JobSpec
-from lifelong.trainers.model_setup import build, cache_constraints
 from lifelong.trainers.trainer import make_runs_trainer, make_trainer
 
 
@@ -26,8 +24,8 @@ def job_spec(run: RunFile, meta) -> JobSpec:
                   features=FeatureSpec(meta.n_items, meta.n_categories, run.embedding_dim,
                                        meta.n_users if run.user_embedding else 0, run.embedding_init),
                   samples=run.samples, train=run.train, sharding=dict(run.sharding))
-    if run.cluster.use_gpu is False:  # on CPU (GPUs, or auto, decide on the workers)
-        replicated_collections(build(job, "meta"), cache_constraints(job), "cpu")
+    if run.cluster.use_gpu is False:  # the main tables on CPU (GPUs, auto, and a model's own tables: the workers)
+        replicated_on_cpu("sparse.embeddings", job.features.table_names, job.sharding)
     return job
 
 
