@@ -46,6 +46,22 @@ def test_same_samples_on_one_or_two_workers(ray_local, tmp_path):
     assert not other.equals(order) and other.sort_by(SORT).equals(order.sort_by(SORT))
 
 
+def test_a_small_split_is_read_once_per_job_and_a_large_one_every_epoch(ray_local, tmp_path):
+    from ray.data.dataset import MaterializedDataset
+
+    from lifelong.trainers.trainer import read_samples
+
+    table = pa.table({"user_id": list(range(500)), "label": [i % 2 for i in range(500)]})
+    for i in range(2):
+        pq.write_table(table.slice(250 * i, 250), tmp_path / f"part-{i}.parquet")
+    small = read_samples(tmp_path, "tasks", materialize_mb=1, ordered=True)
+    assert isinstance(small, MaterializedDataset)
+    assert small.to_arrow_refs() and small.take_all()[:3] == [{"user_id": i, "label": i % 2} for i in range(3)]
+    for cap in (0, 0.0001):  # never, or a cap below the files' size: read lazily, every pass
+        assert not isinstance(read_samples(tmp_path, "tasks", materialize_mb=cap), MaterializedDataset)
+    assert read_samples(tmp_path, "tasks").count() == 500
+
+
 def test_two_worker_run_on_movielens(ray_local, tmp_path):
     """AUC must clear 0.55: with ~10k validation samples at ~51% positives the standard error of
     an AUC under the null is about 0.003, so 0.55 is >15 standard errors above chance."""

@@ -37,6 +37,9 @@ class TrainConfig:
     #                                "footer_actors" (V2: a new pool of footer-reading actors per read, built
     #                                for thousands of files on object storage): here ~5 s more per pass
     #                                (benchmarks/ray_overhead.py)
+    materialize_mb: int = 1024  # read a split once per job and keep it in Ray's object store when its Parquet
+    #                             files total at most this many MB (each epoch then starts at once and reads
+    #                             nothing); larger splits, or 0, are read again every epoch
     diagnostic_batches: int = 2  # validation batches per rank for the GSU/ESU consistency recall (an ESU over all
     #                              L: at L = 4,096 each 1,024-row batch cost ~2.3 s here); 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
@@ -68,6 +71,8 @@ class TrainConfig:
             raise ValueError("train.max_steps and train.max_eval_batches must be >= 0 (0 = no cap)")
         if self.key_cache_every < 0:
             raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
+        if self.materialize_mb < 0:
+            raise ValueError("train.materialize_mb must be >= 0 (0 = read every epoch)")
         if self.grad_clip < 0 or self.patience < 0 or self.embedding_l2 < 0:
             raise ValueError("train.grad_clip, train.patience and train.embedding_l2 must be >= 0 (0 = off)")
         if not 0 < self.lr_decay <= 1:

@@ -31,21 +31,29 @@ def train_runs_per_worker(config: dict) -> None:
     worker.train_runs_per_worker(config)
 
 
-def read_samples(path: Path, reader: str) -> ray.data.Dataset:
-    """One split's sample files as a Dataset, read by `reader` (`TrainConfig.parquet_reader`)."""
+def read_samples(path: Path, reader: str, materialize_mb: int = 0, ordered: bool = False) -> ray.data.Dataset:
+    """One split's sample files as a Dataset, read by `reader` (`TrainConfig.parquet_reader`); read
+    now and cached in Ray's object store (`Dataset.materialize`) when the files total at most
+    `materialize_mb` MB, in file order when `ordered`."""
     ctx = ray.data.DataContext.get_current()
     before, ctx.use_datasource_v2 = ctx.use_datasource_v2, reader == "footer_actors"
     try:
-        return ray.data.read_parquet(str(path))
+        ds = ray.data.read_parquet(str(path))
     finally:
         ctx.use_datasource_v2 = before
+    if materialize_mb and sum(f.stat().st_size for f in path.rglob("*.parquet")) <= materialize_mb * 2**20:
+        ds.context.execution_options.preserve_order = ordered
+        ds = ds.materialize()
+    return ds
 
 
 def sample_datasets(samples_dir: str | Path, job: JobSpec) -> dict[str, ray.data.Dataset]:
     """The train and valid splits, read as written: the train split's files already hold its shuffled
-    order (`SampleConfig.shuffle_seed`), so no epoch pays for an all-to-all shuffle."""
-    samples_dir, reader = Path(samples_dir), job.train.parquet_reader
-    return {split: read_samples(samples_dir / split, reader) for split in ("train", "valid")}
+    order (`SampleConfig.shuffle_seed`), so no epoch pays for an all-to-all shuffle. A split within
+    `train.materialize_mb` is read once for the whole job, not once per epoch."""
+    samples_dir, t = Path(samples_dir), job.train
+    return {split: read_samples(samples_dir / split, t.parquet_reader, t.materialize_mb, t.deterministic_data)
+            for split in ("train", "valid")}
 
 
 def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, name: str,
