@@ -37,9 +37,10 @@ class TrainConfig:
     #                                "footer_actors" (V2: a new pool of footer-reading actors per read, built
     #                                for thousands of files on object storage): here ~5 s more per pass
     #                                (benchmarks/ray_overhead.py)
-    materialize_mb: int = 1024  # read a split once per job and keep it in Ray's object store when its Parquet
-    #                             files total at most this many MB (each epoch then starts at once and reads
-    #                             nothing); larger splits, or 0, are read again every epoch
+    materialize_mb: int = 256  # read a split once per job and keep it in Ray's object store when its Parquet
+    #                            files total at most this many MB (each epoch then starts at once and reads
+    #                            nothing; in memory a split is larger: MovieLens' 48 MB of files are 264 MB);
+    #                            larger splits, or 0, are read again every epoch
     diagnostic_batches: int = 2  # validation batches per rank for the GSU/ESU consistency recall (an ESU over all
     #                              L: at L = 4,096 each 1,024-row batch cost ~2.3 s here); 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
