@@ -41,6 +41,10 @@ class Plan(ShardingPlan):
 
     replicated: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    @property
+    def replicated_tables(self) -> list[str]:
+        return [t for tables in self.replicated.values() for t in tables]
+
 
 def collections(module: nn.Module) -> dict[str, tuple[str, ...]]:
     """Path -> table names of every EmbeddingCollection in `module`."""
@@ -61,7 +65,7 @@ def replicated_collections(module: nn.Module, constraints: dict[str, list[str]] 
 
 def table_names(module: nn.Module) -> list[str]:
     """Names of every EmbeddingCollection table in `module`."""
-    return [c.name for m in module.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()]
+    return [t for tables in collections(module).values() for t in tables]
 
 
 def constraints_from_config(tables: dict[str, list[str]] | None, device_type: Optional[str] = None,

@@ -105,8 +105,7 @@ def _plan(job: JobSpec, constraints, min_partition, device: torch.device, pg):
         try:
             plan, p = plan_module(build(job, "meta"), world, device.type, job.train.batch_size, constraints,
                                   min_partition)
-            replicated = [t for tables in plan.replicated.values() for t in tables]
-            box = [(plan, estimates(p, world, device.type, skip=replicated), None)]
+            box = [(plan, estimates(p, world, device.type, skip=plan.replicated_tables), None)]
         except Exception as e:  # the planner can refuse a forced plan (e.g. no fit): reported, not fatal
             why = str(e).splitlines()[0][:200]
             box = [(None, None, why if isinstance(e, ValueError) else f"{type(e).__name__}: {why}")]
@@ -153,7 +152,7 @@ def bench_world(job: JobSpec, batches: list, device: torch.device, pg, warmup: i
         row = {"plan": name, "world_size": world, "device": device.type, "steps": len(batches) - warmup}
         if plan is not None and plan.replicated:
             row["note"] = (f"replicated on {device.type} (data_parallel): "
-                           f"{', '.join(t for ts in plan.replicated.values() for t in ts)}; the planner's "
+                           f"{', '.join(plan.replicated_tables)}; the planner's "
                            "estimates leave them out")
         if error:
             rows.append({**row, "error": error})

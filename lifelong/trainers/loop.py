@@ -32,13 +32,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _any_rank(flag: bool, device: torch.device, op=dist.ReduceOp.MAX) -> bool:
-    t = torch.tensor([int(flag)], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=op)
-    return bool(t.item())
-
-
 class _AnyRank:
     """`_any_rank` started now and read later: an all-reduce that runs while the caller works."""
 
@@ -50,6 +43,10 @@ class _AnyRank:
         if self.work is not None:
             self.work.wait()
         return bool(self.t.item())
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    return _AnyRank(flag, device).result()
 
 
 def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> Iterator:
@@ -230,14 +227,12 @@ def lr_groups(model: torch.nn.Module, optimizer) -> list[dict]:
     """Every param group that sets a learning rate of the model: the optimiser's (TorchRec's fused
     table optimisers read their group's rate at each `zero_grad`/`step`) and, under DMP, the
     in-backward optimisers TorchRec attaches to data-parallel tables, which no optimiser wraps."""
-    groups = list(optimizer.param_groups)
-    seen = {id(g) for g in groups}  # a replicated table's optimiser is in both (`ReplicatedTablesOptimizer`)
+    groups, seen = list(optimizer.param_groups), set()
     for p in model.parameters():
         for o in getattr(p, "_in_backward_optimizers", ()):
-            for g in o.param_groups:
-                if id(g) not in seen:
-                    seen.add(id(g))
-                    groups.append(g)
+            if id(o) not in seen:
+                seen.add(id(o))
+                groups += o.param_groups
     return groups
 
 

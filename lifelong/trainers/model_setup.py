@@ -84,24 +84,25 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     if plan is None:
         plan = make_plan(build(job, "meta"), dist.get_world_size(pg), device.type, job.train.batch_size,
                          cache_constraints(job), pg)
-    replicated = tuple(f"{path}." for path in getattr(plan, "replicated", {}))
+    paths = getattr(plan, "replicated", {})
+    replicated = tuple(f"{path}." for path in paths)
     # replicated collections are built where they run, initialised as configured: DMP would make their
     # meta parameters plain nn.Embedding ones (N(0, 1)); DDP then broadcasts rank 0's values
-    model = build(job, "meta", {path[:-1]: device for path in replicated})
+    model = build(job, "meta", {path: device for path in paths})
     cls, extra = SPARSE[job.train.sparse_optimizer]
     name = {id(p): n for n, p in model.named_parameters()}
-    trained = [p for p in model.sparse_parameters() if not name[id(p)].startswith(replicated)]
-    apply_optimizer_in_backward(cls, trained, {"lr": job.train.sparse_lr, **extra})
-    trained_here = {id(p) for p in model.sparse_parameters()} - {id(p) for p in trained}
+    tables = {name[id(p)]: p for p in model.sparse_parameters()}
+    apply_optimizer_in_backward(cls, [p for n, p in tables.items() if not n.startswith(replicated)],
+                                {"lr": job.train.sparse_lr, **extra})
     dmp = DistributedModelParallel(module=model, device=device, plan=plan,
                                    env=ShardingEnv.from_process_group(pg))
     use_exchange(dmp, pg)
-    rest = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    own = {n: p for n, p in rest.items() if n.startswith(replicated)}  # replicated tables (and key cache)
-    dense = KeyedOptimizerWrapper({n: p for n, p in rest.items() if n not in own},
+    # dense: neither fused nor in a replicated collection (whose key cache is refreshed, not trained)
+    dense = KeyedOptimizerWrapper({n: p for n, p in in_backward_optimizer_filter(dmp.named_parameters())
+                                   if not n.startswith(replicated)},
                                   lambda params: DENSE[job.train.dense_optimizer](params, lr=job.train.dense_lr))
     parts = [dmp.fused_optimizer, dense]
-    own = {n: p for n, p in own.items() if id(p) in trained_here}  # the key cache is refreshed, not trained
+    own = {n: p for n, p in tables.items() if n.startswith(replicated)}
     if own:
         parts.append(ReplicatedTablesOptimizer(own, lambda params: cls(params, lr=job.train.sparse_lr, **extra)))
     return dmp, CombinedOptimizer(parts), plan
