@@ -62,6 +62,29 @@ def test_a_small_split_is_read_once_per_job_and_a_large_one_every_epoch(ray_loca
     assert read_samples(tmp_path, "tasks").count() == 500
 
 
+def test_a_materialized_split_is_cut_once_into_static_shards_that_keep_every_row(ray_local, tmp_path):
+    import ray.data
+    from ray.data._internal.iterator.stream_split_iterator import StreamSplitDataIterator
+
+    from lifelong.trainers.ingest import StaticSplitConfig, shard_bounds
+
+    assert shard_bounds(11, 3) == [3, 7] and shard_bounds(11, 1) == []
+    rows = ray.data.from_items([{"i": i} for i in range(11)], override_num_blocks=4)
+    config = StaticSplitConfig(datasets_to_split=["train"])
+    for world in (1, 3):
+        shards = [s["train"] for s in config.configure({"train": rows.materialize()}, world, None, None)]
+        seen = [[r["i"] for r in shard.iter_rows()] for shard in shards]
+        assert sorted(map(len, seen)) == sorted(b - a for a, b in zip([0, *shard_bounds(11, world)],
+                                                                       [*shard_bounds(11, world), 11]))
+        assert sorted(i for s in seen for i in s) == list(range(11))  # every row, once
+        assert [[r["i"] for r in shard.iter_rows()] for shard in shards] == seen  # the next epoch: the same rows
+    # a streamed split, or one not split, keeps Ray's own handling
+    lazy = rows.map_batches(lambda batch: batch)  # `from_items` is itself materialized
+    streamed = config.configure({"train": lazy, "test": rows}, 2, None, None)
+    assert all(isinstance(s["train"], StreamSplitDataIterator) for s in streamed)
+    assert [sum(1 for _ in s["test"].iter_rows()) for s in streamed] == [11, 11]
+
+
 def test_two_worker_run_on_movielens(ray_local, tmp_path):
     """AUC must clear 0.55: with ~10k validation samples at ~51% positives the standard error of
     an AUC under the null is about 0.003, so 0.55 is >15 standard errors above chance."""

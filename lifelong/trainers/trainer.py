@@ -7,12 +7,13 @@ from typing import Callable, Optional
 import ray.data
 from ray.actor import ActorHandle
 from ray.data import ExecutionOptions
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lifelong.cluster.connect import ClusterConfig, controller_env, resolve, scaling_config
 from lifelong.data.store import store_path
 from lifelong.trainers.config import JobSpec
+from lifelong.trainers.ingest import StaticSplitConfig
 
 
 # The workers' loops, imported in the workers: the driver that builds the trainer never loads
@@ -74,7 +75,7 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),
         datasets=sample_datasets(samples_dir, job),
-        dataset_config=DataConfig(datasets_to_split=["train", "valid"], execution_options=ExecutionOptions(
+        dataset_config=StaticSplitConfig(datasets_to_split=["train", "valid"], execution_options=ExecutionOptions(
             preserve_order=job.train.deterministic_data) if job.train.deterministic_data else None),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
