@@ -20,6 +20,9 @@ def tiny_samples(n_users: int = 12, seq_len: int = 300, seed: int = 0, max_len: 
 
 
 def tiny_job(model: str, meta, model_config=None, max_len=64, short_len=8, users: bool = False, **train) -> JobSpec:
+    """A small job; its tables go to TorchRec's planner unless `replicate_mb` is given (the tests
+    built on it check the sharded path; `TrainConfig.replicate_mb` would replicate tables this small)."""
+    train.setdefault("replicate_mb", 0.0)
     return JobSpec(model=model, model_config=model_config or {},
                    features=FeatureSpec(meta.n_items, meta.n_categories, 8, meta.n_users if users else 0),
                    samples=SampleConfig(max_len=max_len, short_len=short_len),

@@ -89,3 +89,25 @@ def test_cpu_data_parallel_replicates_whole_collections():
     with pytest.raises(ValueError, match=r"'sparse.embeddings' has tables \['item', 'cat', 'user'\]"):
         job_spec(RunFile(sharding={"item": dp}), meta)
     assert job_spec(RunFile(sharding={"item": dp, "cat": dp, "user": dp}), meta).sharding["user"] == dp
+
+
+def test_small_unconstrained_collections_are_replicated_on_cpu_all_or_none():
+    from lifelong.embeddings.plan import make_plan, replicated_collections, weight_mb
+    from lifelong.trainers.model_setup import build, cache_constraints
+    from tests.helpers import tiny_job, tiny_samples
+
+    _, meta = tiny_samples()
+    job = tiny_job("twin", meta, {"k": 6}, key_cache_every=4)  # main, and the key cache of projected keys
+    model = build(job, "meta")
+    every = {"sparse.embeddings": ("item", "cat"),
+             "sparse.key_cache": ("item_key", "cat_key", "item_query", "cat_query")}
+    total = weight_mb(model.sparse.embeddings) + weight_mb(model.sparse.key_cache)
+    assert replicated_collections(model, {}, "cpu", replicate_mb=total) == every
+    assert replicated_collections(model, {}, "cpu", replicate_mb=0.99 * total) == {}  # over the cap: none, not part
+    assert replicated_collections(model, {}, "cpu", replicate_mb=0.0) == {}
+    assert replicated_collections(model, {}, "cuda", replicate_mb=total) == {}  # the planner decides there
+    # a table the run file names sends every collection to the planner; its key cache follows it
+    named = cache_constraints(type(job)(**{**job.__dict__, "sharding": {"item": ["row_wise"]}}))
+    assert replicated_collections(model, named, "cpu", replicate_mb=total) == {}
+    plan = make_plan(model, 2, "cpu", 16, {}, replicate_mb=total)
+    assert plan.plan == {} and plan.replicated == every

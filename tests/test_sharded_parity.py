@@ -92,13 +92,16 @@ def _worker(rank, init_file, job, table, halves, init, out):
     ("twin+cache", {"item": ["data_parallel"], "cat": ["data_parallel"], "user": ["data_parallel"]}),
     ("sim_soft", {"item": ["row_wise"], "cat": ["table_wise"], "search_item": ["data_parallel"],
                   "search_cat": ["data_parallel"]}),
+    # no constraints, tables under train.replicate_mb: every collection replicated, the key cache with its source
+    ("twin+cache+auto", {}),
 ])
 def test_sharded_equals_unsharded_after_one_step(model, sharding):
     samples, meta = tiny_samples()
     model, *opts = model.split("+")
     job = tiny_job(model, meta, {} if model == "din" else {"k": 6}, users=model == "twin",
                    sparse_optimizer="sgd", sparse_lr=LR_SPARSE, dense_optimizer="sgd", dense_lr=LR_DENSE,
-                   key_cache_every=int("cache" in opts), dedup_ids="dedup" in opts)
+                   key_cache_every=int("cache" in opts), dedup_ids="dedup" in opts,
+                   replicate_mb=4.0 if "auto" in opts else 0.0)
     job = type(job)(**{**job.__dict__, "sharding": sharding})
     batch = samples.slice(0, 32)
     halves = [batch.slice(0, 16), batch.slice(16, 16)]

@@ -1,5 +1,6 @@
 """Sharding plans from TorchRec's planner, with per-table constraints from config; on CPU, a
-collection asked for data_parallel is replicated (left unsharded, under DDP)."""
+collection asked for data_parallel, or a small one left to the planner, is replicated (left
+unsharded, under DDP)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from torchrec import EmbeddingCollection
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import data_type_to_dtype
 
 from lifelong.embeddings.spec import CPU_DP_LIMIT, replicated_on_cpu
 
@@ -52,15 +54,28 @@ def collections(module: nn.Module) -> dict[str, tuple[str, ...]]:
             if isinstance(m, EmbeddingCollection)}
 
 
+def weight_mb(collection: EmbeddingCollection) -> float:
+    """MB of the collection's table weights (one copy)."""
+    return sum(c.num_embeddings * c.embedding_dim * data_type_to_dtype(c.data_type).itemsize
+               for c in collection.embedding_configs()) / 2**20
+
+
 def replicated_collections(module: nn.Module, constraints: dict[str, list[str]] | None,
-                           device_type: str) -> dict[str, tuple[str, ...]]:
-    """On CPU, the collections (path -> tables) whose every table is constrained to data_parallel
-    alone; a collection where only some are is an error naming them (the CPU stand-in replicates
-    whole collections). Elsewhere none: TorchRec shards data_parallel tables itself."""
+                           device_type: str, replicate_mb: float = 0.0) -> dict[str, tuple[str, ...]]:
+    """On CPU, the collections (path -> tables) to replicate: those whose every table is constrained
+    to data_parallel alone (a collection where only some are is an error naming them: the CPU
+    stand-in replicates whole collections); failing any, every collection when no table is
+    constrained and their weights total at most `replicate_mb` MB (`TrainConfig.replicate_mb`; all
+    or none, so a key cache is never split from its source table). Elsewhere none: TorchRec shards
+    data_parallel tables itself, and its planner chooses them."""
     if device_type != "cpu":
         return {}
-    return {path: tables for path, tables in collections(module).items()
-            if replicated_on_cpu(path, tables, constraints)}
+    found = {path: m for path, m in module.named_modules() if isinstance(m, EmbeddingCollection)}
+    tables = {path: tuple(c.name for c in m.embedding_configs()) for path, m in found.items()}
+    asked = {path: names for path, names in tables.items() if replicated_on_cpu(path, names, constraints)}
+    if asked or not replicate_mb or constraints and set(constraints) & {t for n in tables.values() for t in n}:
+        return asked
+    return tables if sum(weight_mb(m) for m in found.values()) <= replicate_mb else {}
 
 
 def table_names(module: nn.Module) -> list[str]:
@@ -110,10 +125,12 @@ def planner(world_size: int, device_type: str, batch_size: int,
 
 def plan_module(module: nn.Module, world_size: int, device_type: str, batch_size: int,
                 constraints: dict[str, list[str]] | None = None, min_partition: Optional[int] = None,
-                pg: Optional[dist.ProcessGroup] = None) -> tuple[Plan, EmbeddingShardingPlanner]:
+                pg: Optional[dist.ProcessGroup] = None,
+                replicate_mb: float = 0.0) -> tuple[Plan, EmbeddingShardingPlanner]:
     """The planner's plan for `module` (with a process group, rank 0 plans and broadcasts:
-    collective_plan) with any replicated collections taken out of it, and the planner."""
-    replicated = replicated_collections(module, constraints, device_type)
+    collective_plan) with the replicated collections (`replicated_collections`) taken out of it,
+    and the planner."""
+    replicated = replicated_collections(module, constraints, device_type, replicate_mb)
     kept = {t for tables in replicated.values() for t in tables}
     rest = {t: types for t, types in (constraints or {}).items() if t not in kept}
     # the replicated tables are planned like any other (the planner plans every collection) and then dropped
@@ -124,9 +141,9 @@ def plan_module(module: nn.Module, world_size: int, device_type: str, batch_size
 
 def make_plan(module: nn.Module, world_size: int, device_type: str, batch_size: int,
               constraints: dict[str, list[str]] | None = None,
-              pg: Optional[dist.ProcessGroup] = None) -> Plan:
+              pg: Optional[dist.ProcessGroup] = None, replicate_mb: float = 0.0) -> Plan:
     """Planner-built plan (`plan_module`)."""
-    return plan_module(module, world_size, device_type, batch_size, constraints, pg=pg)[0]
+    return plan_module(module, world_size, device_type, batch_size, constraints, pg=pg, replicate_mb=replicate_mb)[0]
 
 
 def estimates(p: EmbeddingShardingPlanner, world_size: int, device_type: str,

@@ -97,14 +97,15 @@ def plan_specs(job: JobSpec, device_type: str, world: int) -> list[tuple[str, Op
         for t in allowed_types(device_type)]
 
 
-def _plan(job: JobSpec, constraints, min_partition, device: torch.device, pg):
-    """Rank 0 plans (keeping the planner's estimates) and broadcasts both."""
+def _plan(job: JobSpec, constraints, min_partition, device: torch.device, pg, replicate_mb: float = 0.0):
+    """Rank 0 plans (keeping the planner's estimates) and broadcasts both; `replicate_mb`: see
+    `plan.replicated_collections`."""
     world = dist.get_world_size(pg)
     box: list = [None]
     if dist.get_rank(pg) == 0:
         try:
             plan, p = plan_module(build(job, "meta"), world, device.type, job.train.batch_size, constraints,
-                                  min_partition)
+                                  min_partition, replicate_mb=replicate_mb)
             box = [(plan, estimates(p, world, device.type, skip=plan.replicated_tables), None)]
         except Exception as e:  # the planner can refuse a forced plan (e.g. no fit): reported, not fatal
             why = str(e).splitlines()[0][:200]
@@ -148,7 +149,10 @@ def bench_world(job: JobSpec, batches: list, device: torch.device, pg, warmup: i
     world, rank = dist.get_world_size(pg), dist.get_rank(pg)
     rows = []
     for name, constraints, min_partition in plan_specs(job, device.type, world):
-        plan, est, error = _plan(job, constraints, min_partition, device, pg)
+        # the planner's row is the plan training would use (small collections replicated on CPU:
+        # `train.replicate_mb`); a forced row is that sharding type on every table
+        plan, est, error = _plan(job, constraints, min_partition, device, pg,
+                                 job.train.replicate_mb if name == "planner" else 0.0)
         row = {"plan": name, "world_size": world, "device": device.type, "steps": len(batches) - warmup}
         if plan is not None and plan.replicated:
             row["note"] = (f"replicated on {device.type} (data_parallel): "

@@ -41,6 +41,11 @@ class TrainConfig:
     #                            files total at most this many MB (each epoch then starts at once and reads
     #                            nothing; in memory a split is larger: MovieLens' 48 MB of files are 264 MB);
     #                            larger splits, or 0, are read again every epoch
+    replicate_mb: float = 4.0  # on CPU, an embedding collection none of whose tables `sharding` names is
+    #                            replicated on every worker (data-parallel under DDP: one gradient exchange a
+    #                            step, no lookup all-to-alls) when its tables total at most this many MB of
+    #                            weights; larger ones, and every one when 0, are left to TorchRec's planner.
+    #                            On GPUs the planner decides (it can choose data_parallel itself)
     diagnostic_batches: int = 2  # validation batches per rank for the GSU/ESU consistency recall (an ESU over all
     #                              L: at L = 4,096 each 1,024-row batch cost ~2.3 s here); 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only
@@ -74,6 +79,8 @@ class TrainConfig:
             raise ValueError("train.key_cache_every must be >= 0 (0 = no key cache)")
         if self.materialize_mb < 0:
             raise ValueError("train.materialize_mb must be >= 0 (0 = read every epoch)")
+        if self.replicate_mb < 0:
+            raise ValueError("train.replicate_mb must be >= 0 (0 = the planner plans every collection)")
         if self.grad_clip < 0 or self.patience < 0 or self.embedding_l2 < 0:
             raise ValueError("train.grad_clip, train.patience and train.embedding_l2 must be >= 0 (0 = off)")
         if not 0 < self.lr_decay <= 1:

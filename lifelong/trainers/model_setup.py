@@ -77,13 +77,14 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
                   plan: Optional[ShardingPlan] = None
                   ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     """DMP over the model's EmbeddingCollections, with the plan from TorchRec's planner
-    (per-table constraints from `job.sharding`), the sparse optimiser fused into the sharded
+    (per-table constraints from `job.sharding`; on CPU, small unconstrained collections replicated:
+    `train.replicate_mb`), the sparse optimiser fused into the sharded
     tables' backward, the same optimiser class stepping any replicated tables (`Plan.replicated`,
     whose gradients DDP averages; on two gloo ranks in one exchange, `comm.use_exchange`) and
     `train.dense_optimizer` for the dense parameters."""
     if plan is None:
         plan = make_plan(build(job, "meta"), dist.get_world_size(pg), device.type, job.train.batch_size,
-                         cache_constraints(job), pg)
+                         cache_constraints(job), pg, job.train.replicate_mb)
     paths = getattr(plan, "replicated", {})
     replicated = tuple(f"{path}." for path in paths)
     # replicated collections are built where they run, initialised as configured: DMP would make their
