@@ -70,12 +70,13 @@ def replicated_collections(module: nn.Module, constraints: dict[str, list[str]] 
     data_parallel tables itself, and its planner chooses them."""
     if device_type != "cpu":
         return {}
-    found = {path: m for path, m in module.named_modules() if isinstance(m, EmbeddingCollection)}
-    tables = {path: tuple(c.name for c in m.embedding_configs()) for path, m in found.items()}
+    tables = collections(module)
     asked = {path: names for path, names in tables.items() if replicated_on_cpu(path, names, constraints)}
-    if asked or not replicate_mb or constraints and set(constraints) & {t for n in tables.values() for t in n}:
+    named = set(constraints or {}) & {t for names in tables.values() for t in names}
+    if asked or named or not replicate_mb:
         return asked
-    return tables if sum(weight_mb(m) for m in found.values()) <= replicate_mb else {}
+    size = sum(weight_mb(m) for m in module.modules() if isinstance(m, EmbeddingCollection))
+    return tables if size <= replicate_mb else {}
 
 
 def table_names(module: nn.Module) -> list[str]:

@@ -41,11 +41,11 @@ class TrainConfig:
     #                            files total at most this many MB (each epoch then starts at once and reads
     #                            nothing; in memory a split is larger: MovieLens' 48 MB of files are 264 MB);
     #                            larger splits, or 0, are read again every epoch
-    replicate_mb: float = 4.0  # on CPU, an embedding collection none of whose tables `sharding` names is
+    replicate_mb: float = 4.0  # on CPU, when `sharding` names none of the model's tables and all its embedding
+    #                            collections total at most this many MB of weights, every collection is
     #                            replicated on every worker (data-parallel under DDP: one gradient exchange a
-    #                            step, no lookup all-to-alls) when its tables total at most this many MB of
-    #                            weights; larger ones, and every one when 0, are left to TorchRec's planner.
-    #                            On GPUs the planner decides (it can choose data_parallel itself)
+    #                            step, no lookup all-to-alls); otherwise, or at 0, TorchRec's planner plans
+    #                            them. On GPUs the planner decides (it can choose data_parallel itself)
     diagnostic_batches: int = 2  # validation batches per rank for the GSU/ESU consistency recall (an ESU over all
     #                              L: at L = 4,096 each 1,024-row batch cost ~2.3 s here); 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at the end of each epoch only

@@ -1,5 +1,6 @@
 """How the sample splits reach Ray Train's workers: a materialized split is cut once per job into
-static shards within a row of each other; a streamed one goes through Ray Data's `streaming_split` every epoch."""
+static shards within a row of each other; a streamed one goes through Ray Data's `streaming_split`
+every epoch."""
 from __future__ import annotations
 
 from typing import Optional
@@ -19,7 +20,9 @@ class StaticSplitConfig(DataConfig):
     """A `DataConfig` that gives each worker a fixed share of every materialized split
     (`MaterializedDataset.split_at_indices`, `shard_bounds`): its blocks are already in the object
     store, so the per-epoch `SplitCoordinator` actor of `streaming_split` (its scheduling, its round
-    trips per block) buys nothing. Streamed (unmaterialized) splits keep `DataConfig`'s `streaming_split`.
+    trips per block) buys nothing. Streamed (unmaterialized) splits keep `DataConfig`'s
+    `streaming_split`. (`_resolve_execution_options` and `_datasets_to_split` are `DataConfig`'s
+    own, as of the pinned Ray 2.60.)
 
     The shards are static: the same rows go to the same rank every epoch (the train files hold a
     shuffled order; `train.shuffle: local` reshuffles within a shard). No row is left out (where
