@@ -228,6 +228,34 @@ def test_training_processes_keep_freed_memory_unless_told_not_to(monkeypatch):
     assert not allocator.keep_freed_memory()
 
 
+def test_frozen_objects_are_not_scanned_again_and_later_garbage_is_still_collected():
+    import gc
+    import weakref
+
+    from lifelong.trainers import allocator
+
+    class Node:
+        pass
+
+    def cycle() -> weakref.ref:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    before = cycle()  # cyclic garbage made before the freeze: frozen with the rest, never collected
+    try:
+        frozen = allocator.freeze_long_lived()
+        assert frozen == gc.get_freeze_count() > 1000  # this process's imports
+        after = cycle()
+        gc.collect()
+        assert after() is None  # made later: collected as before
+        assert before() is not None
+    finally:
+        gc.unfreeze()  # the test process's collector as it was
+    gc.collect()
+    assert before() is None
+
+
 def test_the_wait_for_the_first_batch_is_reported_beside_the_steady_rate():
     """`train_epoch`'s samples/s counts the whole pass; `first_batch_s` is the wait for the first batch
     (a data pipeline's start) and `steady_samples_per_s` the rate of every batch after it."""

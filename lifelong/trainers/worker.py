@@ -18,7 +18,7 @@ import torch.distributed as dist
 from lifelong.cluster import logs
 from lifelong.embeddings.plan import describe
 from lifelong.trainers import checkpoint
-from lifelong.trainers.allocator import keep_freed_memory
+from lifelong.trainers.allocator import freeze_long_lived, keep_freed_memory
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
 from lifelong.trainers.inputs import load_store, make_collator, make_eval_collator
@@ -113,10 +113,12 @@ BEST_DIR = "best"  # inside the run directory: the best epoch's weights under ea
 
 def _start(config: dict) -> tuple:
     """Worker set-up shared by both loops: the relay, fbgemm's argument dump filtered, malloc's
-    thresholds (`allocator`), the sequence store and the dataset shards."""
+    thresholds and the imports' objects frozen (`allocator`), the sequence store and the dataset
+    shards."""
     logs.use(config.get("relay"))
     logging.getLogger().addFilter(_NoTBEArgumentDump())
     keep_freed_memory()
+    freeze_long_lived()  # the imports' objects: no full collection rescans them (`allocator`)
     return load_store(config), ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
 
 
