@@ -20,8 +20,8 @@ collected as before.
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 import os
 import platform
 
