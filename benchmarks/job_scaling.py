@@ -7,8 +7,8 @@ Runs `lifelong train --workers 1` and `--workers 2` one after the other, `--reps
 back to back, so a slow minute of this machine hits both sides of a ratio alike), every run a fresh
 process with a fresh run name under a temporary output directory beside the shared sample cache
 (`--output-dir`), validation capped at one batch per worker (`--max-eval-batches 1`). Prints one row
-per run (samples/s over all epochs, the first epoch's wait for its first batch, the steady rate, the
-plan) and, per pair, the two-worker / one-worker ratios, then their median.
+per run (from its summary, i.e. its last epoch: samples/s, the wait for the first batch, the steady
+rate; and the plan) and, per pair, the two-worker / one-worker ratios, then their median.
 """
 from __future__ import annotations
 
