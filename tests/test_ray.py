@@ -3,6 +3,7 @@ early stopping, the key cache and the store layout on two workers."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def test_two_worker_run_on_movielens(ray_local, tmp_path):
     plan = (tmp_path / "e2e" / "plan.txt").read_text()
     assert "item: row_wise" in plan and "cat: table_wise" in plan
     assert json.loads((tmp_path / "e2e" / "summary.json").read_text())["model"] == "sim_hard"
+    # on the embedded Ray this process started, each worker runs on its own half of the cores
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) >= 2 and hasattr(os, "sched_setaffinity"):
+        half = len(cores) // 2
+        assert summary["train_worker_cores"] == [cores[:half], cores[half:2 * half]], summary["train_worker_cores"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves = EventAccumulator(str(tmp_path / "e2e" / "tensorboard"))

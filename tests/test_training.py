@@ -3,6 +3,7 @@ in process (scripted validation scores); on Ray (the same rule through the worke
 tests/test_ray.py's."""
 from __future__ import annotations
 
+import os
 
 import pytest
 import torch
@@ -254,6 +255,63 @@ def test_frozen_objects_are_not_scanned_again_and_later_garbage_is_still_collect
         gc.unfreeze()  # the test process's collector as it was
     gc.collect()
     assert before() is None
+
+
+def test_each_worker_gets_an_even_contiguous_share_of_the_cores():
+    from lifelong.trainers.affinity import share
+
+    cores = [5, 1, 3, 7]
+    assert [share(cores, r, 2) for r in range(2)] == [[1, 3], [5, 7]]
+    assert [share(cores, r, 3) for r in range(3)] == [[1], [3], [5]]  # core 7 left to Ray's other processes
+    assert share(cores, 0, 1) == [1, 3, 5, 7]  # one worker keeps them all
+    assert share(cores, 0, 5) is None and share([0, 1], 2, 2) is None  # fewer cores than workers; bad rank
+
+
+BIND_SCRIPT = """
+import json, os, sys, threading
+from lifelong.trainers.affinity import bind_worker
+stop = threading.Event()
+before = threading.Thread(target=stop.wait); before.start()
+mine = bind_worker(int(sys.argv[1]), int(sys.argv[2]))
+later = {}
+after = threading.Thread(target=lambda: later.update(cores=sorted(os.sched_getaffinity(0)))); after.start(); after.join()
+threads = {t: sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
+stop.set(); before.join()
+print(json.dumps({"mine": mine, "threads": threads, "later": later["cores"]}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs sched_setaffinity and two cores")
+def test_a_bound_worker_runs_every_thread_on_its_share_and_new_threads_inherit_it():
+    import json
+    import subprocess
+    import sys
+
+    from lifelong.trainers.affinity import share
+
+    cores = sorted(os.sched_getaffinity(0))
+    for rank in (0, 1):
+        out = json.loads(subprocess.run([sys.executable, "-c", BIND_SCRIPT, str(rank), "2"], check=True,
+                                        capture_output=True, text=True).stdout)
+        assert out["mine"] == share(cores, rank, 2)
+        assert len(out["threads"]) >= 2 and all(c == out["mine"] for c in out["threads"].values())
+        assert out["later"] == out["mine"]
+    out = json.loads(subprocess.run([sys.executable, "-c", BIND_SCRIPT, "0", str(len(cores) + 1)], check=True,
+                                    capture_output=True, text=True).stdout)
+    assert out["mine"] is None and all(c == cores for c in out["threads"].values())  # more workers than cores
+
+
+def test_cores_are_bound_by_default_only_on_the_embedded_ray_this_process_started(monkeypatch):
+    from lifelong.cluster import connect
+    from lifelong.cluster.connect import ClusterConfig, resolve
+
+    monkeypatch.setattr(connect, "started_here", lambda: True)
+    assert resolve(ClusterConfig(), {"CPU": 4.0}).bind_cores is True
+    assert resolve(ClusterConfig(bind_cores=False), {"CPU": 4.0}).bind_cores is False
+    monkeypatch.setattr(connect, "started_here", lambda: False)  # a cluster, or `ray job submit`'s
+    assert resolve(ClusterConfig(), {"CPU": 4.0}).bind_cores is False
+    assert resolve(ClusterConfig(bind_cores=True), {"CPU": 4.0}).bind_cores is True
 
 
 def test_the_wait_for_the_first_batch_is_reported_beside_the_steady_rate():

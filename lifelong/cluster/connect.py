@@ -4,8 +4,8 @@
   otherwise start an embedded local Ray on this machine (dashboard off, bound to 127.0.0.1).
 - an address ("ray://host:10001" or "host:6379" / "auto"): join that cluster.
 
-`resolve` turns the config's "auto" values (num_workers 0, use_gpu null) into concrete ones from
-the connected cluster's resources; `scaling_config` makes Ray Train's ScalingConfig from them.
+`resolve` turns the config's "auto" values (num_workers 0, use_gpu null, bind_cores null) into
+concrete ones from the connected cluster's resources; `scaling_config` makes Ray Train's ScalingConfig from them.
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ class ClusterConfig:
     collective_timeout_s: int = 120
     poll_s: float = 0.5  # how often Ray Train's controller polls the workers (Ray's default: 2 s). A worker's
     #                      `ray.train.report` (every checkpoint, every epoch) waits for the next poll
+    bind_cores: Optional[bool] = None  # pin each training worker to its own even share of its node's cores
+    #                                    (`trainers/affinity`); null = auto: on for the embedded local Ray this
+    #                                    process started (the machine is the job's), off on a cluster
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -87,6 +90,15 @@ def start_local(num_cpus: int, log_to_driver: bool, logging_level: int = logging
              _system_config=STARTUP, runtime_env=runtime_env, log_to_driver=log_to_driver,
              logging_level=logging_level)
     os.environ.setdefault(PREEMPTION_ENV, "0")
+    _STARTED.add(ray.get_runtime_context().gcs_address)
+
+
+_STARTED: set[str] = set()  # the GCS addresses of the embedded Rays this process started
+
+
+def started_here() -> bool:
+    """Whether the Ray this process is connected to is an embedded one it started (`start_local`)."""
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address in _STARTED
 
 
 ADDRESS_FORMS = "'ray://host:10001' (Ray Client), 'host:6379' (the head's GCS) or 'auto'"
@@ -122,7 +134,8 @@ def resolve(cfg: ClusterConfig, resources: Optional[dict] = None) -> ClusterConf
                          f"{cfg.cpus_per_worker:g} CPU leave none for Ray Data: give the head more logical "
                          f"CPUs (`ray start --head --num-cpus={int(workers * cfg.cpus_per_worker) + DATA_CPUS}`), "
                          "or set cluster.num_workers lower or cluster.cpus_per_worker below 1")
-    return replace(cfg, num_workers=workers, use_gpu=use_gpu)
+    bind = cfg.bind_cores if cfg.bind_cores is not None else started_here()
+    return replace(cfg, num_workers=workers, use_gpu=use_gpu, bind_cores=bind)
 
 
 def controller_env(cfg: ClusterConfig) -> None:

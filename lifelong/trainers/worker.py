@@ -18,6 +18,7 @@ import torch.distributed as dist
 from lifelong.cluster import logs
 from lifelong.embeddings.plan import describe
 from lifelong.trainers import checkpoint
+from lifelong.trainers.affinity import bind_worker
 from lifelong.trainers.allocator import freeze_long_lived, keep_freed_memory
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
@@ -53,14 +54,15 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def worker_nodes() -> int:
-    """How many distinct Ray nodes this run's workers sit on."""
-    node = ray.get_runtime_context().get_node_id()
-    nodes = [node]
+def worker_placement() -> tuple[int, list]:
+    """How many distinct Ray nodes this run's workers sit on, and each rank's cores where bound
+    (`affinity.bind_worker`; None for a rank that is not)."""
+    here = (ray.get_runtime_context().get_node_id(), BOUND_CORES[0])
+    ranks = [here]
     if dist.is_initialized():
-        nodes = [None] * dist.get_world_size()
-        dist.all_gather_object(nodes, node)
-    return len(set(nodes))
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, here)
+    return len({node for node, _ in ranks}), [cores for _, cores in ranks]
 
 
 def resume(model, optimizer, job_dict: dict, rank: int, run_dir: Optional[str],
@@ -111,14 +113,20 @@ PROGRESS_EVERY_S = 5.0
 BEST_DIR = "best"  # inside the run directory: the best epoch's weights under early stopping
 
 
+BOUND_CORES: list[Optional[list[int]]] = [None]  # this worker's cores, when `_start` bound it
+
+
 def _start(config: dict) -> tuple:
     """Worker set-up shared by both loops: the relay, fbgemm's argument dump filtered, malloc's
-    thresholds and the imports' objects frozen (`allocator`), the sequence store and the dataset
-    shards."""
+    thresholds and the imports' objects frozen (`allocator`), the worker bound to its share of the
+    node's cores when `config["bind_cores"]` (`affinity`), the sequence store and the dataset shards."""
     logs.use(config.get("relay"))
     logging.getLogger().addFilter(_NoTBEArgumentDump())
     keep_freed_memory()
     freeze_long_lived()  # the imports' objects: no full collection rescans them (`allocator`)
+    if config.get("bind_cores"):
+        ctx = ray.train.get_context()
+        BOUND_CORES[0] = bind_worker(ctx.get_local_rank(), ctx.get_local_world_size())
     return load_store(config), ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
 
 
@@ -244,8 +252,9 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
                    "train_loss_epochs": list(epoch_losses)}  # the best epoch's metrics, the steps really run
     curves.close()
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
+    nodes, cores = worker_placement()
     metrics.update(run_s=round(time.perf_counter() - started, 1),  # in this worker, without Ray's start-up
-                   train_world_size=world, train_nodes=worker_nodes(), resumed=bool(state),
+                   train_world_size=world, train_nodes=nodes, train_worker_cores=cores, resumed=bool(state),
                    resumed_from=state.get("resumed_from"), resumed_global_step=state.get("global_step"))
     if start_epoch >= t.epochs:  # a finished run rerun: report its metrics, write no new checkpoint
         if registered:
