@@ -30,6 +30,33 @@ def test_round_trip():
     assert b.labels.tolist() == t.column("label").to_numpy().astype(float).tolist()
 
 
+def assert_same_batch(a, b) -> None:
+    assert a.sparse.keys() == b.sparse.keys()
+    assert torch.equal(a.sparse.values(), b.sparse.values()) and torch.equal(a.sparse.lengths(), b.sparse.lengths())
+    for f in ("target_ts", "short_ts", "long_ts", "labels", "user_ids"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and torch.equal(x, y), f
+    assert (a.short_len, a.long_len) == (b.short_len, b.long_len)
+
+
+@pytest.mark.parametrize("prefilter", [None, 3])
+def test_a_split_batch_is_the_batches_of_its_slices_and_drops_only_a_short_tail(prefilter):
+    """`Collator.split` (the Ray path's `Batches`): collated at once, cut by row, equal to collating
+    each slice alone; rows short of a batch at the end are left out."""
+    from lifelong.embeddings.collate import Batches
+
+    samples, meta = tiny_samples()
+    spec = FeatureSpec(meta.n_items, meta.n_categories, 8, meta.n_users)
+    collate = Collator(spec, 5, 20, True, HardSearchPrefilter(prefilter) if prefilter else None)
+    t = samples.slice(0, 103)
+    got = Batches(collate, 25)(t)
+    assert [b.size for b in got] == [25] * 4  # 3 rows left out
+    for i, b in enumerate(got):
+        assert_same_batch(b, collate(t.slice(25 * i, 25)))
+    assert len(collate.split(t, 103)) == 1 and collate.split(t, 104) == []
+    assert_same_batch(collate.split(t, 103)[0], collate(t))
+
+
 def test_out_of_range_id_names_the_feature():
     samples, meta = tiny_samples()
     spec = FeatureSpec(meta.n_items - 1, meta.n_categories, 8)  # a table one row too small

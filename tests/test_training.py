@@ -274,7 +274,8 @@ stop = threading.Event()
 before = threading.Thread(target=stop.wait); before.start()
 mine = bind_worker(int(sys.argv[1]), int(sys.argv[2]))
 later = {}
-after = threading.Thread(target=lambda: later.update(cores=sorted(os.sched_getaffinity(0)))); after.start(); after.join()
+after = threading.Thread(target=lambda: later.update(cores=sorted(os.sched_getaffinity(0))))
+after.start(); after.join()
 threads = {t: sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
 stop.set(); before.join()
 print(json.dumps({"mine": mine, "threads": threads, "later": later["cores"]}))

@@ -7,6 +7,7 @@ the trainer looks up holds only those ids.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -89,6 +90,16 @@ class Collator(ArrowBatchCollateFn):
         self.read_len = max(short_len, long_len) if use_long else short_len
 
     def __call__(self, table: pa.Table) -> Batch:
+        return self._batch(self.columns(table))
+
+    def split(self, table: pa.Table, batch_size: int) -> list[Batch]:
+        """The table's rows as batches of `batch_size`, in order, collated at once (the collate's
+        per-call cost paid once for them all); fewer than `batch_size` rows left over are dropped."""
+        c = self.columns(table)
+        return [self._batch(c, a, a + batch_size) for a in range(0, table.num_rows - batch_size + 1, batch_size)]
+
+    def columns(self, table: pa.Table) -> "Columns":
+        """The arrays of the table's batch, before they become tensors (`split` cuts them by row)."""
         target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
         if self.store is not None:  # "store" layout: samples hold hist_end, histories live in the store
             # positions straight into the store's columns, each read only where a group needs it
@@ -128,18 +139,21 @@ class Collator(ArrowBatchCollateFn):
             lengths.append(np.ones(len(users), np.int64))
         for s in self.side:
             self._add(values, lengths, rows, hist, target, s.name, s.source, s.groups)
+        return Columns(values, lengths, {
+            "target_ts": table.column("timestamp").to_numpy().astype(np.int64),
+            "short_ts": padded(hist_ts, s_idx, s_off, self.short_len),  # (B, S)
+            "long_ts": padded(hist_ts, l_idx, l_off, self.long_width),  # (B, K)
+            "labels": table.column("label").to_numpy().astype(np.float32),
+            "user_ids": table.column("user_id").to_numpy().astype(np.int64)})
+
+    def _batch(self, c: "Columns", start: int = 0, stop: Optional[int] = None) -> Batch:
+        """Rows [start, stop) of `c` (all of them by default) as a `Batch`."""
+        values, lengths, dense = c.rows(start, stop)
         sparse = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys, values=torch.from_numpy(np.concatenate(values).astype(np.int64, copy=False)),
             lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)))
-        return Batch(
-            sparse=sparse,
-            target_ts=torch.from_numpy(table.column("timestamp").to_numpy().astype(np.int64)),
-            short_ts=torch.from_numpy(padded(hist_ts, s_idx, s_off, self.short_len)),
-            long_ts=torch.from_numpy(padded(hist_ts, l_idx, l_off, self.long_width)),
-            short_len=self.short_len, long_len=self.long_width,
-            labels=torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
-            user_ids=torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64)),
-        )
+        return Batch(sparse=sparse, **{k: torch.from_numpy(v) for k, v in dense.items()},
+                     short_len=self.short_len, long_len=self.long_width)
 
     def _add(self, values: list, lengths: list, rows: dict, hist: dict, target: dict, name: str, source: str,
              groups: tuple[str, ...]) -> None:
@@ -158,6 +172,38 @@ class Collator(ArrowBatchCollateFn):
             bad = ids[(ids < 0) | (ids >= num_embeddings)][0]
             raise FeatureRangeError(
                 f"feature '{feature}': id {int(bad)} outside table of {num_embeddings} rows [0, {num_embeddings})")
+
+
+@dataclass
+class Columns:
+    """One collated Arrow batch as arrays: each KJT key's values and per-row lengths (the KJT's
+    order) and the dense columns, one row per sample."""
+
+    values: list[np.ndarray]
+    lengths: list[np.ndarray]
+    dense: dict[str, np.ndarray]
+    offsets: list[np.ndarray] = field(default_factory=list)  # per key (B+1,), made by the first `rows` cut
+
+    def rows(self, start: int, stop: Optional[int]) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+        """(values, lengths, dense) of rows [start, stop); all of them, as they are, for (0, None)."""
+        if start == 0 and stop is None:
+            return self.values, self.lengths, self.dense
+        if not self.offsets:
+            self.offsets = [np.concatenate(([0], np.cumsum(n))) for n in self.lengths]
+        values = [v[o[start]:o[stop]] for v, o in zip(self.values, self.offsets)]
+        return values, [n[start:stop] for n in self.lengths], {k: v[start:stop] for k, v in self.dense.items()}
+
+
+class Batches(ArrowBatchCollateFn):
+    """Arrow sample batch -> the list of `Batch`es of `batch_size` rows it holds (`Collator.split`):
+    the iterator hands out batches of several training batches' rows, and their collate and Ray
+    Data's per-batch work are paid once for all of them."""
+
+    def __init__(self, collate: Collator, batch_size: int) -> None:
+        self.collate, self.batch_size = collate, batch_size
+
+    def __call__(self, table: pa.Table) -> list[Batch]:
+        return self.collate.split(table, self.batch_size)
 
 
 class EvalCollator(ArrowBatchCollateFn):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import tempfile
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from lifelong.cluster import logs
+from lifelong.embeddings.collate import Batches
 from lifelong.embeddings.plan import describe
 from lifelong.trainers import checkpoint
 from lifelong.trainers.affinity import bind_worker
@@ -218,8 +220,11 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
     for epoch in range(start_epoch, t.epochs):
         shuffle = {"local_shuffle_buffer_size": t.local_shuffle_buffer, "local_shuffle_seed": t.seed + epoch} \
             if t.shuffle == "local" else {}
-        batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, drop_last=True,
-                                                 prefetch_batches=t.prefetch_batches, device="cpu", **shuffle)
+        per = max(1, t.collate_rows // t.batch_size)  # training batches per Ray Data batch
+        batches = itertools.chain.from_iterable(train_shard.iter_torch_batches(
+            batch_size=t.batch_size * per, collate_fn=Batches(collate, t.batch_size), drop_last=False,
+            prefetch_batches=max(1, -(-t.prefetch_batches // per)) if t.prefetch_batches else 0, device="cpu",
+            **shuffle))  # Batches drops the last rows short of a batch, as drop_last would
         valid_batches = valid_shard.iter_torch_batches(batch_size=t.eval_batch_size, collate_fn=eval_collate,
                                                        prefetch_batches=t.prefetch_batches, device="cpu")
         epoch_metrics = core.epoch(
