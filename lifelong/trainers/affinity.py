@@ -5,7 +5,7 @@ it likes. With as many workers as cores, two ranks then share a core now and the
 stands idle, and every step waits for the slower rank at the gradient exchange. Pinning each
 worker's threads to its own cores (`os.sched_setaffinity`, the binding `torchrun --numa-binding`
 and Intel's CPU launchers do per rank) keeps them apart: measured here, two workers on two cores
-trained ~6 % more samples/s (BENCHMARKS.md, "Fourteenth session"). Ray's other processes still
+trained ~10 % more samples/s (BENCHMARKS.md, "Fourteenth session"). Ray's other processes still
 run on any core. A node's cores are split evenly by local rank, so one worker keeps them all.
 """
 from __future__ import annotations
