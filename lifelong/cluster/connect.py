@@ -5,7 +5,8 @@
 - an address ("ray://host:10001" or "host:6379" / "auto"): join that cluster.
 
 `resolve` turns the config's "auto" values (num_workers 0, use_gpu null, bind_cores null) into
-concrete ones from the connected cluster's resources; `scaling_config` makes Ray Train's ScalingConfig from them.
+concrete ones from the connected cluster's resources; `scaling_config` makes Ray Train's
+ScalingConfig from them.
 """
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ class Collator(ArrowBatchCollateFn):
         c = self.columns(table)
         return [self._batch(c, a, a + batch_size) for a in range(0, table.num_rows - batch_size + 1, batch_size)]
 
-    def columns(self, table: pa.Table) -> "Columns":
+    def columns(self, table: pa.Table) -> Columns:
         """The arrays of the table's batch, before they become tensors (`split` cuts them by row)."""
         target = {t: table.column(c).to_numpy() for t, c in TABLE_COLUMNS.items()}
         if self.store is not None:  # "store" layout: samples hold hist_end, histories live in the store
@@ -146,7 +146,7 @@ class Collator(ArrowBatchCollateFn):
             "labels": table.column("label").to_numpy().astype(np.float32),
             "user_ids": table.column("user_id").to_numpy().astype(np.int64)})
 
-    def _batch(self, c: "Columns", start: int = 0, stop: Optional[int] = None) -> Batch:
+    def _batch(self, c: Columns, start: int = 0, stop: Optional[int] = None) -> Batch:
         """Rows [start, stop) of `c` (all of them by default) as a `Batch`."""
         values, lengths, dense = c.rows(start, stop)
         sparse = KeyedJaggedTensor.from_lengths_sync(

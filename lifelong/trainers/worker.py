@@ -221,10 +221,10 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
         shuffle = {"local_shuffle_buffer_size": t.local_shuffle_buffer, "local_shuffle_seed": t.seed + epoch} \
             if t.shuffle == "local" else {}
         per = max(1, t.collate_rows // t.batch_size)  # training batches per Ray Data batch
+        ahead = -(-t.prefetch_batches // per)  # prefetch_batches counts training batches: the Ray batches holding them
         batches = itertools.chain.from_iterable(train_shard.iter_torch_batches(
             batch_size=t.batch_size * per, collate_fn=Batches(collate, t.batch_size), drop_last=False,
-            prefetch_batches=max(1, -(-t.prefetch_batches // per)) if t.prefetch_batches else 0, device="cpu",
-            **shuffle))  # Batches drops the last rows short of a batch, as drop_last would
+            prefetch_batches=ahead, device="cpu", **shuffle))  # Batches drops a tail short of a batch, as drop_last
         valid_batches = valid_shard.iter_torch_batches(batch_size=t.eval_batch_size, collate_fn=eval_collate,
                                                        prefetch_batches=t.prefetch_batches, device="cpu")
         epoch_metrics = core.epoch(
