@@ -1,8 +1,8 @@
 """Each training worker on its own share of its node's cores (`cluster.bind_cores`).
 
 Ray reserves CPUs by count, not by core, so the kernel moves a worker's threads between cores as
-it likes. With as many workers as cores, two ranks then share a core now and then while another
-stands idle, and every step waits for the slower rank at the gradient exchange. Pinning each
+it likes, and with as many workers as cores every step waits for the slower rank at the gradient
+exchange. Pinning each
 worker's threads to its own cores (`os.sched_setaffinity`, the binding `torchrun --numa-binding`
 and Intel's CPU launchers do per rank) keeps them apart: measured here, two workers on two cores
 trained ~10 % more samples/s (BENCHMARKS.md, "Fourteenth session"). Ray's other processes still
