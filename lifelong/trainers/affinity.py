@@ -2,11 +2,11 @@
 
 Ray reserves CPUs by count, not by core, so the kernel moves a worker's threads between cores as
 it likes, and with as many workers as cores every step waits for the slower rank at the gradient
-exchange. Pinning each
-worker's threads to its own cores (`os.sched_setaffinity`, the binding `torchrun --numa-binding`
-and Intel's CPU launchers do per rank) keeps them apart: measured here, two workers on two cores
-trained ~10 % more samples/s (BENCHMARKS.md, "Fourteenth session"). Ray's other processes still
-run on any core. A node's cores are split evenly by local rank, so one worker keeps them all.
+exchange. Pinning each worker's threads to its own cores (`os.sched_setaffinity`, the per-rank
+binding `torchrun --numa-binding` and Intel's CPU launchers do) keeps them apart: measured here,
+two workers on two cores trained ~10 % more samples/s (BENCHMARKS.md, "Fourteenth session").
+Ray's other processes still run on any core. A node's cores are split evenly by local rank, so
+one worker keeps them all.
 """
 from __future__ import annotations
 
