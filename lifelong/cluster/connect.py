@@ -82,6 +82,9 @@ def connect(cfg: ClusterConfig, runtime_env: Optional[dict] = None) -> str:
     return "local"
 
 
+_STARTED: set[str] = set()  # the GCS addresses of the embedded Rays this process started
+
+
 def start_local(num_cpus: int, log_to_driver: bool, logging_level: int = logging.WARNING,
                 runtime_env: Optional[dict] = None) -> None:
     """Start the embedded Ray with lifelong's local settings (also the test suite's shared Ray)."""
@@ -92,9 +95,6 @@ def start_local(num_cpus: int, log_to_driver: bool, logging_level: int = logging
              logging_level=logging_level)
     os.environ.setdefault(PREEMPTION_ENV, "0")
     _STARTED.add(ray.get_runtime_context().gcs_address)
-
-
-_STARTED: set[str] = set()  # the GCS addresses of the embedded Rays this process started
 
 
 def started_here() -> bool:

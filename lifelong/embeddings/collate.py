@@ -7,7 +7,8 @@ the trainer looks up holds only those ids.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -90,13 +91,14 @@ class Collator(ArrowBatchCollateFn):
         self.read_len = max(short_len, long_len) if use_long else short_len
 
     def __call__(self, table: pa.Table) -> Batch:
-        return self._batch(self.columns(table))
+        c = self.columns(table)
+        return self._batch(c.values, c.lengths, c.dense)
 
     def split(self, table: pa.Table, batch_size: int) -> list[Batch]:
         """The table's rows as batches of `batch_size`, in order, collated at once (the collate's
         per-call cost paid once for them all); fewer than `batch_size` rows left over are dropped."""
         c = self.columns(table)
-        return [self._batch(c, a, a + batch_size) for a in range(0, table.num_rows - batch_size + 1, batch_size)]
+        return [self._batch(*c.rows(a, a + batch_size)) for a in range(0, table.num_rows - batch_size + 1, batch_size)]
 
     def columns(self, table: pa.Table) -> Columns:
         """The arrays of the table's batch, before they become tensors (`split` cuts them by row)."""
@@ -146,9 +148,8 @@ class Collator(ArrowBatchCollateFn):
             "labels": table.column("label").to_numpy().astype(np.float32),
             "user_ids": table.column("user_id").to_numpy().astype(np.int64)})
 
-    def _batch(self, c: Columns, start: int = 0, stop: Optional[int] = None) -> Batch:
-        """Rows [start, stop) of `c` (all of them by default) as a `Batch`."""
-        values, lengths, dense = c.rows(start, stop)
+    def _batch(self, values: list[np.ndarray], lengths: list[np.ndarray], dense: dict[str, np.ndarray]) -> Batch:
+        """A `Batch` of `Columns`' arrays (all of them, or `Columns.rows`)."""
         sparse = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys, values=torch.from_numpy(np.concatenate(values).astype(np.int64, copy=False)),
             lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)))
@@ -182,14 +183,14 @@ class Columns:
     values: list[np.ndarray]
     lengths: list[np.ndarray]
     dense: dict[str, np.ndarray]
-    offsets: list[np.ndarray] = field(default_factory=list)  # per key (B+1,), made by the first `rows` cut
 
-    def rows(self, start: int, stop: Optional[int]) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-        """(values, lengths, dense) of rows [start, stop); all of them, as they are, for (0, None)."""
-        if start == 0 and stop is None:
-            return self.values, self.lengths, self.dense
-        if not self.offsets:
-            self.offsets = [np.concatenate(([0], np.cumsum(n))) for n in self.lengths]
+    @cached_property
+    def offsets(self) -> list[np.ndarray]:
+        """Per key (B+1,): where each row's values start."""
+        return [np.concatenate(([0], np.cumsum(n))) for n in self.lengths]
+
+    def rows(self, start: int, stop: int) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]:
+        """(values, lengths, dense) of rows [start, stop)."""
         values = [v[o[start]:o[stop]] for v, o in zip(self.values, self.offsets)]
         return values, [n[start:stop] for n in self.lengths], {k: v[start:stop] for k, v in self.dense.items()}
 

@@ -75,7 +75,7 @@ def replicated_collections(module: nn.Module, constraints: dict[str, list[str]] 
     named = set(constraints or {}) & {t for names in tables.values() for t in names}
     if asked or named or not replicate_mb:
         return asked
-    size = sum(weight_mb(m) for m in module.modules() if isinstance(m, EmbeddingCollection))
+    size = sum(weight_mb(module.get_submodule(path)) for path in tables)
     return tables if size <= replicate_mb else {}
 
 

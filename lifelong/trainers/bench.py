@@ -97,7 +97,7 @@ def plan_specs(job: JobSpec, device_type: str, world: int) -> list[tuple[str, Op
         for t in allowed_types(device_type)]
 
 
-def _plan(job: JobSpec, constraints, min_partition, device: torch.device, pg, replicate_mb: float = 0.0):
+def _plan(job: JobSpec, constraints, min_partition, device: torch.device, pg, replicate_mb: float):
     """Rank 0 plans (keeping the planner's estimates) and broadcasts both; `replicate_mb`: see
     `plan.replicated_collections`."""
     world = dist.get_world_size(pg)
