@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--output-dir", default=str(ROOT / "runs"), help="holds the sample cache the runs share")
     args = ap.parse_args()
     rows, ratios = [], []
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)  # absent on a fresh checkout
     with tempfile.TemporaryDirectory(dir=args.output_dir, prefix="job-scaling-") as tmp:
         out = Path(tmp)
         # samples are cached by content under the output directory: link the shared cache in
