@@ -7,8 +7,10 @@ Runs `lifelong train --workers 1` and `--workers 2` one after the other, `--reps
 back to back, so a slow minute of this machine hits both sides of a ratio alike), every run a fresh
 process with a fresh run name under a temporary output directory beside the shared sample cache
 (`--output-dir`), validation capped at one batch per worker (`--max-eval-batches 1`). Prints one row
-per run (from its summary, i.e. its last epoch: samples/s, the wait for the first batch, the steady
-rate; and the plan) and, per pair, the two-worker / one-worker ratios, then their median.
+per run from its summary, i.e. its last epoch: samples/s, the wait for the first batch, the steady
+rate, each phase of a step (`train_step_ms` / `train_step_cpu_ms`: wall and training-thread CPU
+milliseconds per step and worker) and the plan. Then, per pair, the two-worker / one-worker
+ratios, and their median.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from lifelong.trainers.steptime import PHASES
 
 ROOT = Path(__file__).resolve().parent.parent
 LIFELONG = [sys.executable, "-m", "lifelong.jobs.cli"]
@@ -70,11 +74,14 @@ def main() -> None:
                       flush=True)
             ratios.append((pair[2]["train_samples_per_s"] / pair[1]["train_samples_per_s"],
                            pair[2]["train_steady_samples_per_s"] / pair[1]["train_steady_samples_per_s"]))
-    print("| rep | workers | samples/s | first batch s | steady samples/s | epochs | plan (first table) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| rep | workers | samples/s | first batch s | steady samples/s | epochs | "
+          + " | ".join(f"{p} ms (CPU)" for p in PHASES) + " | plan (first table) |")
+    print("|---|---|---|---|---|---|" + "---|" * len(PHASES) + "---|")
     for rep, workers, s in rows:
+        wall, cpu = s["train_step_ms"], s["train_step_cpu_ms"]
         print(f"| {rep} | {workers} | {s['train_samples_per_s']:,.0f} | {s['train_first_batch_s']:.2f} | "
-              f"{s['train_steady_samples_per_s']:,.0f} | {len(s['train_loss_epochs'])} | {s['plan']} |")
+              f"{s['train_steady_samples_per_s']:,.0f} | {len(s['train_loss_epochs'])} | "
+              + " | ".join(f"{wall[p]:.1f} ({cpu[p]:.1f})" for p in PHASES) + f" | {s['plan']} |")
     print()
     print("| rep | 2 / 1 workers, samples/s | steady |")
     print("|---|---|---|")

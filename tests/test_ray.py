@@ -109,6 +109,12 @@ def test_two_worker_run_on_movielens(ray_local, tmp_path):
     if len(cores) >= 2 and hasattr(os, "sched_setaffinity"):
         half = len(cores) // 2
         assert summary["train_worker_cores"] == [cores[:half], cores[half:2 * half]], summary["train_worker_cores"]
+    # where the steps' time went, mean over both workers: every phase, adding up to the steady pass
+    wall, cpu = summary["train_step_ms"], summary["train_step_cpu_ms"]
+    assert set(wall) == set(cpu) == {"data", "forward", "backward", "optimizer", "other"}
+    assert cpu["forward"] > 0 and cpu["backward"] > 0 and all(cpu[p] <= wall[p] + 0.05 for p in wall)
+    steady_s = (summary["train_samples"] - 2 * 256) / summary["train_steady_samples_per_s"]
+    assert sum(wall.values()) * summary["train_steps"] / 1e3 == pytest.approx(steady_s, rel=0.1)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves = EventAccumulator(str(tmp_path / "e2e" / "tensorboard"))

@@ -337,6 +337,45 @@ def test_the_wait_for_the_first_batch_is_reported_beside_the_steady_rate():
     assert stats["steady_samples_per_s"] > stats["samples_per_s"]
 
 
+def test_a_steps_time_is_split_into_phases_that_add_up_to_the_pass():
+    """`train_epoch`'s `step_ms` phases add up to the pass less the wait for the first batch; a slow
+    iterator's wait is wall time in `data` but not the training thread's CPU; the model's passes are
+    CPU time; no phase's CPU exceeds its wall time."""
+    import time
+
+    from lifelong.trainers.steptime import PHASES
+
+    samples, meta = tiny_samples()
+    job = tiny_job("din", meta, batch_size=16)
+    torch.manual_seed(0)
+    model = local.plain_model(job)
+
+    def slow():
+        for i, b in enumerate(local.batches(samples, job, 16, 0)):
+            if i:
+                time.sleep(0.02)  # every batch after the first keeps the loop waiting
+            yield b
+
+    stats = loop.train_epoch(model, local_optimizer(job, model), slow(), torch.device("cpu"), show=False)
+    wall, cpu, steps = stats["step_ms"], stats["step_cpu_ms"], stats["steps"]
+    assert list(wall) == list(cpu) == list(PHASES) and steps > 3
+    steady_s = (stats["samples"] - 16) / stats["steady_samples_per_s"]
+    assert sum(wall.values()) * steps / 1e3 == pytest.approx(steady_s, rel=0.02, abs=0.005)
+    assert wall["data"] >= 20 * (steps - 1) / steps and cpu["data"] < 0.5 * wall["data"]
+    assert cpu["forward"] > 0 and cpu["backward"] > 0 and cpu["optimizer"] > 0
+    assert all(cpu[p] <= wall[p] + 0.05 for p in PHASES), (wall, cpu)
+
+
+def test_step_times_are_means_per_step_and_rank():
+    from lifelong.trainers.steptime import PHASES, per_step
+
+    n = len(PHASES)
+    totals = [float(i + 1) for i in range(n)] + [0.5 * (i + 1) for i in range(n)]  # seconds, summed over 2 ranks
+    got = per_step(totals, steps=4, ranks=2)
+    assert got["step_ms"] == {p: 1e3 * (i + 1) / 8 for i, p in enumerate(PHASES)}
+    assert got["step_cpu_ms"] == {p: 1e3 * 0.5 * (i + 1) / 8 for i, p in enumerate(PHASES)}
+
+
 def _lockstep_rank(rank, init_file, out):
     import torch.distributed as dist
 

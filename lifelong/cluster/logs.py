@@ -39,6 +39,8 @@ def short(v):
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
     if isinstance(v, list):
         return "[" + ", ".join(str(short(x)) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {short(x)}" for k, x in v.items()) + "}"
     return v
 
 

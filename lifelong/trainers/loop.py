@@ -21,6 +21,7 @@ from lifelong.embeddings.batch import Batch, EvalBatch
 from lifelong.models.base import loss as ctr_loss
 from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.metrics import evaluate_arrays
+from lifelong.trainers.steptime import StepClock, per_step
 
 
 class NonFiniteLoss(RuntimeError):
@@ -74,7 +75,9 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
     ranks (the job's throughput: the whole pass, its wait for the first batch included). Beside
     them: `first_batch_s`, that wait (this rank: the data pipeline's start), and
-    `steady_samples_per_s`, the rate from the first batch on (every batch after each rank's first).
+    `steady_samples_per_s`, the rate from the first batch on (every batch after each rank's first),
+    and `step_ms` / `step_cpu_ms`: each phase's mean wall and training-thread CPU milliseconds per
+    step, over ranks (`steptime.PHASES`; the wait for the first batch left out).
 
     Resuming: the first `start` batches are passed over (they were trained before the checkpoint).
     `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch, loss)` after each,
@@ -91,21 +94,29 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     rank = dist.get_rank() if dist.is_initialized() else 0
     sparse = {id(p) for p in unwrap(model).sparse_parameters()}
     first = math.nan  # seconds to this rank's first batch; the steady rate is counted from then
+    clock = StepClock()
     for batch in in_lockstep(batches, device, skipped):
-        if not steps:
+        if steps:
+            clock.lap("data")
+        else:
             first, first_size = time.perf_counter() - t0, batch.size
+            clock.restart()
         batch = batch.to(device, non_blocking=True)
         if before_step is not None:
             before_step(batch)
+            clock.lap("other")
         loss = ctr_loss(batch, model(batch))
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"rank {rank}: non-finite loss {loss.item()} at step {steps}")
+        clock.lap("forward")
         optimizer.zero_grad()
         loss.backward()
+        clock.lap("backward")
         if grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None
                                             and id(p) not in sparse], grad_clip)
         optimizer.step()
+        clock.lap("optimizer")
         steps += 1
         samples += batch.size
         losses.append(loss.item())
@@ -118,16 +129,21 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
         last = bool(max_steps) and start + steps >= max_steps  # the epoch-end checkpoint follows
         if every and on_checkpoint is not None and (start + steps) % every == 0 and not last:
             on_checkpoint(start + steps)
+        clock.lap("other")
         if max_steps and start + steps >= max_steps:
             skipped.append(-1)  # stopped by max_steps, not by data
             break
+    if steps:
+        clock.lap("data")  # the last wait: for the end of every rank's data
     bar.close()
     elapsed = time.perf_counter() - t0
     after_first = samples - first_size if steps else 0
+    times, ranks = clock.totals(), 1
     if dist.is_initialized():
-        total = torch.tensor([samples, after_first], dtype=torch.float64, device=device)
+        total = torch.tensor([samples, after_first, *times], dtype=torch.float64, device=device)
         dist.all_reduce(total)
-        samples, after_first = int(total[0].item()), int(total[1].item())
+        samples, after_first, times = int(total[0].item()), int(total[1].item()), total[2:].tolist()
+        ranks = dist.get_world_size()
     q = max(1, steps // 4)
     steady = elapsed - first if steps > 1 else 0.0
     return {"steps": steps, "samples": samples, "loss": loss_sum / max(steps, 1),
@@ -135,7 +151,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
             "loss_end": float(np.mean(losses[-q:])) if losses else math.nan,
             "samples_per_s": samples / elapsed if elapsed else math.nan,
             "first_batch_s": round(first, 3), "steady_samples_per_s": after_first / steady if steady else math.nan,
-            "skipped_batches": max(skipped[0], 0) if skipped else 0}
+            "skipped_batches": max(skipped[0], 0) if skipped else 0, **per_step(times, steps, ranks)}
 
 
 def fit_epoch(model: torch.nn.Module, optimizer, t: TrainConfig, device: torch.device, batches: Iterable[Batch],
