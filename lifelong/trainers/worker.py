@@ -56,10 +56,10 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def worker_placement() -> tuple[int, list]:
-    """How many distinct Ray nodes this run's workers sit on, and each rank's cores where bound
+def worker_placement(cores: Optional[list[int]]) -> tuple[int, list]:
+    """How many distinct Ray nodes this run's workers sit on, and each rank's `cores` where bound
     (`affinity.bind_worker`; None for a rank that is not)."""
-    here = (ray.get_runtime_context().get_node_id(), BOUND_CORES[0])
+    here = (ray.get_runtime_context().get_node_id(), cores)
     ranks = [here]
     if dist.is_initialized():
         ranks = [None] * dist.get_world_size()
@@ -115,27 +115,26 @@ PROGRESS_EVERY_S = 5.0
 BEST_DIR = "best"  # inside the run directory: the best epoch's weights under early stopping
 
 
-BOUND_CORES: list[Optional[list[int]]] = [None]  # this worker's cores, when `_start` bound it
-
-
 def _start(config: dict) -> tuple:
     """Worker set-up shared by both loops: the relay, fbgemm's argument dump filtered, malloc's
     thresholds and the imports' objects frozen (`allocator`), the worker bound to its share of the
-    node's cores when `config["bind_cores"]` (`affinity`), the sequence store and the dataset shards."""
+    node's cores when `config["bind_cores"]` (`affinity`); returns the sequence store, the dataset shards
+    and the cores bound (None if not)."""
     logs.use(config.get("relay"))
     logging.getLogger().addFilter(_NoTBEArgumentDump())
     keep_freed_memory()
     freeze_long_lived()  # the imports' objects: no full collection rescans them (`allocator`)
+    cores = None
     if config.get("bind_cores"):
         ctx = ray.train.get_context()
-        BOUND_CORES[0] = bind_worker(ctx.get_local_rank(), ctx.get_local_world_size())
-    return load_store(config), ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
+        cores = bind_worker(ctx.get_local_rank(), ctx.get_local_world_size())
+    return load_store(config), ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid"), cores
 
 
 def train_loop_per_worker(config: dict) -> None:
     """One run (`config["job"]` in `config["run_dir"]`), its checkpoints registered with Ray Train."""
-    store, train_shard, valid_shard = _start(config)
-    run_job(config["job"], config.get("run_dir"), store, train_shard, valid_shard, config.get("step_hook"),
+    store, train_shard, valid_shard, cores = _start(config)
+    run_job(config["job"], config.get("run_dir"), store, train_shard, valid_shard, config.get("step_hook"), cores,
             registered=True)
 
 
@@ -145,25 +144,26 @@ def train_runs_per_worker(config: dict) -> None:
     pairs. A run whose directory holds its finished checkpoint is passed over, any other resumes from
     its newest complete one (a restarted worker group continues where it stopped); checkpoints go
     straight into each run's directory (`checkpoint.save_in_run`), not through Ray Train."""
-    store, train_shard, valid_shard = _start(config)
+    store, train_shard, valid_shard, cores = _start(config)
     shown_plan: list[str] = []  # the plan is printed when it differs from the last run's
     for job_dict, run_dir in config["jobs"]:
         done = [checkpoint.finished(run_dir, job_dict) is not None if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(done, src=0)
         if not done[0]:
             reset_peak_memory()
-            run_job(job_dict, run_dir, store, train_shard, valid_shard, config.get("step_hook"), registered=False,
-                    shown_plan=shown_plan)
+            run_job(job_dict, run_dir, store, train_shard, valid_shard, config.get("step_hook"), cores,
+                    registered=False, shown_plan=shown_plan)
             gc.collect()
 
 
 def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_shard, step_hook,
-            registered: bool, shown_plan: Optional[list[str]] = None) -> None:
+            cores: Optional[list[int]], registered: bool, shown_plan: Optional[list[str]] = None) -> None:
     """Train one job on this worker's shards: DMP model, resume, epochs with validation, early
     stopping, checkpoints (reported to Ray Train when `registered`, else written into `run_dir`)
-    and, last, the final metrics. `step_hook(rank, world, global step)` runs after every step (tests
-    install faults). With `shown_plan` (the runs of one worker group) the run's first line names its
-    directory, and the plan is printed only when it differs from the one held there."""
+    and, last, the final metrics (with each rank's bound `cores`, `_start`'s). `step_hook(rank,
+    world, global step)` runs after every step (tests install faults). With `shown_plan` (the runs
+    of one worker group) the run's first line names its directory, and the plan is printed only
+    when it differs from the one held there."""
     job = JobSpec.from_dict(job_dict)
     started = time.perf_counter()
     ctx = ray.train.get_context()
@@ -257,9 +257,9 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
                    "train_loss_epochs": list(epoch_losses)}  # the best epoch's metrics, the steps really run
     curves.close()
     metrics["train_peak_rss_mb"] = peak_memory_mb(device)
-    nodes, cores = worker_placement()
+    nodes, ranks_cores = worker_placement(cores)
     metrics.update(run_s=round(time.perf_counter() - started, 1),  # in this worker, without Ray's start-up
-                   train_world_size=world, train_nodes=nodes, train_worker_cores=cores, resumed=bool(state),
+                   train_world_size=world, train_nodes=nodes, train_worker_cores=ranks_cores, resumed=bool(state),
                    resumed_from=state.get("resumed_from"), resumed_global_step=state.get("global_step"))
     if start_epoch >= t.epochs:  # a finished run rerun: report its metrics, write no new checkpoint
         if registered:
