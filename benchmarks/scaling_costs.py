@@ -4,12 +4,12 @@
     .venv/bin/python benchmarks/scaling_costs.py --only exchange --payloads-mb 0,0.38,0.76,1.5
 
 1. **Contention.** `make run`'s training step (its run file's defaults: SIM-hard on MovieLens,
-   batch 256, DMP over a one-rank gloo group, one thread, the trainer's optimisers) on pre-collated
-   batches, in one process bound to core 0, then in two processes bound to cores 0 and 1 at the
-   same time (no gradient exchange between them), alternated `--rounds` times. Each cell: ms of
-   wall and of the training thread's CPU per step, the median of the process's passes over the
-   batches. If the two cores shared something scarce (memory bandwidth, a cache), a pair's steps
-   would cost more CPU than one alone's.
+   batch 256, DMP over a one-rank gloo group, one thread, the trainer's optimisers and malloc
+   settings) on pre-collated batches, in one process bound to core 0, then in two processes bound
+   to cores 0 and 1 at the same time (no gradient exchange between them), alternated `--rounds`
+   times. Each cell: ms of wall and of the training thread's CPU per step, the median of the
+   process's passes over the batches. If the two cores shared something scarce (memory bandwidth,
+   a cache), a pair's steps would cost more CPU than one alone's.
 2. **Exchange.** Two gloo ranks, one bound to each core; every step `--busy-ms` of matrix products
    (a step's compute, so the ranks arrive with a real skew), then `comm.exchange_mean` of a
    payload, the trainer's DDP hook on two CPU ranks. Each cell: ms of wall and of the calling
@@ -63,8 +63,10 @@ def job_batches(n: int) -> tuple:
 def _steps(core: int, job, batches: list, passes: int, start: mp.Barrier, out: mp.Queue) -> None:
     """One training process on `core`: warm up, wait for the others, time `passes` passes."""
     from lifelong.models.base import loss as ctr_loss
+    from lifelong.trainers.allocator import keep_freed_memory
     from lifelong.trainers.model_setup import sharded_model
 
+    keep_freed_memory()  # as the trainers do
     _bind(core)
     _group(0, 1, PORT + 1 + core)
     torch.manual_seed(job.train.seed)
