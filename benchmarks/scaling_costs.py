@@ -12,8 +12,9 @@
    a cache), a pair's steps would cost more CPU than one alone's.
 2. **Exchange.** Two gloo ranks, one bound to each core; every step `--busy-ms` of matrix products
    (a step's compute, so the ranks arrive with a real skew), then `comm.exchange_mean` of a
-   payload, the trainer's DDP hook on two CPU ranks. Each cell: ms of wall and of the calling
-   thread's CPU per exchange, the mean over `--steps` steps (the first 5 left out), per payload.
+   payload, the trainer's DDP hook on two CPU ranks, with the trainers' malloc settings. Each
+   cell, per payload over `--steps` steps (the first 5 left out): ms of wall per exchange (median
+   and mean: a few slow exchanges pull the mean up) and of the calling thread's CPU (mean).
    The job's bucket is 0.76 MB (sim_hard on MovieLens, 80 % of it the item table).
 
 Prints two Markdown tables. Pair this with `benchmarks/cpu_by_thread.py` beside a running job.
@@ -111,14 +112,16 @@ def contention(rounds: int, n_batches: int, passes: int) -> list[tuple]:
 
 
 def _exchange(rank: int, payloads: list[int], busy_ms: float, steps: int, out: mp.Queue) -> None:
+    from lifelong.trainers.allocator import keep_freed_memory
     from lifelong.trainers.comm import exchange_mean
 
+    keep_freed_memory()  # as the trainers do: without it each exchange's buffers fault their pages in anew
     _bind(rank)
     _group(rank, 2, PORT)
     a = torch.randn(128, 128)
     for n in payloads:
         buf = torch.randn(n)
-        wall = cpu = 0.0
+        walls, cpu = [], 0.0
         for s in range(steps + 5):
             t = time.perf_counter()
             while (time.perf_counter() - t) * 1e3 < busy_ms:
@@ -126,13 +129,14 @@ def _exchange(rank: int, payloads: list[int], busy_ms: float, steps: int, out: m
             t, c = time.perf_counter(), time.thread_time()
             exchange_mean(dist.group.WORLD, buf).wait()
             if s >= 5:
-                wall, cpu = wall + time.perf_counter() - t, cpu + time.thread_time() - c
-        out.put((n, rank, 1e3 * wall / steps, 1e3 * cpu / steps))
+                walls.append(1e3 * (time.perf_counter() - t))
+                cpu += time.thread_time() - c
+        out.put((n, rank, statistics.median(walls), statistics.mean(walls), 1e3 * cpu / steps))
     dist.destroy_process_group()
 
 
 def exchange(payloads_mb: list[float], busy_ms: float, steps: int) -> list[tuple]:
-    """(floats, rank, wall ms, CPU ms) per payload and rank."""
+    """(floats, rank, median wall ms, mean wall ms, mean CPU ms) per payload and rank."""
     sizes = [max(1, int(mb * 1e6 / 4)) for mb in payloads_mb]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -163,9 +167,11 @@ def main() -> None:
             print(f"| {r} | {n} | {core} | {wall:.2f} | {cpu:.2f} |", flush=True)
         print()
     if a.only in (None, "exchange"):
-        print("| payload MB | rank | wall ms / exchange | calling thread CPU ms |\n|---|---|---|---|")
-        for n, rank, wall, cpu in exchange([float(x) for x in a.payloads_mb.split(",")], a.busy_ms, a.steps):
-            print(f"| {4 * n / 1e6:.2f} | {rank} | {wall:.2f} | {cpu:.2f} |")
+        print("| payload MB | rank | wall ms / exchange, median | mean | calling thread CPU ms |\n"
+              "|---|---|---|---|---|")
+        for n, rank, median, mean, cpu in exchange([float(x) for x in a.payloads_mb.split(",")], a.busy_ms,
+                                                   a.steps):
+            print(f"| {4 * n / 1e6:.2f} | {rank} | {median:.2f} | {mean:.2f} | {cpu:.2f} |")
 
 
 if __name__ == "__main__":
