@@ -67,7 +67,7 @@ def test_a_materialized_split_is_cut_once_into_static_shards_that_keep_every_row
     import ray.data
     from ray.data._internal.iterator.stream_split_iterator import StreamSplitDataIterator
 
-    from lifelong.trainers.ingest import StaticSplitConfig, shard_bounds
+    from lifelong.trainers.ingest import StaticSplitConfig, shard_bounds, static_steps
 
     assert shard_bounds(11, 3) == [3, 7] and shard_bounds(11, 1) == []
     rows = ray.data.from_items([{"i": i} for i in range(11)], override_num_blocks=4)
@@ -79,10 +79,16 @@ def test_a_materialized_split_is_cut_once_into_static_shards_that_keep_every_row
                                                                        [*shard_bounds(11, world), 11]))
         assert sorted(i for s in seen for i in s) == list(range(11))  # every row, once
         assert [[r["i"] for r in shard.iter_rows()] for shard in shards] == seen  # the next epoch: the same rows
+        # the workers' step counts, from the row count alone, match the shards cut into batches of 2
+        assert config.static_rows({"train": rows.materialize()}) == {"train": 11}
+        for rank in range(world):
+            steps = static_steps(11, world, rank, 2)
+            assert steps.own == len(seen[rank]) // 2 and steps.every_rank == min(map(len, seen)) // 2
     # a streamed split, or one not split, keeps Ray's own handling
     lazy = rows.map_batches(lambda batch: batch)  # `from_items` is itself materialized
     streamed = config.configure({"train": lazy, "test": rows}, 2, None, None)
     assert all(isinstance(s["train"], StreamSplitDataIterator) for s in streamed)
+    assert config.static_rows({"train": lazy, "test": rows}) == {}  # streamed, or not split: no count
     assert [sum(1 for _ in s["test"].iter_rows()) for s in streamed] == [11, 11]
 
 

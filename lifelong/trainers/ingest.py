@@ -9,11 +9,21 @@ import ray.data
 from ray.data.dataset import MaterializedDataset
 from ray.train import DataConfig
 
+from lifelong.trainers.loop import EpochSteps
+
 
 def shard_bounds(rows: int, world_size: int) -> list[int]:
     """The row indices that cut `rows` into `world_size` contiguous shards whose sizes differ by at
     most one row (every row kept)."""
     return [rows * rank // world_size for rank in range(1, world_size)]
+
+
+def static_steps(rows: int, world_size: int, rank: int, batch_size: int) -> EpochSteps:
+    """The batch counts of `rank`'s static shard of `rows` rows (`StaticSplitConfig`, `shard_bounds`),
+    cut into `batch_size` batches with a shorter tail dropped (`collate.Batches`)."""
+    cuts = [0, *shard_bounds(rows, world_size), rows]
+    sizes = [b - a for a, b in zip(cuts, cuts[1:])]  # (world_size,) rows per rank
+    return EpochSteps(every_rank=min(sizes) // batch_size, own=sizes[rank] // batch_size)
 
 
 class StaticSplitConfig(DataConfig):
@@ -34,8 +44,7 @@ class StaticSplitConfig(DataConfig):
     def configure(self, datasets: dict[str, ray.data.Dataset], world_size: int,
                   worker_handles: Optional[list], worker_node_ids: Optional[list],
                   **kwargs) -> list[dict[str, ray.data.DataIterator]]:  # DataConfig's forwards-compat kwargs
-        static = {name: ds for name, ds in datasets.items()
-                  if isinstance(ds, MaterializedDataset) and self._splits(name)}
+        static = {name: ds for name, ds in datasets.items() if self._static(name, ds)}
         rest = {name: ds for name, ds in datasets.items() if name not in static}
         output = (super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs) if rest
                   else [{} for _ in range(world_size)])
@@ -47,6 +56,13 @@ class StaticSplitConfig(DataConfig):
                 shard.context.execution_options = self._resolve_execution_options(name)
                 output[rank][name] = shard.iterator()
         return output
+
+    def static_rows(self, datasets: dict[str, ray.data.Dataset]) -> dict[str, int]:
+        """The row count of each split `configure` cuts into static shards (the workers' `static_steps`)."""
+        return {name: ds.count() for name, ds in datasets.items() if self._static(name, ds)}
+
+    def _static(self, name: str, ds: ray.data.Dataset) -> bool:
+        return isinstance(ds, MaterializedDataset) and self._splits(name)
 
     def _splits(self, name: str) -> bool:
         """Whether `name` is one of the datasets this config shards across workers."""

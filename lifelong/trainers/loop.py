@@ -1,8 +1,9 @@
 """Per-worker train and eval loops (plain functions; `worker.py` runs them under Ray Train).
 
 Every step of a sharded model is a collective (embedding all-to-alls), so every rank must run the
-same number of steps: `in_lockstep` stops all ranks as soon as one is out of batches and counts
-what the others skipped. Evaluation never drops rows: a rank that runs out repeats its last
+same number of steps: on static shards every rank knows that number before the epoch (`counted`);
+otherwise `in_lockstep` stops all ranks as soon as one is out of batches. Both count what a rank
+skipped. Evaluation never drops rows: a rank that runs out repeats its last
 batch (outputs discarded) until all are done.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -22,6 +24,14 @@ from lifelong.models.base import loss as ctr_loss
 from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.metrics import evaluate_arrays
 from lifelong.trainers.steptime import StepClock, per_step
+
+
+@dataclass(frozen=True)
+class EpochSteps:
+    """An epoch's batch counts on a static shard, known before it starts (`ingest.static_steps`):
+    `every_rank`, the batches every rank has (the smallest shard's), and `own`, this rank's."""
+    every_rank: int
+    own: int
 
 
 class NonFiniteLoss(RuntimeError):
@@ -66,11 +76,27 @@ def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> 
         yield batch
 
 
+def counted(batches: Iterable, steps: EpochSteps, skipped: list[int]) -> Iterator:
+    """Yield the first `steps.every_rank` batches, the number every rank has, so the ranks need no
+    per-step collective to agree (`in_lockstep`'s all-reduce); append this rank's unused count. A
+    rank whose batches run out first raises at once, naming both counts (the other ranks would
+    wait for it in the next step's collectives until their timeout)."""
+    n = 0
+    for batch in itertools.islice(batches, steps.every_rank):
+        n += 1
+        yield batch
+    if n < steps.every_rank:
+        raise RuntimeError(f"rank {dist.get_rank() if dist.is_initialized() else 0}: its shard gave {n} batches, "
+                           f"fewer than the {steps.every_rank} every rank was counted to have ({steps})")
+    skipped.append(steps.own - steps.every_rank)
+
+
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
                 max_steps: int = 0, log_every: int = 50, show: bool = True, start: int = 0,
                 every: int = 0, on_checkpoint: Optional[Callable[[int], None]] = None,
                 on_step: Optional[Callable[[int, float], None]] = None,
-                before_step: Optional[Callable[[Batch], None]] = None, grad_clip: float = 0.0) -> dict:
+                before_step: Optional[Callable[[Batch], None]] = None, grad_clip: float = 0.0,
+                steps_known: Optional[EpochSteps] = None) -> dict:
     """One pass; returns steps, mean loss and the mean loss of the first and last quarter of the
     steps (this rank), skipped batches (this rank), and samples and samples/s summed over all
     ranks (the job's throughput: the whole pass, its wait for the first batch included). Beside
@@ -83,7 +109,10 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     `on_checkpoint(step_in_epoch)` runs every `every` steps; `on_step(step_in_epoch, loss)` after each,
     `before_step(batch)` before each (e.g. `KeyCacheRefresh.step`). `grad_clip` > 0 clips the global
     norm of the dense gradients (in-process too: under DMP the fused sparse optimiser has stepped
-    the tables in backward already, so both paths clip the same gradients)."""
+    the tables in backward already, so both paths clip the same gradients). `steps_known`: the
+    epoch's batch counts when every rank knows them up front (static shards, `ingest.static_steps`;
+    counted from the epoch's start, resumed batches included): the ranks then stop together by count
+    (`counted`), without `in_lockstep`'s all-reduce a step."""
     model.train()
     batches = itertools.islice(batches, start, None)
     skipped: list[int] = []
@@ -95,7 +124,12 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     sparse = {id(p) for p in unwrap(model).sparse_parameters()}
     first = math.nan  # seconds to this rank's first batch; the steady rate is counted from then
     clock = StepClock()
-    for batch in in_lockstep(batches, device, skipped):
+    if steps_known is not None:
+        left = EpochSteps(max(steps_known.every_rank - start, 0), max(steps_known.own - start, 0))
+        stream = counted(batches, left, skipped)
+    else:
+        stream = in_lockstep(batches, device, skipped)
+    for batch in stream:
         if steps:
             clock.lap("data")
         else:
@@ -157,8 +191,8 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
 def fit_epoch(model: torch.nn.Module, optimizer, t: TrainConfig, device: torch.device, batches: Iterable[Batch],
               valid: Iterable[EvalBatch], keys: Optional["KeyCacheRefresh"] = None, **hooks) -> dict:
     """One epoch of the training core, the same in-process, on a Ray worker and in tests: a training
-    pass (`train_epoch`; `hooks` are its start / every / on_checkpoint / on_step / log_every / show),
-    the key cache refreshed so evaluation reads fresh keys, then one pass over the `valid` batches
+    pass (`train_epoch`; `hooks` are its start / every / on_checkpoint / on_step / log_every / show /
+    steps_known), the key cache refreshed so evaluation reads fresh keys, then one pass over the `valid` batches
     (the first `t.max_eval_batches` when set; `validate`: AUC / GAUC / logloss and the GSU
     consistency diagnostics). Returns flat `train_*`, `valid_*` and `key_cache_*` metrics."""
     hooks.setdefault("log_every", 0)

@@ -66,18 +66,20 @@ def make_trainer(job: JobSpec, samples_dir: str | Path, cluster: ClusterConfig, 
     cluster, samples_dir = resolve(cluster), Path(samples_dir).resolve()  # workers do not share our cwd
     controller_env(cluster)
     store = store_path(samples_dir, job.samples.layout)  # workers read it from shared storage
+    datasets = sample_datasets(samples_dir, job)
+    splits = StaticSplitConfig(datasets_to_split=["train", "valid"], execution_options=ExecutionOptions(
+        preserve_order=job.train.deterministic_data) if job.train.deterministic_data else None)
     return TorchTrainer(
         loop,
         train_loop_config={"job": job.to_dict(), "store": str(store) if store else None,
                            "run_dir": str(Path(storage_path).resolve() / name), "relay": relay,
-                           "bind_cores": cluster.bind_cores,
+                           "bind_cores": cluster.bind_cores, "static_rows": splits.static_rows(datasets),
                            **(loop_config or {})},
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
                                  timeout_s=cluster.collective_timeout_s),
         scaling_config=scaling_config(cluster),
-        datasets=sample_datasets(samples_dir, job),
-        dataset_config=StaticSplitConfig(datasets_to_split=["train", "valid"], execution_options=ExecutionOptions(
-            preserve_order=job.train.deterministic_data) if job.train.deterministic_data else None),
+        datasets=datasets,
+        dataset_config=splits,
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
                              failure_config=FailureConfig(

@@ -24,6 +24,7 @@ from lifelong.trainers.affinity import bind_worker
 from lifelong.trainers.allocator import freeze_long_lived, keep_freed_memory
 from lifelong.trainers.config import JobSpec
 from lifelong.trainers.curves import TB_DIR, Curves
+from lifelong.trainers.ingest import static_steps
 from lifelong.trainers.inputs import load_store, make_collator, make_eval_collator
 from lifelong.trainers.core import TrainCore
 from lifelong.trainers.metrics import peak_rss_mb, reset_peak_rss
@@ -135,7 +136,7 @@ def train_loop_per_worker(config: dict) -> None:
     """One run (`config["job"]` in `config["run_dir"]`), its checkpoints registered with Ray Train."""
     store, train_shard, valid_shard, cores = _start(config)
     run_job(config["job"], config.get("run_dir"), store, train_shard, valid_shard, config.get("step_hook"), cores,
-            registered=True)
+            registered=True, train_rows=config.get("static_rows", {}).get("train"))
 
 
 def train_runs_per_worker(config: dict) -> None:
@@ -152,18 +153,21 @@ def train_runs_per_worker(config: dict) -> None:
         if not done[0]:
             reset_peak_memory()
             run_job(job_dict, run_dir, store, train_shard, valid_shard, config.get("step_hook"), cores,
-                    registered=False, shown_plan=shown_plan)
+                    registered=False, shown_plan=shown_plan, train_rows=config.get("static_rows", {}).get("train"))
             gc.collect()
 
 
 def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_shard, step_hook,
-            cores: Optional[list[int]], registered: bool, shown_plan: Optional[list[str]] = None) -> None:
+            cores: Optional[list[int]], registered: bool, shown_plan: Optional[list[str]] = None,
+            train_rows: Optional[int] = None) -> None:
     """Train one job on this worker's shards: DMP model, resume, epochs with validation, early
     stopping, checkpoints (reported to Ray Train when `registered`, else written into `run_dir`)
     and, last, the final metrics (with each rank's bound `cores`, `_start`'s). `step_hook(rank,
     world, global step)` runs after every step (tests install faults). With `shown_plan` (the runs
     of one worker group) the run's first line names its directory, and the plan is printed only
-    when it differs from the one held there."""
+    when it differs from the one held there. `train_rows`: the train split's rows when it is cut into
+    static shards (`StaticSplitConfig.static_rows`): every rank then knows each epoch's step count
+    (`ingest.static_steps`) and no step asks the others whether they have a batch."""
     job = JobSpec.from_dict(job_dict)
     started = time.perf_counter()
     ctx = ray.train.get_context()
@@ -190,6 +194,7 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
     if state.get("epoch_done"):
         start_epoch, start_step = start_epoch + 1, 0
     core = TrainCore(model, optimizer, t, device, state)
+    steps_known = static_steps(train_rows, world, rank, t.batch_size) if train_rows is not None else None
     best_dir = Path(run_dir) / BEST_DIR  # the best epoch's weights (DCP), beside the checkpoints
 
     def save(metrics: dict, epoch: int, step: int, done: bool) -> None:
@@ -230,7 +235,7 @@ def run_job(job_dict: dict, run_dir: Optional[str], store, train_shard, valid_sh
         epoch_metrics = core.epoch(
             batches, valid_batches, on_step, log_every=t.log_every,
             show=rank == 0 and not logs.relaying(), start=start_step if epoch == start_epoch else 0,
-            every=t.checkpoint_every,
+            every=t.checkpoint_every, steps_known=steps_known,
             on_checkpoint=lambda step: save({"epoch": epoch, "step_in_epoch": step,
                                              "train_loss_epochs": list(epoch_losses)}, epoch, step, False))
         epoch_losses.append(epoch_metrics["train_loss"])
