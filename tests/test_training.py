@@ -384,6 +384,8 @@ def test_counted_steps_stop_at_every_ranks_count_and_a_short_shard_fails_loudly(
     """On static shards the step count is known up front: a rank with 5 batches where every rank has
     3 trains 3 and counts 2 unused; resumed after 2, it trains the last 1; a rank whose shard gives
     fewer batches than counted raises (its peers would otherwise wait in a collective)."""
+    from lifelong.trainers.ingest import EpochSteps
+
     samples, meta = tiny_samples()
     job = tiny_job("din", meta, batch_size=16)
     torch.manual_seed(0)
@@ -392,14 +394,14 @@ def test_counted_steps_stop_at_every_ranks_count_and_a_short_shard_fails_loudly(
     five = list(itertools.islice(local.batches(samples, job, 16, 0), 5))
     assert len(five) == 5
     stats = loop.train_epoch(model, opt, iter(five), torch.device("cpu"), show=False,
-                             steps_known=loop.EpochSteps(every_rank=3, own=5))
+                             steps_known=EpochSteps(every_rank=3, own=5))
     assert stats["steps"] == 3 and stats["skipped_batches"] == 2 and stats["samples"] == 48
     stats = loop.train_epoch(model, opt, iter(five), torch.device("cpu"), show=False, start=2,
-                             steps_known=loop.EpochSteps(every_rank=3, own=5))
+                             steps_known=EpochSteps(every_rank=3, own=5))
     assert stats["steps"] == 1 and stats["skipped_batches"] == 2
     with pytest.raises(RuntimeError, match="gave 2 batches, fewer than the 3"):
         loop.train_epoch(model, opt, iter(five[:2]), torch.device("cpu"), show=False,
-                         steps_known=loop.EpochSteps(every_rank=3, own=3))
+                         steps_known=EpochSteps(every_rank=3, own=3))
 
 
 def _lockstep_rank(rank, init_file, out):

@@ -3,19 +3,26 @@ static shards within a row of each other; a streamed one goes through Ray Data's
 every epoch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import ray.data
 from ray.data.dataset import MaterializedDataset
 from ray.train import DataConfig
 
-from lifelong.trainers.loop import EpochSteps
-
 
 def shard_bounds(rows: int, world_size: int) -> list[int]:
     """The row indices that cut `rows` into `world_size` contiguous shards whose sizes differ by at
     most one row (every row kept)."""
     return [rows * rank // world_size for rank in range(1, world_size)]
+
+
+@dataclass(frozen=True)
+class EpochSteps:
+    """An epoch's batch counts on a static shard, known before it starts (`static_steps`):
+    `every_rank`, the batches every rank has (the smallest shard's), and `own`, this rank's."""
+    every_rank: int
+    own: int
 
 
 def static_steps(rows: int, world_size: int, rank: int, batch_size: int) -> EpochSteps:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -25,13 +24,8 @@ from lifelong.trainers.config import TrainConfig
 from lifelong.trainers.metrics import evaluate_arrays
 from lifelong.trainers.steptime import StepClock, per_step
 
-
-@dataclass(frozen=True)
-class EpochSteps:
-    """An epoch's batch counts on a static shard, known before it starts (`ingest.static_steps`):
-    `every_rank`, the batches every rank has (the smallest shard's), and `own`, this rank's."""
-    every_rank: int
-    own: int
+if TYPE_CHECKING:  # the driver imports `ingest` (Ray's side), which must not load this module's models
+    from lifelong.trainers.ingest import EpochSteps
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,19 +70,19 @@ def in_lockstep(batches: Iterable, device: torch.device, skipped: list[int]) -> 
         yield batch
 
 
-def counted(batches: Iterable, steps: EpochSteps, skipped: list[int]) -> Iterator:
-    """Yield the first `steps.every_rank` batches, the number every rank has, so the ranks need no
-    per-step collective to agree (`in_lockstep`'s all-reduce); append this rank's unused count. A
-    rank whose batches run out first raises at once, naming both counts (the other ranks would
-    wait for it in the next step's collectives until their timeout)."""
+def counted(batches: Iterable, every_rank: int, own: int, skipped: list[int]) -> Iterator:
+    """Yield the first `every_rank` batches, the number every rank has, so the ranks need no
+    per-step collective to agree (`in_lockstep`'s all-reduce); append this rank's unused count
+    (`own` - `every_rank`). A rank whose batches run out first raises at once, naming both counts
+    (the other ranks would wait for it in the next step's collectives until their timeout)."""
     n = 0
-    for batch in itertools.islice(batches, steps.every_rank):
+    for batch in itertools.islice(batches, every_rank):
         n += 1
         yield batch
-    if n < steps.every_rank:
+    if n < every_rank:
         raise RuntimeError(f"rank {dist.get_rank() if dist.is_initialized() else 0}: its shard gave {n} batches, "
-                           f"fewer than the {steps.every_rank} every rank was counted to have ({steps})")
-    skipped.append(steps.own - steps.every_rank)
+                           f"fewer than the {every_rank} every rank was counted to have (its own: {own})")
+    skipped.append(own - every_rank)
 
 
 def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], device: torch.device,
@@ -125,8 +119,7 @@ def train_epoch(model: torch.nn.Module, optimizer, batches: Iterable[Batch], dev
     first = math.nan  # seconds to this rank's first batch; the steady rate is counted from then
     clock = StepClock()
     if steps_known is not None:
-        left = EpochSteps(max(steps_known.every_rank - start, 0), max(steps_known.own - start, 0))
-        stream = counted(batches, left, skipped)
+        stream = counted(batches, max(steps_known.every_rank - start, 0), max(steps_known.own - start, 0), skipped)
     else:
         stream = in_lockstep(batches, device, skipped)
     for batch in stream:
