@@ -3,9 +3,8 @@ in process (scripted validation scores); on Ray (the same rule through the worke
 tests/test_ray.py's."""
 from __future__ import annotations
 
-import os
-
 import itertools
+import os
 
 import pytest
 import torch
