@@ -182,30 +182,36 @@ def test_grad_clip_bounds_the_dense_step_and_leaves_the_tables_alone():
 def _exchange_worker(rank, init_file, out):
     from torch.nn.parallel import DistributedDataParallel
 
-    from lifelong.trainers.comm import use_exchange
+    from lifelong.trainers.comm import exchange_mean_hook, use_exchange
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     grads = []
-    for hooked in (False, True):
+    for hook in (None, "shared memory", "all-to-all"):
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Linear(7, 300), torch.nn.Tanh(), torch.nn.Linear(300, 1))
         ddp = DistributedDataParallel(net, bucket_cap_mb=0.001)  # several buckets
-        if hooked:
-            assert use_exchange(ddp, dist.group.WORLD) == 1
+        if hook == "all-to-all":
+            ddp.register_comm_hook(dist.group.WORLD, exchange_mean_hook)
+        elif hook:
+            assert use_exchange(ddp, dist.group.WORLD) == hook  # two ranks on this host
         torch.manual_seed(1 + rank)  # each rank its own batch
-        ddp(torch.randn(5, 7)).square().mean().backward()
+        for _ in range(3):  # DDP rebuilds its buckets after the first step
+            ddp.zero_grad()
+            ddp(torch.randn(5, 7)).square().mean().backward()
         grads.append([p.grad.clone() for p in net.parameters()])
     torch.save(grads, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
-def test_exchange_hook_averages_like_ddps_all_reduce():
-    """Two gloo ranks: DDP with `comm.exchange_mean_hook` leaves every gradient exactly as DDP's own
-    all-reduce does (the mean over ranks), on both ranks alike."""
+def test_exchange_hooks_average_like_ddps_all_reduce():
+    """Two gloo ranks: DDP with either exchange (`comm.NodeExchange` through shared memory, or
+    `comm.exchange_mean_hook`'s all-to-all) leaves every gradient exactly as DDP's own all-reduce
+    does (the mean over ranks), on both ranks alike."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "g")
         start_ranks(_exchange_worker, (os.path.join(tmp, "pg"), out), WORLD)
-        (plain0, hooked0), (plain1, hooked1) = (torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD))
-    for a, b, c, d in zip(plain0, hooked0, plain1, hooked1):
-        assert torch.equal(a, b) and torch.equal(b, d) and torch.equal(a, c)
-    assert any(not torch.equal(a, torch.zeros_like(a)) for a in hooked0)
+        (plain0, shm0, a2a0), (plain1, shm1, a2a1) = (torch.load(f"{out}.{r}", weights_only=True)
+                                                      for r in range(WORLD))
+    for grads in zip(plain0, shm0, a2a0, plain1, shm1, a2a1):
+        assert all(torch.equal(grads[0], g) for g in grads[1:])
+    assert any(not torch.equal(a, torch.zeros_like(a)) for a in shm0)

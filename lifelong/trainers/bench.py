@@ -62,7 +62,7 @@ class CommCounter:
 
     def count_ddp(self, model: torch.nn.Module, pg: dist.ProcessGroup) -> None:
         """DDP's all-reduce payload per step: every gradient it manages, each step (a static graph
-        reduces every bucket; with `comm.exchange_mean_hook` two ranks send the same bytes)."""
+        reduces every bucket; `comm`'s exchanges share the same bytes)."""
         if dist.get_world_size(pg) == 1:
             return  # nothing leaves the rank
         for m in model.modules():

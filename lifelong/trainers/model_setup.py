@@ -80,7 +80,7 @@ def sharded_model(job: JobSpec, device: torch.device, pg: dist.ProcessGroup,
     (per-table constraints from `job.sharding`; on CPU, small unconstrained collections replicated:
     `train.replicate_mb`), the sparse optimiser fused into the sharded
     tables' backward, the same optimiser class stepping any replicated tables (`Plan.replicated`,
-    whose gradients DDP averages; on two gloo ranks in one exchange, `comm.use_exchange`) and
+    whose gradients DDP averages; on gloo, through shared memory or one all-to-all, `comm.use_exchange`) and
     `train.dense_optimizer` for the dense parameters."""
     if plan is None:
         plan = make_plan(build(job, "meta"), dist.get_world_size(pg), device.type, job.train.batch_size,
