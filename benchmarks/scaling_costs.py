@@ -11,10 +11,12 @@
    process's passes over the batches. If the two cores shared something scarce (memory bandwidth,
    a cache), a pair's steps would cost more CPU than one alone's.
 2. **Exchange.** Two gloo ranks, one bound to each core; every step `--busy-ms` of matrix products
-   (a step's compute, so the ranks arrive with a real skew), then `comm.exchange_mean` of a
-   payload, the trainer's DDP hook on two CPU ranks, with the trainers' malloc settings. Each
-   cell, per payload over `--steps` steps (the first 5 left out): ms of wall per exchange (median
-   and mean: a few slow exchanges pull the mean up) and of the calling thread's CPU (mean).
+   (a step's compute, so the ranks arrive with a real skew), then the mean of a payload over the
+   ranks by each of the trainer's DDP hooks for CPU ranks: `comm.NodeExchange` (shared memory, the
+   one used when the ranks share a host) and `comm.exchange_mean` (one gloo all-to-all), with the
+   trainers' malloc settings. Each cell, per exchange and payload over `--steps` steps (the first 5
+   left out): ms of wall per exchange (median and mean: a few slow exchanges pull the mean up), of
+   the calling thread's CPU and of the whole process's (gloo's threads too), both means.
    The job's bucket is 0.76 MB (sim_hard on MovieLens, 80 % of it the item table).
 
 Prints two Markdown tables. Pair this with `benchmarks/cpu_by_thread.py` beside a running job.
@@ -113,37 +115,44 @@ def contention(rounds: int, n_batches: int, passes: int) -> list[tuple]:
 
 def _exchange(rank: int, payloads: list[int], busy_ms: float, steps: int, out: mp.Queue) -> None:
     from lifelong.trainers.allocator import keep_freed_memory
-    from lifelong.trainers.comm import exchange_mean
+    from lifelong.trainers.comm import NodeExchange, exchange_mean
 
     keep_freed_memory()  # as the trainers do: without it each exchange's buffers fault their pages in anew
     _bind(rank)
     _group(rank, 2, PORT)
+    node = NodeExchange.open(dist.group.WORLD)
+    ways = {"shared memory": node.mean_, "all-to-all": lambda b: exchange_mean(dist.group.WORLD, b).wait()}
     a = torch.randn(128, 128)
     for n in payloads:
-        buf = torch.randn(n)
-        walls, cpu = [], 0.0
-        for s in range(steps + 5):
-            t = time.perf_counter()
-            while (time.perf_counter() - t) * 1e3 < busy_ms:
-                a @ a
-            t, c = time.perf_counter(), time.thread_time()
-            exchange_mean(dist.group.WORLD, buf).wait()
-            if s >= 5:
-                walls.append(1e3 * (time.perf_counter() - t))
-                cpu += time.thread_time() - c
-        out.put((n, rank, statistics.median(walls), statistics.mean(walls), 1e3 * cpu / steps))
+        for way, mean in ways.items():
+            buf = torch.randn(n)
+            walls, cpu, pcpu = [], 0.0, 0.0
+            for s in range(steps + 5):
+                t = time.perf_counter()
+                while (time.perf_counter() - t) * 1e3 < busy_ms:
+                    a @ a
+                t, c, pc = time.perf_counter(), time.thread_time(), time.process_time()
+                mean(buf)
+                if s >= 5:
+                    walls.append(1e3 * (time.perf_counter() - t))
+                    cpu += time.thread_time() - c
+                    pcpu += time.process_time() - pc
+            out.put((n, way, rank, statistics.median(walls), statistics.mean(walls), 1e3 * cpu / steps,
+                     1e3 * pcpu / steps))
+    node.close()
     dist.destroy_process_group()
 
 
 def exchange(payloads_mb: list[float], busy_ms: float, steps: int) -> list[tuple]:
-    """(floats, rank, median wall ms, mean wall ms, mean CPU ms) per payload and rank."""
+    """(floats, exchange, rank, median wall ms, mean wall ms, mean thread CPU ms, mean process CPU ms)
+    per payload, exchange and rank."""
     sizes = [max(1, int(mb * 1e6 / 4)) for mb in payloads_mb]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_exchange, args=(r, sizes, busy_ms, steps, out)) for r in range(2)]
     for p in procs:
         p.start()
-    rows = sorted(out.get() for _ in range(2 * len(sizes)))
+    rows = sorted(out.get() for _ in range(4 * len(sizes)))
     for p in procs:
         p.join()
     return rows
@@ -167,11 +176,11 @@ def main() -> None:
             print(f"| {r} | {n} | {core} | {wall:.2f} | {cpu:.2f} |", flush=True)
         print()
     if a.only in (None, "exchange"):
-        print("| payload MB | rank | wall ms / exchange, median | mean | calling thread CPU ms |\n"
-              "|---|---|---|---|---|")
-        for n, rank, median, mean, cpu in exchange([float(x) for x in a.payloads_mb.split(",")], a.busy_ms,
-                                                   a.steps):
-            print(f"| {4 * n / 1e6:.2f} | {rank} | {median:.2f} | {mean:.2f} | {cpu:.2f} |")
+        print("| payload MB | exchange | rank | wall ms / exchange, median | mean | calling thread CPU ms | "
+              "process CPU ms |\n|---|---|---|---|---|---|---|")
+        for n, way, rank, median, mean, cpu, pcpu in exchange([float(x) for x in a.payloads_mb.split(",")],
+                                                              a.busy_ms, a.steps):
+            print(f"| {4 * n / 1e6:.2f} | {way} | {rank} | {median:.2f} | {mean:.2f} | {cpu:.2f} | {pcpu:.2f} |")
 
 
 if __name__ == "__main__":
