@@ -76,7 +76,8 @@ class NodeExchange:
                  peers: dict[int, int], timeout_s: float) -> None:
         self.rank, self.world, self.timeout_s = rank, world, timeout_s
         self.peers = peers  # rank -> pid
-        self.slots = slots  # (2, W, CHUNK) float32, shared
+        self.slots = slots  # (2, W, chunk) float32, shared
+        self.chunk = slots.shape[2]
         self.inbox, self.outboxes = inbox, outboxes
         self.rounds = 0
         self._close = weakref.finalize(self, _close_fds, [inbox, *outboxes])
@@ -126,8 +127,8 @@ class NodeExchange:
         if buf.dtype != torch.float32 or buf.device.type != "cpu" or buf.dim() != 1:
             raise ValueError(f"NodeExchange averages 1-D float32 CPU buffers, not {buf.dtype} "
                              f"{tuple(buf.shape)} on {buf.device}")
-        for start in range(0, buf.numel(), CHUNK):
-            part = buf[start:start + CHUNK]
+        for start in range(0, buf.numel(), self.chunk):
+            part = buf[start:start + self.chunk]
             slots = self.slots[self.rounds % 2, :, :part.numel()]  # (W, n) this round's slot set
             self.rounds += 1
             slots[self.rank].copy_(part)
@@ -138,7 +139,10 @@ class NodeExchange:
         return buf
 
     def _wait(self) -> None:
-        """Until each peer has written this round's byte (only those: a later round's stay queued)."""
+        """Until W - 1 more bytes came: this round's, from every peer. Bytes carry no sender, so a fast
+        peer's next-round byte may stand in for a slow one's; still no rank can count r rounds' bytes
+        before every peer has written its round-r slot (each writes it before its byte, one byte a
+        round to each peer), so the slots summed next are complete. Later bytes stay queued."""
         missing, deadline = self.world - 1, time.monotonic() + self.timeout_s
         while missing:
             try:
