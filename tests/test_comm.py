@@ -58,18 +58,23 @@ def test_node_exchange_averages_in_rounds_alike_on_every_rank_and_leaves_no_file
         assert all(torch.equal(a, b) for a, b in zip(results[0][0], results[r][0]))
 
 
+def _verdict(ex, out: str, error: type[Exception]) -> None:
+    """Into `out`: "returned", or the seconds an exchange took to raise `error`, then its message."""
+    t = time.monotonic()
+    try:
+        ex.mean_(torch.ones(10))
+        Path(out).write_text("returned")
+    except error as e:
+        Path(out).write_text(f"{time.monotonic() - t:.2f} {e}")
+
+
 def _timeout_worker(rank, init_file, out):
     from lifelong.trainers.comm import NodeExchange
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     ex = NodeExchange.open(dist.group.WORLD, timeout_s=0.5)
     if rank == 0:
-        t = time.monotonic()
-        try:
-            ex.mean_(torch.ones(10))
-            Path(out).write_text("returned")
-        except TimeoutError as e:
-            Path(out).write_text(f"{time.monotonic() - t:.2f} {e}")
+        _verdict(ex, out, TimeoutError)
     dist.barrier()  # rank 1 never exchanged: it waits here for rank 0's verdict
     dist.destroy_process_group()
 
@@ -90,12 +95,7 @@ def _exit_worker(rank, init_file, out):
     ex = NodeExchange.open(dist.group.WORLD, timeout_s=60)
     if rank == 1:
         os._exit(0)  # gone without a word
-    t = time.monotonic()
-    try:
-        ex.mean_(torch.ones(10))
-        Path(out).write_text("returned")
-    except RuntimeError as e:
-        Path(out).write_text(f"{time.monotonic() - t:.2f} {e}")
+    _verdict(ex, out, RuntimeError)
 
 
 def test_a_peer_that_exited_fails_the_exchange_within_seconds_naming_it():
