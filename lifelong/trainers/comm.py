@@ -88,7 +88,8 @@ class NodeExchange:
         when they do not all run on this host or its shared-memory folder lacks room."""
         rank, world = dist.get_rank(pg), dist.get_world_size(pg)
         folder = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-        size = 2 * world * CHUNK * 4
+        floats = 2 * world * CHUNK  # (2, W, CHUNK): two slot sets
+        size = 4 * floats
         stat = os.statvfs(folder)
         seen: list = [None] * world
         dist.all_gather_object(seen, (host_id(), stat.f_bavail * stat.f_frsize >= 2 * size,
@@ -109,8 +110,7 @@ class NodeExchange:
         visible: list = [None] * world
         dist.all_gather_object(visible, all(p.exists() for p in [base, *paths]), group=pg)
         if all(visible):
-            slots = torch.from_file(str(base), shared=True, size=2 * world * CHUNK,
-                                    dtype=torch.float32).view(2, world, CHUNK)
+            slots = torch.from_file(str(base), shared=True, size=floats, dtype=torch.float32).view(2, world, CHUNK)
             outboxes = [os.open(paths[r], os.O_WRONLY) for r in range(world) if r != rank]
         dist.barrier(group=pg)  # every rank holds every file open
         paths[rank].unlink()
@@ -199,14 +199,12 @@ def use_exchange(model: torch.nn.Module, pg: dist.ProcessGroup) -> Optional[str]
     float32 = all(p.dtype == torch.float32 for m in ddps for p in m.parameters() if p.requires_grad)
     ex = NodeExchange.open(pg) if float32 else None
     if ex is not None:
-        for m in ddps:
-            m.register_comm_hook(ex, node_exchange_hook)
-        kind = "shared memory"
+        state, hook, kind = ex, node_exchange_hook, "shared memory"
     elif dist.get_world_size(pg) == 2:
-        for m in ddps:
-            m.register_comm_hook(pg, exchange_mean_hook)
-        kind = "all-to-all"
+        state, hook, kind = pg, exchange_mean_hook, "all-to-all"
     else:
         return None
+    for m in ddps:
+        m.register_comm_hook(state, hook)
     log.info("gradient exchange of %d DDP module(s): %s", len(ddps), kind)
     return kind
